@@ -1,0 +1,51 @@
+//! `lse`: label, evaluate and inspect LSE segmentation models (ONNX Runtime).
+
+use clap::{Parser, Subcommand};
+use lse_runtime::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "lse",
+    version,
+    about = "Segment, label, evaluate and inspect LSE domain-adapted segmentation models"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's contract and metadata.
+    Info(cli::info::Args),
+    /// Segment single images: a labelIds PNG per image (and colour with --color).
+    Segment(cli::segment::Args),
+    /// Batch-label a Cityscapes-style folder tree (resumable, shardable).
+    Label(cli::label::Args),
+    /// Evaluate predictions against ground truth with the Cityscapes protocol.
+    Eval(cli::eval::Args),
+    /// Generate the built-in synthetic source (GTA5 layout) and target (Cityscapes layout) domains.
+    Synth(cli::synth::Args),
+    /// Measure inference throughput of a model.
+    Bench(cli::bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    lse_runtime::cli::init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Info(a) => cli::info::run(a),
+        Command::Segment(a) => cli::segment::run(a),
+        Command::Label(a) => cli::label::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Synth(a) => cli::synth::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

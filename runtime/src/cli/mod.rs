@@ -1,0 +1,31 @@
+//! The `lse` subcommands: each module holds one command's arguments (clap) and its
+//! `run` function; `src/bin/lse.rs` only dispatches.
+
+pub mod bench;
+pub mod eval;
+pub mod info;
+pub mod label;
+pub mod segment;
+pub mod synth;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides it.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

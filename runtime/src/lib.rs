@@ -1,0 +1,33 @@
+//! # lse-runtime
+//!
+//! Everything that uses a trained LSE segmentation model, and everything the trainer
+//! and the deployment side must agree on, without libtorch:
+//!
+//! - [`labels`]: the Cityscapes label table and the 19/16/13-class subsets;
+//! - [`imageio`]: decoding, bicubic/nearest resizing, preprocessing constants,
+//!   colouring, atomic PNG writes;
+//! - [`contract`]: the ONNX model contract and its metadata;
+//! - [`engine`]: ONNX Runtime sessions with execution-provider choice
+//!   (TensorRT, CUDA, CPU, with fallback);
+//! - [`predict`]: the evaluation protocol's prediction (predict at the training
+//!   size, upsample class probabilities to the image's size, arg-max);
+//! - [`metrics`]: the confusion matrix and (m)IoU of the Cityscapes protocol;
+//! - [`datasets`]: Cityscapes, GTA5 and SYNTHIA layouts;
+//! - [`synth`]: the built-in synthetic source/target domains;
+//! - [`label`]: batch labelling of folder trees.
+//!
+//! The `lse` binary is a thin CLI over these modules ([`cli`]).
+
+pub mod cli;
+pub mod contract;
+pub mod datasets;
+pub mod engine;
+pub mod imageio;
+pub mod label;
+pub mod labels;
+pub mod metrics;
+pub mod predict;
+pub mod synth;
+
+/// The version of this project, recorded in every model and run it writes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

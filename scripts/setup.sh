@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the native libraries this project links and loads:
+#   - PyTorch 2.11.0 (its libtorch is what the `tch` crate links against),
+#   - ONNX Runtime 1.31.1 (loaded at run time by the `ort` crate),
+#   - onnx, numpy, pillow (independent checks in the test suite and benchmarks).
+# Everything goes into .venv at the repository root. A second run takes seconds.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+TORCH_VERSION="2.11.0"
+ORT_VERSION="1.31.1"
+ONNX_VERSION="1.20.0"
+NUMPY_VERSION="2.3.5"
+PILLOW_VERSION="12.0.0"
+SAFETENSORS_VERSION="0.7.0"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+PY="${PYTHON:-python3}"
+command -v "$PY" >/dev/null 2>&1 || die "python3 not found. Install it, e.g.: apt-get install -y python3 python3-venv python3-pip"
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || die "python3 has no venv/ensurepip module. Install it, e.g.: apt-get install -y python3-venv python3-pip"
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PY" --version 2>&1)"
+  "$PY" -m venv .venv
+fi
+VPY="$root/.venv/bin/python"
+pyver="$("$VPY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+
+want_gpu="${LSE_GPU:-}"
+if [ -z "$want_gpu" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then want_gpu=1; else want_gpu=0; fi
+fi
+ort_pkg="onnxruntime"
+[ "$want_gpu" = "1" ] && ort_pkg="onnxruntime-gpu"
+
+have() { # have PKG VERSION: is exactly this version installed?
+  "$VPY" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"
+}
+
+need=()
+have torch "$TORCH_VERSION" || need+=("torch==$TORCH_VERSION")
+have "$ort_pkg" "$ORT_VERSION" || need+=("$ort_pkg==$ORT_VERSION")
+have onnx "$ONNX_VERSION" || need+=("onnx==$ONNX_VERSION")
+have numpy "$NUMPY_VERSION" || need+=("numpy==$NUMPY_VERSION")
+have pillow "$PILLOW_VERSION" || need+=("pillow==$PILLOW_VERSION")
+have safetensors "$SAFETENSORS_VERSION" || need+=("safetensors==$SAFETENSORS_VERSION")
+
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing into .venv: ${need[*]} (torch is about 2.7 GB the first time)"
+  # The CPU and GPU flavours of onnxruntime ship the same module; never keep both.
+  if [ "$ort_pkg" = "onnxruntime-gpu" ]; then "$VPY" -m pip uninstall -y -q onnxruntime >/dev/null 2>&1 || true
+  else "$VPY" -m pip uninstall -y -q onnxruntime-gpu >/dev/null 2>&1 || true; fi
+  "$VPY" -m pip install --disable-pip-version-check -q "${need[@]}"
+fi
+
+# torch-sys does not check the libtorch version of a pip wheel: do it here.
+got="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
+[ "$got" = "$TORCH_VERSION" ] || die "torch $got found in .venv, tch 0.24 needs exactly $TORCH_VERSION"
+
+site="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+libtorch="$site/torch"
+ortlib="$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)"
+[ -f "$libtorch/lib/libtorch_cpu.so" ] || die "libtorch not found under $libtorch"
+[ -n "$ortlib" ] || die "libonnxruntime.so.* not found under $site/onnxruntime/capi"
+
+# Stable in-repo paths that .cargo/config.toml and the binaries use.
+ln -sfn "$libtorch" .venv/libtorch
+ln -sfn "$ortlib" .venv/libonnxruntime.so
+
+say "python $pyver, torch $got, $ort_pkg $ORT_VERSION"
+say "LIBTORCH       -> $libtorch (linked as .venv/libtorch)"
+say "ONNX Runtime   -> $ortlib (linked as .venv/libonnxruntime.so)"
