@@ -1,1 +1,48 @@
-fn main() {}
+//! `lse-train`: VGG16-FCN8s source training, LSE adaptation and ONNX export (libtorch).
+
+use clap::{Parser, Subcommand};
+use lse_trainer::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "lse-train",
+    version,
+    about = "Train VGG16-FCN8s on a synthetic source, adapt it to a real target with LSE, export to ONNX"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a freshly initialised checkpoint (optionally importing ImageNet VGG16 or FCN8s weights).
+    Init(cli::init::Args),
+    /// Source-only training with cross-entropy.
+    Train(cli::train::Args),
+    /// LSE adaptation rounds on an unlabelled target.
+    Adapt(cli::adapt::Args),
+    /// Evaluate a checkpoint on a labelled target split (Cityscapes protocol).
+    Eval(cli::eval::Args),
+    /// Export a checkpoint to ONNX (with an ONNX Runtime parity check).
+    Export(cli::export::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    lse_runtime::cli::init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Init(a) => cli::init::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Adapt(a) => cli::adapt::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Export(a) => cli::export::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

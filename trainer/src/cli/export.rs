@@ -1,0 +1,126 @@
+//! `lse-train export`: checkpoint → `model.onnx`, then an ONNX Runtime parity check.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lse_runtime::contract::ModelMeta;
+use lse_runtime::engine::{EngineOptions, Provider};
+use tch::{Kind, Tensor, nn};
+
+use crate::checkpoint;
+use crate::fcn8s::Fcn8s;
+
+/// Arguments of `lse-train export`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint (.safetensors written by lse-train).
+    pub checkpoint: PathBuf,
+    /// Output ONNX file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training input size recorded in the model (the size `lse` resizes images to);
+    /// default: the checkpoint's, else 1024x512.
+    #[arg(long, value_parser = super::parse_size)]
+    pub train_size: Option<[u32; 2]>,
+    /// Skip the ONNX Runtime parity check (not recommended).
+    #[arg(long)]
+    pub no_check: bool,
+    /// Largest accepted |logit difference| in the parity check.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    #[command(flatten)]
+    pub ort: super::OrtArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Builds the model metadata of a checkpoint: its recorded run (source, target,
+/// method, settings, evaluation) and the label table.
+pub fn model_meta(
+    meta: &checkpoint::CheckpointMeta,
+    train_size: Option<[u32; 2]>,
+) -> anyhow::Result<ModelMeta> {
+    let size = match train_size {
+        Some(s) => s,
+        None => match meta.extra.get("train_size") {
+            Some(s) => {
+                serde_json::from_str(s).with_context(|| format!("checkpoint train_size `{s}`"))?
+            }
+            None => [1024, 512],
+        },
+    };
+    let mut m = ModelMeta::cityscapes(meta.config.width, size);
+    if meta.config.classes as usize != m.num_classes() {
+        anyhow::bail!(
+            "the checkpoint has {} classes; the model contract's label table has {}",
+            meta.config.classes,
+            m.num_classes()
+        );
+    }
+    let get = |k: &str| meta.extra.get(k).cloned();
+    if let Some(v) = get("source") {
+        m.source = v;
+    }
+    if let Some(v) = get("target") {
+        m.target = v;
+    }
+    if let Some(v) = get("method") {
+        m.method = v;
+    }
+    let json = |k: &str| get(k).and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok());
+    let mut settings = json("settings").unwrap_or(serde_json::json!({}));
+    if let Some(obj) = settings.as_object_mut() {
+        obj.insert("init".into(), serde_json::to_value(meta.init)?);
+    }
+    m.settings = settings;
+    m.evaluation = json("evaluation");
+    Ok(m)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let meta = checkpoint::read_meta(&a.checkpoint)?;
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let net = Fcn8s::new(&vs.root(), meta.config, meta.init);
+    checkpoint::load_network(&mut vs, &a.checkpoint, meta.config)?;
+    let model_meta = model_meta(&meta, a.train_size)?;
+    crate::onnx::export(&net, &vs, &model_meta, &a.out)?;
+    let mut report = serde_json::json!({
+        "model": a.out,
+        "checkpoint": a.checkpoint,
+        "train_size": model_meta.train_size,
+    });
+    if !a.no_check {
+        // A small probe of odd size and batch 2: exercises dynamic N, H, W and the crops.
+        tch::manual_seed(1234);
+        let probe = Tensor::rand([2, 3, 37, 53], (Kind::Float, tch::Device::Cpu)) * 255.0;
+        let opts = EngineOptions {
+            provider: Provider::Cpu,
+            ort_lib: a.ort.ort_lib.clone(),
+            ..Default::default()
+        };
+        match crate::onnx::check_parity(&net, &a.out, &probe, &opts, a.tolerance) {
+            Ok(p) => {
+                tracing::info!(
+                    max_abs_diff = p.max_abs_diff,
+                    argmax_agreement = p.argmax_agreement,
+                    "parity check passed (ONNX Runtime vs libtorch)"
+                );
+                report["parity"] = serde_json::to_value(&p)?;
+            }
+            Err(e) => {
+                // Leave no model behind that failed its check.
+                let bad = a.out.with_extension("onnx.failed");
+                let _ = std::fs::rename(&a.out, &bad);
+                return Err(anyhow::Error::new(e)
+                    .context(format!("the export was moved to {}", bad.display())));
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The `lse-train` subcommands: one module per command with its clap `Args` and `run`.
+
+pub mod adapt;
+pub mod eval;
+pub mod export;
+pub mod init;
+pub mod train;
+
+use std::path::PathBuf;
+
+/// Parses `WxH` (e.g. `1024x512`).
+pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not a size like 1024x512"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in `{s}`"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in `{s}`"))?;
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        return Err(format!("size `{s}` out of range (1..16384)"));
+    }
+    Ok([w, h])
+}
+
+/// Options shared by the commands that run the network.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+impl DeviceArgs {
+    /// Resolves the device; asking for CUDA where there is none is an error.
+    pub fn resolve(&self) -> anyhow::Result<tch::Device> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let d = self.device.trim().to_ascii_lowercase();
+        match d.as_str() {
+            "auto" => Ok(tch::Device::cuda_if_available()),
+            "cpu" => Ok(tch::Device::Cpu),
+            _ => {
+                let idx = match d.strip_prefix("cuda") {
+                    Some("") => 0,
+                    Some(rest) => rest
+                        .strip_prefix(':')
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "unknown device `{}` (auto, cpu, cuda, cuda:N)",
+                                self.device
+                            )
+                        })?,
+                    None => {
+                        anyhow::bail!("unknown device `{}` (auto, cpu, cuda, cuda:N)", self.device)
+                    }
+                };
+                let n = tch::Cuda::device_count() as usize;
+                if n == 0 {
+                    anyhow::bail!(
+                        "device `{}` asked for, but libtorch sees no CUDA device on this machine (use --device cpu)",
+                        self.device
+                    );
+                }
+                if idx >= n {
+                    anyhow::bail!(
+                        "device `{}` asked for, but only {n} CUDA device(s) exist",
+                        self.device
+                    );
+                }
+                Ok(tch::Device::Cuda(idx))
+            }
+        }
+    }
+}
+
+/// `--ort-lib` for the commands that run ONNX Runtime.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrtArgs {
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, the project's .venv, the system).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}

@@ -1,0 +1,472 @@
+//! The ONNX writer: turns an [`Fcn8s`] into a `model.onnx` that honours the model
+//! contract of `lse_runtime::contract`, by walking the same [`Fcn8sSpec`] as the
+//! libtorch forward pass.
+//!
+//! The graph: `image` (RGB 0..255, `N x 3 x H x W`, all three dynamic) → Gather
+//! (RGB → BGR) → Sub (mean) → the VGG16 stages (Conv + Relu, ceil-mode MaxPool) →
+//! fc6/fc7/score_fr → three ConvTranspose with the fixed bilinear kernels, with the
+//! skips scaled (Mul) and cropped by `Shape` → `Add` → `Slice`, so the crops follow the
+//! input size → `scores` (logits) and `train_ids` (ArgMax, Cast to uint8).
+//! Opset 17, IR version 8; weights are little-endian `raw_data` initialisers.
+
+use std::path::{Path, PathBuf};
+
+use lse_runtime::contract::{self, ModelMeta};
+use onnx_protobuf::{
+    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+};
+use tch::Tensor;
+
+use crate::checkpoint::tensor_bytes;
+use crate::fcn8s::{ConvSpec, Fcn8s, UpSpec};
+
+/// The opset the graph is written for.
+pub const OPSET: i64 = 17;
+/// The ONNX IR version written.
+pub const IR_VERSION: i64 = 8;
+
+/// Errors of writing and checking an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("the network has no parameter `{0}`")]
+    MissingParameter(String),
+    #[error(
+        "parity check failed for {path}: ONNX Runtime and libtorch disagree on a {shape:?} probe \
+         (max |diff| {max_diff:.3e} > {tol:.0e}, arg-max agreement {agree:.4} %)"
+    )]
+    Parity {
+        path: PathBuf,
+        shape: Vec<i64>,
+        max_diff: f32,
+        tol: f32,
+        agree: f64,
+    },
+    #[error("parity check of {path} could not run: {message}")]
+    ParityRun { path: PathBuf, message: String },
+}
+
+/// Builds the graph node by node; names stay unique through a counter.
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    n: usize,
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.to_vec();
+    a
+}
+
+fn tensor_type(elem: DataType, dims: &[Result<i64, &str>]) -> TypeProto {
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(match d {
+            Ok(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
+            Err(p) => tensor_shape_proto::dimension::Value::DimParam(p.to_string()),
+        });
+        shape.dim.push(dim);
+    }
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = elem as i32;
+    t.shape = Some(shape).into();
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(t));
+    tp
+}
+
+fn value_info(name: &str, tp: TypeProto) -> ValueInfoProto {
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(tp).into();
+    v
+}
+
+impl Builder {
+    fn fresh(&mut self, base: &str) -> String {
+        self.n += 1;
+        format!("{base}_{}", self.n)
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        let out = self.fresh(name);
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = format!("{name}/{op}_{}", self.n);
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = vec![out.clone()];
+        n.attribute = attrs;
+        self.nodes.push(n);
+        out
+    }
+
+    fn init_f32(&mut self, name: &str, dims: &[i64], bytes: Vec<u8>) -> String {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.dims = dims.to_vec();
+        t.data_type = DataType::FLOAT as i32;
+        t.raw_data = bytes;
+        self.inits.push(t);
+        name.to_string()
+    }
+
+    fn const_f32(&mut self, name: &str, dims: &[i64], v: &[f32]) -> String {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.init_f32(name, dims, bytes)
+    }
+
+    fn const_i64(&mut self, name: &str, v: &[i64]) -> String {
+        let mut t = TensorProto::new();
+        t.name = name.into();
+        t.dims = vec![v.len() as i64];
+        t.data_type = DataType::INT64 as i32;
+        t.raw_data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.inits.push(t);
+        name.to_string()
+    }
+
+    fn param(
+        &mut self,
+        net: &Fcn8s,
+        vars: &std::collections::HashMap<String, Tensor>,
+        name: &str,
+    ) -> Result<String, ExportError> {
+        let _ = net;
+        let t = vars
+            .get(name)
+            .ok_or_else(|| ExportError::MissingParameter(name.into()))?
+            .to_kind(tch::Kind::Float);
+        Ok(self.init_f32(name, &t.size(), tensor_bytes(&t)))
+    }
+
+    fn conv(
+        &mut self,
+        net: &Fcn8s,
+        vars: &std::collections::HashMap<String, Tensor>,
+        c: &ConvSpec,
+        x: &str,
+    ) -> Result<String, ExportError> {
+        let w = self.param(net, vars, &format!("{}.weight", c.name))?;
+        let b = self.param(net, vars, &format!("{}.bias", c.name))?;
+        Ok(self.node(
+            "Conv",
+            c.name,
+            &[x, &w, &b],
+            vec![
+                attr_ints("kernel_shape", &[c.kernel, c.kernel]),
+                attr_ints("pads", &[c.pad, c.pad, c.pad, c.pad]),
+                attr_ints("strides", &[1, 1]),
+                attr_ints("dilations", &[1, 1]),
+                attr_int("group", 1),
+            ],
+        ))
+    }
+
+    fn up(
+        &mut self,
+        net: &Fcn8s,
+        vars: &std::collections::HashMap<String, Tensor>,
+        u: &UpSpec,
+        x: &str,
+    ) -> Result<String, ExportError> {
+        let w = self.param(net, vars, &format!("{}.weight", u.name))?;
+        Ok(self.node(
+            "ConvTranspose",
+            u.name,
+            &[x, &w],
+            vec![
+                attr_ints("kernel_shape", &[u.kernel, u.kernel]),
+                attr_ints("strides", &[u.stride, u.stride]),
+                attr_ints("pads", &[0, 0, 0, 0]),
+            ],
+        ))
+    }
+
+    /// Crops `x` (N x C x h x w) at `offset` to the spatial size of `like`.
+    fn crop(&mut self, name: &str, x: &str, offset: i64, like: &str) -> String {
+        let hw = self.node(
+            "Shape",
+            name,
+            &[like],
+            vec![attr_int("start", 2), attr_int("end", 4)],
+        );
+        let off = self.const_i64(&format!("{name}.offset"), &[offset, offset]);
+        let ends = self.node("Add", name, &[&hw, &off], vec![]);
+        let axes = self.const_i64(&format!("{name}.axes"), &[2, 3]);
+        self.node("Slice", name, &[x, &off, &ends, &axes], vec![])
+    }
+}
+
+/// Builds the ONNX model of `net` with `meta` as its metadata.
+pub fn build_model(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+) -> Result<ModelProto, ExportError> {
+    let s = &net.spec;
+    let vars = vs.variables();
+    let mut b = Builder {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        n: 0,
+    };
+    // Preprocessing inside the graph: RGB -> BGR, minus the mean.
+    let order = b.const_i64("preprocess.bgr_order", &[2, 1, 0]);
+    let bgr = b.node(
+        "Gather",
+        "preprocess",
+        &[contract::INPUT, &order],
+        vec![attr_int("axis", 1)],
+    );
+    let mean = b.const_f32("preprocess.mean_bgr", &[1, 3, 1, 1], &meta.mean_bgr);
+    let mut x = b.node("Sub", "preprocess", &[&bgr, &mean], vec![]);
+    let mut pools = Vec::new();
+    for (i, stage) in s.stages.iter().enumerate() {
+        for c in stage {
+            let y = b.conv(net, &vars, c, &x)?;
+            x = b.node("Relu", c.name, &[&y], vec![]);
+        }
+        x = b.node(
+            "MaxPool",
+            &format!("pool{}", i + 1),
+            &[&x],
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[0, 0, 0, 0]),
+                attr_int("ceil_mode", 1),
+            ],
+        );
+        pools.push(x.clone());
+    }
+    let y = b.conv(net, &vars, &s.fc6, &x)?;
+    x = b.node("Relu", "fc6", &[&y], vec![]);
+    let y = b.conv(net, &vars, &s.fc7, &x)?;
+    x = b.node("Relu", "fc7", &[&y], vec![]);
+    let score_fr = b.conv(net, &vars, &s.score_fr, &x)?;
+    let upscore2 = b.up(net, &vars, &s.upscore2, &score_fr)?;
+
+    let k4 = b.const_f32("score_pool4.scale", &[], &[s.pool4_scale as f32]);
+    let p4 = b.node("Mul", "score_pool4", &[&pools[3], &k4], vec![]);
+    let sp4 = b.conv(net, &vars, &s.score_pool4, &p4)?;
+    let sp4 = b.crop("score_pool4c", &sp4, s.crop_pool4, &upscore2);
+    let fuse4 = b.node("Add", "fuse_pool4", &[&upscore2, &sp4], vec![]);
+    let upscore_pool4 = b.up(net, &vars, &s.upscore_pool4, &fuse4)?;
+
+    let k3 = b.const_f32("score_pool3.scale", &[], &[s.pool3_scale as f32]);
+    let p3 = b.node("Mul", "score_pool3", &[&pools[2], &k3], vec![]);
+    let sp3 = b.conv(net, &vars, &s.score_pool3, &p3)?;
+    let sp3 = b.crop("score_pool3c", &sp3, s.crop_pool3, &upscore_pool4);
+    let fuse3 = b.node("Add", "fuse_pool3", &[&upscore_pool4, &sp3], vec![]);
+    let upscore8 = b.up(net, &vars, &s.upscore8, &fuse3)?;
+    let scores = b.crop("score", &upscore8, s.crop_out, contract::INPUT);
+    let argmax = b.node(
+        "ArgMax",
+        "train_ids",
+        &[&scores],
+        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+    );
+    let ids = b.node(
+        "Cast",
+        "train_ids",
+        &[&argmax],
+        vec![attr_int("to", DataType::UINT8 as i64)],
+    );
+    // Name the two graph outputs as the contract says.
+    for n in b.nodes.iter_mut() {
+        for o in n.output.iter_mut() {
+            if *o == scores {
+                *o = contract::OUTPUT_SCORES.into();
+            } else if *o == ids {
+                *o = contract::OUTPUT_TRAIN_IDS.into();
+            }
+        }
+        for i in n.input.iter_mut() {
+            if *i == scores {
+                *i = contract::OUTPUT_SCORES.into();
+            }
+        }
+    }
+
+    let c = s.config.classes;
+    let mut graph = GraphProto::new();
+    graph.name = "vgg16_fcn8s".into();
+    graph.node = b.nodes;
+    graph.initializer = b.inits;
+    graph.input = vec![value_info(
+        contract::INPUT,
+        tensor_type(DataType::FLOAT, &[Err("N"), Ok(3), Err("H"), Err("W")]),
+    )];
+    graph.output = vec![
+        value_info(
+            contract::OUTPUT_TRAIN_IDS,
+            tensor_type(DataType::UINT8, &[Err("N"), Err("H"), Err("W")]),
+        ),
+        value_info(
+            contract::OUTPUT_SCORES,
+            tensor_type(DataType::FLOAT, &[Err("N"), Ok(c), Err("H"), Err("W")]),
+        ),
+    ];
+    let mut model = ModelProto::new();
+    model.ir_version = IR_VERSION;
+    let mut opset = OperatorSetIdProto::new();
+    opset.domain = String::new();
+    opset.version = OPSET;
+    model.opset_import = vec![opset];
+    model.producer_name = "lse-train".into();
+    model.producer_version = lse_runtime::VERSION.into();
+    model.doc_string = "VGG16-FCN8s adapted with LSE (scale-invariant self-training). Input: RGB 0..255 \
+                        N x 3 x H x W; outputs: train_ids (uint8 N x H x W), scores (logits N x C x H x W)."
+        .into();
+    model.graph = Some(graph).into();
+    model.metadata_props = meta
+        .to_props()
+        .into_iter()
+        .map(|(k, v)| {
+            let mut e = StringStringEntryProto::new();
+            e.key = k;
+            e.value = v;
+            e
+        })
+        .collect();
+    Ok(model)
+}
+
+/// Writes `net` to `path` atomically.
+pub fn export(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+    path: &Path,
+) -> Result<(), ExportError> {
+    let model = build_model(net, vs, meta)?;
+    let bytes = model.write_to_bytes().map_err(|e| ExportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    lse_runtime::imageio::write_atomic(path, &bytes).map_err(|e| ExportError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The result of a parity check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Parity {
+    pub shape: Vec<i64>,
+    pub max_abs_diff: f32,
+    /// Share of pixels whose arg-max agrees, in percent.
+    pub argmax_agreement: f64,
+    pub provider: String,
+}
+
+/// Runs `path` in ONNX Runtime and `net` in libtorch on the same RGB input
+/// `N x 3 x H x W` (values 0..255) and compares logits and arg-max.
+pub fn parity(
+    net: &Fcn8s,
+    path: &Path,
+    rgb: &Tensor,
+    engine_opts: &lse_runtime::engine::EngineOptions,
+) -> Result<Parity, ExportError> {
+    let run_err = |message: String| ExportError::ParityRun {
+        path: path.to_path_buf(),
+        message,
+    };
+    let rgb = rgb.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
+    let dev = net_device(net);
+    let want =
+        tch::no_grad(|| net.forward_t(&crate::fcn8s::preprocess_rgb(&rgb.to_device(dev)), false))
+            .to_device(tch::Device::Cpu)
+            .contiguous();
+    let shape = rgb.size();
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let data: Vec<f32> =
+        Vec::<f32>::try_from(rgb.flatten(0, -1)).map_err(|e| run_err(e.to_string()))?;
+    let arr = ndarray::Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data)
+        .map_err(|e| run_err(e.to_string()))?;
+    let mut engine =
+        lse_runtime::engine::Engine::load(path, engine_opts).map_err(|e| run_err(e.to_string()))?;
+    let out = engine.run(arr.view()).map_err(|e| run_err(e.to_string()))?;
+    let got: Vec<f32> = out.scores.iter().copied().collect();
+    let want_v: Vec<f32> =
+        Vec::<f32>::try_from(want.flatten(0, -1)).map_err(|e| run_err(e.to_string()))?;
+    if got.len() != want_v.len() {
+        return Err(run_err(format!(
+            "ONNX Runtime returned {:?}, libtorch {:?}",
+            out.scores.shape(),
+            want.size()
+        )));
+    }
+    let max_abs_diff = got
+        .iter()
+        .zip(&want_v)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let want_ids: Vec<u8> = Vec::<i64>::try_from(want.argmax(1, false).flatten(0, -1))
+        .map_err(|e| run_err(e.to_string()))?
+        .into_iter()
+        .map(|v| v as u8)
+        .collect();
+    let same = out
+        .train_ids
+        .iter()
+        .zip(&want_ids)
+        .filter(|(a, b)| a == b)
+        .count();
+    Ok(Parity {
+        shape,
+        max_abs_diff,
+        argmax_agreement: 100.0 * same as f64 / want_ids.len().max(1) as f64,
+        provider: engine.provider().to_string(),
+    })
+}
+
+/// Parity check with the acceptance thresholds (max |diff| <= `tol`, arg-max agreement
+/// >= 99.99 %), as an error when they are not met.
+pub fn check_parity(
+    net: &Fcn8s,
+    path: &Path,
+    rgb: &Tensor,
+    engine_opts: &lse_runtime::engine::EngineOptions,
+    tol: f32,
+) -> Result<Parity, ExportError> {
+    let p = parity(net, path, rgb, engine_opts)?;
+    if p.max_abs_diff > tol || p.argmax_agreement < 99.99 || p.max_abs_diff.is_nan() {
+        return Err(ExportError::Parity {
+            path: path.to_path_buf(),
+            shape: p.shape,
+            max_diff: p.max_abs_diff,
+            tol,
+            agree: p.argmax_agreement,
+        });
+    }
+    Ok(p)
+}
+
+fn net_device(net: &Fcn8s) -> tch::Device {
+    net.weights_and_biases()
+        .0
+        .first()
+        .map_or(tch::Device::Cpu, |t| t.device())
+}
