@@ -1,0 +1,526 @@
+//! Routes and handlers. Handlers stay short: limits, the time limit, tracing and
+//! metrics are layers; decoding, resizing, upsampling and encoding run on the blocking
+//! thread pool; inference runs in the worker pool ([`crate::pool`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{BoxError, Json, Router};
+use image::{GrayImage, RgbImage};
+use lse_runtime::contract::{self, ModelMeta};
+use lse_runtime::engine::Provider;
+use lse_runtime::{imageio, predict};
+use serde::Serialize;
+use tokio::sync::{Semaphore, oneshot};
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::input;
+use crate::metrics::{Gauges, Metrics};
+use crate::pool::{CountGuard, Job, JobOutput, Pool, SubmitError};
+
+/// The web page (self-contained HTML, CSS and JavaScript).
+pub const INDEX_HTML: &str = include_str!("../static/index.html");
+
+/// Weight of the colours in `output=overlay`.
+pub const OVERLAY_ALPHA: f32 = 0.5;
+
+/// What the served model is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `<name>-<first 16 hex digits of the file's FNV-1a hash>`.
+    pub id: String,
+    pub path: String,
+    pub file_bytes: u64,
+    pub provider: Provider,
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub cfg: Config,
+    pub meta: ModelMeta,
+    pub model: ModelInfo,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    /// One permit per request in progress (`--queue`).
+    pub admission: Arc<Semaphore>,
+}
+
+impl AppState {
+    fn gauges(&self) -> Gauges {
+        let cap = self.cfg.queue as usize;
+        Gauges {
+            queue_depth: self.pool.queue_depth(),
+            queue_capacity: cap,
+            in_progress: cap.saturating_sub(self.admission.available_permits()),
+            workers: self.pool.workers(),
+            workers_ready: self
+                .pool
+                .shared
+                .ready
+                .load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+}
+
+/// The answer formats of `POST /v1/segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    LabelIds,
+    TrainIds,
+    Color,
+    Overlay,
+    Json,
+}
+
+impl OutputKind {
+    pub const NAMES: &'static str = "labelids, trainids, color, overlay, json";
+
+    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        Ok(match v {
+            None | Some("labelids") => Self::LabelIds,
+            Some("trainids") => Self::TrainIds,
+            Some("color") => Self::Color,
+            Some("overlay") => Self::Overlay,
+            Some("json") => Self::Json,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "bad_output",
+                    format!(
+                        "unknown output `{}`: use one of {}",
+                        other.chars().take(64).collect::<String>(),
+                        Self::NAMES
+                    ),
+                ));
+            }
+        })
+    }
+}
+
+/// Builds the router with every layer.
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout_ms = state.cfg.timeout_ms;
+    let limit = state.cfg.max_body_bytes();
+    let segment_route = post(segment).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |e: BoxError| async move {
+                if e.is::<tower::timeout::error::Elapsed>() {
+                    ApiError::timeout(timeout_ms)
+                } else {
+                    ApiError::internal(e.to_string())
+                }
+            }))
+            .timeout(Duration::from_millis(timeout_ms)),
+    );
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/segment", segment_route)
+        .route("/v1/model", get(model))
+        .route("/v1/sample.png", get(sample))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            precheck_length(limit, req, next)
+        }))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Refuses a body whose declared length is over the limit before reading it.
+async fn precheck_length(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::body_too_large(limit).into_response();
+    }
+    next.run(req).await
+}
+
+/// Counts requests by route and status and times them.
+async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    st.metrics.observe_request(
+        &route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {method} {}: see GET / for the page, POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let ready = st.gauges().workers_ready;
+    let workers = st.pool.workers();
+    if st.pool.ready() {
+        Json(serde_json::json!({ "status": "ready", "workers": workers })).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("{ready} of {workers} workers have loaded and warmed up the model"),
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let text = st.metrics.render(st.gauges());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn model(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let c = &st.cfg;
+    Json(serde_json::json!({
+        "model": st.model,
+        "contract": {
+            "input": {
+                "name": contract::INPUT,
+                "type": "float32",
+                "shape": ["N", 3, "H", "W"],
+                "values": "RGB, 0..255 (channel reordering and mean subtraction are inside the graph)",
+            },
+            "outputs": [
+                { "name": contract::OUTPUT_TRAIN_IDS, "type": "uint8", "shape": ["N", "H", "W"] },
+                { "name": contract::OUTPUT_SCORES, "type": "float32", "shape": ["N", "C", "H", "W"] },
+            ],
+            "prediction": "resize to train_size (bicubic), predict, bilinear upsampling of the class probabilities to the image's size, arg-max",
+        },
+        "metadata": st.meta,
+        "server": {
+            "workers": c.workers,
+            "threads_per_worker": c.threads_per_worker(),
+            "max_batch": c.max_batch,
+            "batch_wait_ms": c.batch_wait_ms,
+            "queue": c.queue,
+            "timeout_ms": c.timeout_ms,
+            "max_body_bytes": c.max_body_bytes(),
+            "max_pixels": c.max_pixels,
+            "outputs": OutputKind::NAMES,
+            "version": lse_runtime::VERSION,
+        },
+    }))
+}
+
+async fn sample(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let side = |key: &str, default: u32| -> Result<u32, ApiError> {
+        match q.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=crate::sample::MAX_SIDE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_query",
+                        format!("{key} must be 1..={}", crate::sample::MAX_SIDE),
+                    )
+                }),
+        }
+    };
+    let (w, h) = (side("width", 64)?, side("height", 48)?);
+    let png = blocking(move || {
+        let img = crate::sample::sample_image(w, h);
+        imageio::encode_png(img.as_raw(), w, h, 3).map_err(|e| ApiError::internal(e.to_string()))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// Runs CPU work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a processing task failed: {e}")))?
+}
+
+/// The image bytes: the raw body, or the (first) file field of a multipart form.
+async fn read_image_body(req: Request) -> Result<Bytes, ApiError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    let body_err = |status: StatusCode, text: String| {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "body_too_large", text)
+        } else {
+            ApiError::new(status, "bad_body", text)
+        }
+    };
+    if !multipart {
+        return Bytes::from_request(req, &())
+            .await
+            .map_err(|e| body_err(e.status(), e.body_text()));
+    }
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| body_err(e.status(), e.body_text()))?;
+    let mut first = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| body_err(e.status(), e.body_text()))?
+    {
+        let is_file = field.file_name().is_some();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| body_err(e.status(), e.body_text()))?;
+        if is_file {
+            return Ok(data);
+        }
+        first.get_or_insert(data);
+    }
+    first.ok_or_else(|| ApiError::bad_request("empty_body", "the multipart form has no field"))
+}
+
+/// Per-class pixel counts of a train-id map, for `output=json`.
+#[derive(Debug, Serialize)]
+struct ClassShare {
+    train_id: u8,
+    label_id: u8,
+    name: String,
+    color: [u8; 3],
+    pixels: u64,
+    share: f64,
+}
+
+fn class_shares(meta: &ModelMeta, train: &GrayImage) -> Vec<ClassShare> {
+    let mut counts = [0u64; 256];
+    for &t in train.as_raw() {
+        counts[t as usize] += 1;
+    }
+    let total = train.as_raw().len().max(1) as f64;
+    let mut out: Vec<ClassShare> = counts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &n)| n > 0)
+        .map(|(t, &n)| {
+            let known = t < meta.num_classes();
+            ClassShare {
+                train_id: t as u8,
+                label_id: if known { meta.label_ids[t] } else { 0 },
+                name: if known {
+                    meta.class_names[t].clone()
+                } else {
+                    "ignore".into()
+                },
+                color: if known { meta.colors[t] } else { [0, 0, 0] },
+                pixels: n,
+                share: n as f64 / total,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.pixels.cmp(&a.pixels).then(a.train_id.cmp(&b.train_id)));
+    out
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Everything the answer is made from.
+struct Done {
+    image: RgbImage,
+    out: JobOutput,
+    decode: Duration,
+    started: Instant,
+}
+
+/// Upsamples the prediction to the image's size and encodes the answer.
+fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError> {
+    let (w, h) = d.image.dimensions();
+    let post_started = Instant::now();
+    let train = predict::to_train_ids(
+        d.out.scores.view(),
+        d.out.train_ids.view(),
+        w,
+        h,
+        predict::Upsample::Probabilities,
+    )
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let png = |data: &[u8], channels: u8| {
+        imageio::encode_png(data, w, h, channels)
+            .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
+    };
+    let (body, content_type) = match kind {
+        OutputKind::LabelIds => (
+            png(imageio::train_to_label_ids(&train).as_raw(), 1)?,
+            "image/png",
+        ),
+        OutputKind::TrainIds => (png(train.as_raw(), 1)?, "image/png"),
+        OutputKind::Color => (png(imageio::colorize(&train).as_raw(), 3)?, "image/png"),
+        OutputKind::Overlay => (
+            png(
+                imageio::overlay(&d.image, &train, OVERLAY_ALPHA).as_raw(),
+                3,
+            )?,
+            "image/png",
+        ),
+        OutputKind::Json => {
+            let post = post_started.elapsed();
+            let v = serde_json::json!({
+                "width": w,
+                "height": h,
+                "model": st.model.id,
+                "classes": class_shares(&st.meta, &train),
+                "batch_size": d.out.batch_size,
+                "timings_ms": {
+                    "decode": ms(d.decode),
+                    "queue": ms(d.out.queued),
+                    "inference": ms(d.out.inference),
+                    "postprocess": ms(post),
+                    "total": ms(d.started.elapsed()),
+                },
+            });
+            (
+                serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?,
+                "application/json",
+            )
+        }
+    };
+    let post = post_started.elapsed();
+    let timing = format!(
+        "decode;dur={}, queue;dur={}, infer;dur={}, post;dur={}",
+        ms(d.decode),
+        ms(d.out.queued),
+        ms(d.out.inference),
+        ms(post)
+    );
+    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let hdrs = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        hdrs.insert("server-timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&st.model.id) {
+        hdrs.insert("x-lse-model", v);
+    }
+    hdrs.insert("x-lse-batch-size", HeaderValue::from(d.out.batch_size));
+    Ok(resp)
+}
+
+/// `POST /v1/segment?output=...`
+async fn segment(
+    State(st): State<Arc<AppState>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let kind = OutputKind::parse(q.get("output").map(String::as_str))?;
+    let bytes = read_image_body(req).await?;
+    let _permit = st
+        .admission
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::queue_full(st.cfg.queue))?;
+    let preparing = CountGuard::preparing(&st.pool.shared);
+    let (max_pixels, size) = (st.cfg.max_pixels, st.meta.train_size);
+    let (image, input) = blocking(move || {
+        let image = input::decode(&bytes, max_pixels)?;
+        let input = predict::prepare(&image, size)
+            .map_err(|e| ApiError::internal(format!("cannot prepare the image: {e}")))?;
+        Ok((image, input))
+    })
+    .await?;
+    let decode = started.elapsed();
+    let (tx, rx) = oneshot::channel();
+    st.pool
+        .submit(Job {
+            input,
+            enqueued: Instant::now(),
+            reply: tx,
+        })
+        .map_err(|e| match e {
+            SubmitError::Full => ApiError::queue_full(st.cfg.queue),
+            SubmitError::Closed => ApiError::shutting_down(),
+        })?;
+    // Only now: a worker that sees no request in preparation finds this one queued.
+    drop(preparing);
+    let out = rx
+        .await
+        .map_err(|_| ApiError::internal("the inference worker stopped"))?
+        .map_err(|e| ApiError::internal(format!("inference failed: {e}")))?;
+    let st2 = st.clone();
+    blocking(move || {
+        render(
+            kind,
+            &st2,
+            Done {
+                image,
+                out,
+                decode,
+                started,
+            },
+        )
+    })
+    .await
+}

@@ -1,0 +1,126 @@
+//! The server's settings: one typed struct that the command line fills.
+
+use std::path::{Path, PathBuf};
+
+use lse_runtime::engine::Provider;
+
+/// Settings of `lse-serve`. Defaults suit a laptop: loopback only, one worker that
+/// uses every core, batches of up to 8 images.
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
+#[command(
+    name = "lse-serve",
+    version,
+    about = "Serve LSE segmentation models over HTTP (POST /v1/segment; see server/API.md)"
+)]
+pub struct Config {
+    /// The model (an ONNX file exported by lse-train). Default: models/default/model.onnx,
+    /// looked up from the executable's folders upwards, then from the current folder upwards.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on. Port 0 picks a free port; the bound address is printed as
+    /// `listening on ADDR` on standard output.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
+    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    pub provider: Provider,
+    /// The ONNX Runtime library (libonnxruntime.so.*); otherwise ORT_DYLIB_PATH, the
+    /// project's .venv, then the system's library folders.
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// Inference workers, each owning one ONNX Runtime session.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Intra-op threads of each worker's session (0: the machine's cores divided by the workers).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Largest batch of images one worker runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_batch: u32,
+    /// How long a worker waits for more images to fill a batch, in milliseconds (it only
+    /// waits while other requests are being decoded).
+    #[arg(long, default_value_t = 5)]
+    pub batch_wait_ms: u64,
+    /// Requests that may be in the pipeline at once (decoding, waiting for a worker, or
+    /// being inferred); more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+    /// Time limit of one request in milliseconds; past it the answer is 504.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Largest request body in MiB; larger bodies get 413.
+    #[arg(long, default_value_t = 20.0)]
+    pub max_body_mb: f64,
+    /// Largest image, in pixels (width x height), read from the image header before any
+    /// pixel is decoded; larger images get 413.
+    #[arg(long, default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[serde(skip)]
+    pub verbose: u8,
+}
+
+impl Config {
+    /// The body limit in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        (self.max_body_mb.max(0.0) * 1024.0 * 1024.0) as usize
+    }
+
+    /// Intra-op threads for each worker's session.
+    pub fn threads_per_worker(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.workers.max(1) as usize).max(1)
+    }
+
+    /// Checks the values clap cannot check by itself.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.max_body_mb.is_finite() && self.max_body_mb > 0.0) {
+            anyhow::bail!(
+                "--max-body-mb must be a positive number, got {}",
+                self.max_body_mb
+            );
+        }
+        if self.max_pixels == 0 {
+            anyhow::bail!("--max-pixels must be positive");
+        }
+        Ok(())
+    }
+
+    /// The model to serve: `--model`, or the default model.
+    pub fn model_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.model {
+            Some(p) if p.is_file() => Ok(p.clone()),
+            Some(p) => anyhow::bail!("model file {} does not exist", p.display()),
+            None => find_default_model(),
+        }
+    }
+}
+
+/// Where the default model lives, relative to a project root.
+pub const DEFAULT_MODEL: &str = "models/default/model.onnx";
+
+/// Finds `models/default/model.onnx` above the executable or the current folder.
+pub fn find_default_model() -> anyhow::Result<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    for r in &roots {
+        let candidate = r.join(DEFAULT_MODEL);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!(
+        "no --model given and no default model {DEFAULT_MODEL} found above the executable or the \
+         current folder; pass --model PATH (an ONNX file exported by `lse-train export`) or create \
+         the default model with the project's demo script"
+    )
+}

@@ -1,0 +1,327 @@
+//! The inference pool: N worker threads, each owning one [`Engine`] (ONNX Runtime
+//! sessions need `&mut` to run and are never shared), fed by one bounded queue.
+//!
+//! Batching is dynamic: a worker takes the first waiting job, then keeps taking jobs
+//! until it has `max_batch` of them, the queue is empty and no other request is being
+//! decoded, or `batch_wait` has passed since the first job. A request alone on the
+//! server therefore never waits, and concurrent requests share one session run. Every
+//! image is resized to the model's training size before it is queued, so all jobs have
+//! the same input shape and any of them can share a batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lse_runtime::contract::ModelMeta;
+use lse_runtime::engine::{Engine, EngineError, EngineOptions, Provider};
+use ndarray::{Array2, Array3, Array4, Axis};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// One image waiting for inference: its model input at the training size (RGB CHW).
+pub struct Job {
+    pub input: Vec<f32>,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<JobOutput, String>>,
+}
+
+/// The model's answer for one image.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// `C x h x w` logits at the training size.
+    pub scores: Array3<f32>,
+    /// `h x w` arg-max train ids at the training size.
+    pub train_ids: Array2<u8>,
+    /// How many images shared the session run.
+    pub batch_size: usize,
+    /// Time spent in the queue.
+    pub queued: Duration,
+    /// Time of the session run (for the whole batch).
+    pub inference: Duration,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    Full,
+    Closed,
+}
+
+/// Counters shared by the request side and the workers.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Jobs in the queue.
+    pub queued: AtomicUsize,
+    /// Requests admitted and still being decoded (workers wait for them to fill a batch).
+    pub preparing: AtomicUsize,
+    /// Workers whose session is loaded and warmed up.
+    pub ready: AtomicUsize,
+}
+
+/// Decrements a counter when dropped.
+pub struct CountGuard(Arc<Shared>, fn(&Shared) -> &AtomicUsize);
+
+impl CountGuard {
+    pub fn preparing(shared: &Arc<Shared>) -> Self {
+        shared.preparing.fetch_add(1, Ordering::SeqCst);
+        Self(shared.clone(), |s| &s.preparing)
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Settings of the pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub workers: usize,
+    pub max_batch: usize,
+    pub batch_wait: Duration,
+    pub queue: usize,
+    pub engine: EngineOptions,
+}
+
+/// The worker pool. Dropping the sender (via [`Pool::close`]) lets the workers finish
+/// the jobs already queued and exit.
+pub struct Pool {
+    tx: Mutex<Option<SyncSender<Job>>>,
+    pub shared: Arc<Shared>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl Pool {
+    /// Loads one engine per worker (in parallel) and starts the workers; returns the
+    /// pool, the model's contract and the provider that runs it, or an error if any
+    /// session cannot be opened. Warm-up runs in the workers afterwards;
+    /// [`Pool::ready`] tells when it is done.
+    pub fn start(
+        model: &std::path::Path,
+        opts: &PoolOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, ModelMeta, Provider), EngineError> {
+        // Open sessions in parallel threads: TensorRT or CUDA set-up can be slow.
+        let loads: Vec<_> = (0..opts.workers)
+            .map(|_| {
+                let model = model.to_path_buf();
+                let eo = opts.engine.clone();
+                std::thread::spawn(move || Engine::load(&model, &eo))
+            })
+            .collect();
+        let mut engines = Vec::new();
+        for h in loads {
+            let engine = h
+                .join()
+                .map_err(|_| EngineError::Run("a session loader thread panicked".into()))??;
+            engines.push(engine);
+        }
+        let meta = engines[0].meta().clone();
+        let provider = engines[0].provider();
+        let (tx, rx) = mpsc::sync_channel::<Job>(opts.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared::default());
+        let mut handles = Vec::new();
+        for (i, engine) in engines.into_iter().enumerate() {
+            let w = Worker {
+                id: i,
+                engine,
+                rx: rx.clone(),
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+                max_batch: opts.max_batch.max(1),
+                batch_wait: opts.batch_wait,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("lse-worker-{i}"))
+                .spawn(move || w.run())
+                .map_err(|e| EngineError::Run(format!("cannot start a worker thread: {e}")))?;
+            handles.push(h);
+        }
+        Ok((
+            Self {
+                tx: Mutex::new(Some(tx)),
+                shared,
+                handles: Mutex::new(handles),
+                workers: opts.workers,
+            },
+            meta,
+            provider,
+        ))
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(SubmitError::Closed);
+        };
+        // Count before sending so a fast worker never sees the counter go below zero.
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Full,
+                    TrySendError::Disconnected(_) => SubmitError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Whether every worker is loaded and warmed up.
+    pub fn ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst) >= self.workers
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking jobs, lets the workers finish the queued ones and joins them.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    engine: Engine,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    batch_wait: Duration,
+}
+
+impl Worker {
+    fn input_shape(&self) -> (usize, usize, usize) {
+        let [w, h] = self.engine.meta().train_size;
+        (3, h as usize, w as usize)
+    }
+
+    /// Runs the largest batch once (allocations, kernel selection) and once a single image.
+    fn warm_up(&mut self) -> Result<(), EngineError> {
+        let (c, h, w) = self.input_shape();
+        for n in [self.max_batch, 1] {
+            let batch = Array4::<f32>::zeros((n, c, h, w));
+            self.engine.run(batch.view())?;
+        }
+        Ok(())
+    }
+
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let first = rx.recv().ok()?;
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        let mut batch = vec![first];
+        let deadline = Instant::now() + self.batch_wait;
+        while batch.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(j) => {
+                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    batch.push(j);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            // Nothing queued: wait only for requests that are on their way.
+            let now = Instant::now();
+            if self.shared.preparing.load(Ordering::SeqCst) == 0 || now >= deadline {
+                break;
+            }
+            let slice = (deadline - now).min(Duration::from_micros(500));
+            match rx.recv_timeout(slice) {
+                Ok(j) => {
+                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    batch.push(j);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    fn run(mut self) {
+        match self.warm_up() {
+            Ok(()) => {
+                self.shared.ready.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(worker = self.id, provider = %self.engine.provider(), "worker ready");
+            }
+            Err(e) => tracing::error!(worker = self.id, error = %e, "warm-up failed"),
+        }
+        while let Some(mut batch) = self.next_batch() {
+            // Requests that timed out or whose client left are not worth running.
+            batch.retain(|j| !j.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            self.run_batch(batch);
+        }
+        tracing::debug!(worker = self.id, "worker stopped");
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let (c, h, w) = self.input_shape();
+        let n = batch.len();
+        let mut input = Array4::<f32>::zeros((n, c, h, w));
+        let mut bad = vec![false; n];
+        for (i, job) in batch.iter().enumerate() {
+            let mut slot = input.index_axis_mut(Axis(0), i);
+            match slot.as_slice_mut() {
+                Some(s) if s.len() == job.input.len() => s.copy_from_slice(&job.input),
+                _ => bad[i] = true,
+            }
+        }
+        let started = Instant::now();
+        let result = self.engine.run(input.view());
+        let inference = started.elapsed();
+        self.metrics.observe_batch(n, inference);
+        match result {
+            Ok(out) => {
+                for (i, job) in batch.into_iter().enumerate() {
+                    let answer = if bad[i] {
+                        Err(format!(
+                            "the job's input has {} values, the model takes {}",
+                            job.input.len(),
+                            c * h * w
+                        ))
+                    } else {
+                        Ok(JobOutput {
+                            scores: out.scores.index_axis(Axis(0), i).to_owned(),
+                            train_ids: out.train_ids.index_axis(Axis(0), i).to_owned(),
+                            batch_size: n,
+                            queued: started.saturating_duration_since(job.enqueued),
+                            inference,
+                        })
+                    };
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(worker = self.id, error = %e, batch = n, "inference failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
