@@ -1,1 +1,563 @@
-//! (in progress)
+//! Batch labelling of folder trees (`lse label`).
+//!
+//! Every image under the input folder (PNG or JPEG, found recursively, sorted) gets
+//! one single-channel PNG at the mirrored relative path under the output folder, with
+//! the input's file name (extension `.png`), so that the official Cityscapes
+//! evaluation (and `lse eval`) finds it by its `<city>_<seq>_<frame>` prefix. It holds
+//! Cityscapes label ids by default, train ids with [`OutputIds::Train`]. Colour maps
+//! and overlays go to separate trees beside the output folder (`<out>_color`,
+//! `<out>_overlay`), so the results tree stays evaluable.
+//!
+//! - Prediction follows [`crate::predict`]: the model's training size, class
+//!   probabilities upsampled bilinearly to the image's size, arg-max
+//!   ([`Upsample::Labels`] is the fast variant).
+//! - Resumable: an image whose output exists and decodes as a single-channel PNG of the
+//!   image's size is skipped (unless `overwrite`); outputs are written atomically.
+//! - Failures (unreadable image, write error, failed inference) are collected and
+//!   returned in the summary; the other images go on.
+//! - Sharding: part `K` of `N` (1-based) takes every N-th image of the sorted list,
+//!   starting with the K-th, so `N` jobs together label the tree exactly once.
+//! - Pipelined, with bounded memory: decoder threads read, decode and resize images
+//!   into a bounded channel while the calling thread runs batches through the one
+//!   session; a writer thread upsamples, encodes and writes the previous batch
+//!   meanwhile (one batch in flight).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use image::{GrayImage, RgbImage};
+use ndarray::{Array4, Axis};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::datasets::{self, DatasetError};
+use crate::engine::{Engine, Provider};
+use crate::imageio::{self, ImageError};
+use crate::predict::{self, Upsample};
+
+/// Which ids the output PNGs hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputIds {
+    /// Cityscapes label ids (the official results format; ignore written as 0).
+    #[default]
+    Label,
+    /// Train ids 0..C-1.
+    Train,
+}
+
+/// A part of a tree: `index` (1-based) of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: expected K/N with 1 <= K <= N, e.g. 1/4");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let k: usize = k.trim().parse().map_err(|_| bad())?;
+        let n: usize = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 || k == 0 || k > n {
+            return Err(bad());
+        }
+        Ok(Self { index: k, count: n })
+    }
+}
+
+impl Shard {
+    /// Whether the `i`-th item (0-based) of the sorted list belongs to this shard.
+    pub fn contains(self, i: usize) -> bool {
+        i % self.count == self.index - 1
+    }
+}
+
+/// What and how to label.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelSettings {
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub ids: OutputIds,
+    /// Also write colour maps to [`LabelSettings::color_dir`].
+    pub color: bool,
+    /// Also write overlays to [`LabelSettings::overlay_dir`].
+    pub overlay: bool,
+    /// Images per inference batch.
+    pub batch: usize,
+    pub shard: Option<Shard>,
+    pub overwrite: bool,
+    pub upsample: Upsample,
+    /// Decoder threads (0: half the cores, at least one, at most 4).
+    pub workers: usize,
+}
+
+impl LabelSettings {
+    /// The colour-map tree: `<out>_color` beside the output folder.
+    pub fn color_dir(&self) -> PathBuf {
+        sibling(&self.out, "_color")
+    }
+
+    /// The overlay tree: `<out>_overlay` beside the output folder.
+    pub fn overlay_dir(&self) -> PathBuf {
+        sibling(&self.out, "_overlay")
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "labels".into());
+    dir.with_file_name(format!("{name}{suffix}"))
+}
+
+/// Errors that stop labelling as a whole (per-image errors are [`Failure`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("input folder {0} does not exist")]
+    NoInput(PathBuf),
+    #[error(transparent)]
+    Walk(#[from] DatasetError),
+    #[error("no images (PNG or JPEG) under {0}")]
+    Empty(PathBuf),
+    #[error("batch size must be at least 1")]
+    Batch,
+}
+
+/// One image that could not be labelled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub image: PathBuf,
+    pub error: String,
+}
+
+/// The outcome of [`label_tree`].
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelSummary {
+    /// Images in the whole tree.
+    pub found: usize,
+    /// Images in this shard.
+    pub selected: usize,
+    pub labelled: usize,
+    /// Skipped because a valid output existed.
+    pub skipped: usize,
+    pub failed: Vec<Failure>,
+    pub seconds: f64,
+    /// Labelled images per second.
+    pub images_per_second: f64,
+    pub provider: Provider,
+    pub model: PathBuf,
+    pub settings: LabelSettings,
+}
+
+/// One image to label: its path relative to the input folder, and its outputs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub image: PathBuf,
+    pub output: PathBuf,
+    pub color: Option<PathBuf>,
+    pub overlay: Option<PathBuf>,
+}
+
+/// The images under `input` (sorted), skipping the given folders (the output trees
+/// when they lie inside the input).
+pub fn list_images(input: &Path, exclude: &[PathBuf]) -> Result<Vec<PathBuf>, LabelError> {
+    if !input.is_dir() {
+        return Err(LabelError::NoInput(input.to_path_buf()));
+    }
+    let exclude: Vec<PathBuf> = exclude
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let files = datasets::walk_files(input, &|p: &Path| {
+        let img = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"));
+        img && !exclude.iter().any(|x| {
+            std::fs::canonicalize(p)
+                .map(|c| c.starts_with(x))
+                .unwrap_or(false)
+        })
+    })?;
+    Ok(files)
+}
+
+/// The jobs of a labelling run (after sharding), and the number of images found.
+pub fn plan(settings: &LabelSettings) -> Result<(Vec<Job>, usize), LabelError> {
+    let exclude = [
+        settings.out.clone(),
+        settings.color_dir(),
+        settings.overlay_dir(),
+    ];
+    let images = list_images(&settings.input, &exclude)?;
+    if images.is_empty() {
+        return Err(LabelError::Empty(settings.input.clone()));
+    }
+    let found = images.len();
+    let jobs = images
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| settings.shard.is_none_or(|s| s.contains(*i)))
+        .map(|(_, image)| {
+            let rel = image
+                .strip_prefix(&settings.input)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| image.file_name().map(PathBuf::from).unwrap_or_default())
+                .with_extension("png");
+            Job {
+                output: settings.out.join(&rel),
+                color: settings.color.then(|| settings.color_dir().join(&rel)),
+                overlay: settings.overlay.then(|| settings.overlay_dir().join(&rel)),
+                image,
+            }
+        })
+        .collect();
+    Ok((jobs, found))
+}
+
+/// Whether the job's outputs exist and are valid: the label PNG decodes as a
+/// single-channel image of `size`, the visualisations have the right size.
+pub fn is_done(job: &Job, size: (u32, u32)) -> bool {
+    let label_ok = imageio::read_gray(&job.output).is_ok_and(|g| g.dimensions() == size);
+    let vis_ok = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .is_none_or(|p| imageio::dimensions(p).is_ok_and(|d| d == size))
+    };
+    label_ok && vis_ok(&job.color) && vis_ok(&job.overlay)
+}
+
+/// What a decoder thread sends.
+enum Decoded {
+    Ready {
+        job: usize,
+        size: (u32, u32),
+        input: Vec<f32>,
+        original: Option<RgbImage>,
+    },
+    Skipped,
+    Failed(Failure),
+}
+
+/// What the inference thread hands to the writer.
+struct BatchOut {
+    items: Vec<(usize, (u32, u32), Option<RgbImage>)>,
+    result: Result<crate::engine::Output, String>,
+}
+
+/// Progress events, for a progress bar.
+pub trait Progress: Sync {
+    /// One image finished (labelled, skipped or failed).
+    fn image_done(&self);
+}
+
+impl<F: Fn() + Sync> Progress for F {
+    fn image_done(&self) {
+        self()
+    }
+}
+
+fn decode_job(job: &Job, size: [u32; 2], overwrite: bool, keep: bool) -> Result<Decoded, String> {
+    // Resume from the header alone; a broken header fails in the decoding below.
+    if !overwrite {
+        if let Ok(dims) = imageio::dimensions(&job.image) {
+            if is_done(job, dims) {
+                return Ok(Decoded::Skipped);
+            }
+        }
+    }
+    let bytes = std::fs::read(&job.image).map_err(|e| e.to_string())?;
+    let img = imageio::decode_rgb(&bytes, &job.image).map_err(|e| e.to_string())?;
+    let dims = img.dimensions();
+    let input = predict::prepare(&img, size).map_err(|e| e.to_string())?;
+    Ok(Decoded::Ready {
+        job: 0,
+        size: dims,
+        input,
+        original: keep.then_some(img),
+    })
+}
+
+fn write_outputs(
+    job: &Job,
+    train_ids: &GrayImage,
+    original: Option<&RgbImage>,
+    settings: &LabelSettings,
+    label_lut: &[u8; 256],
+    color_lut: &[[u8; 3]; 256],
+) -> Result<(), ImageError> {
+    // Visualisations first: the label PNG is what marks an image as done.
+    if let Some(p) = &job.color {
+        imageio::write_rgb_png(p, &colorize(train_ids, color_lut))?;
+    }
+    if let (Some(p), Some(img)) = (&job.overlay, original) {
+        imageio::write_rgb_png(p, &blend(img, &colorize(train_ids, color_lut), 0.5))?;
+    }
+    let out = match settings.ids {
+        OutputIds::Train => train_ids.clone(),
+        OutputIds::Label => {
+            let mut g = train_ids.clone();
+            for p in g.iter_mut() {
+                *p = label_lut[*p as usize];
+            }
+            g
+        }
+    };
+    imageio::write_gray_png(&job.output, &out)
+}
+
+fn colorize(ids: &GrayImage, lut: &[[u8; 3]; 256]) -> RgbImage {
+    let (w, h) = ids.dimensions();
+    let mut out = Vec::with_capacity((w * h * 3) as usize);
+    for &t in ids.as_raw() {
+        out.extend_from_slice(&lut[t as usize]);
+    }
+    RgbImage::from_raw(w, h, out).expect("buffer size matches")
+}
+
+fn blend(img: &RgbImage, colors: &RgbImage, alpha: f32) -> RgbImage {
+    let mut out = img.clone();
+    for (o, c) in out.pixels_mut().zip(colors.pixels()) {
+        for k in 0..3 {
+            o[k] = (o[k] as f32 * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8;
+        }
+    }
+    out
+}
+
+/// Labels the tree described by `settings` with `engine`.
+pub fn label_tree(
+    engine: &mut Engine,
+    settings: &LabelSettings,
+    progress: &dyn Progress,
+) -> Result<LabelSummary, LabelError> {
+    if settings.batch == 0 {
+        return Err(LabelError::Batch);
+    }
+    let t0 = Instant::now();
+    let (jobs, found) = plan(settings)?;
+    let meta = engine.meta().clone();
+    let size = meta.train_size;
+    let label_lut = meta.label_lut();
+    let color_lut = meta.color_lut();
+    let batch = settings.batch;
+    let workers = if settings.workers > 0 {
+        settings.workers
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get() / 2)
+            .clamp(1, 4)
+    };
+    let next = AtomicUsize::new(0);
+    let mut failed: Vec<Failure> = Vec::new();
+    let mut labelled = 0usize;
+    let mut skipped = 0usize;
+    let (dec_tx, dec_rx) = mpsc::sync_channel::<Decoded>(batch * 2);
+    let (out_tx, out_rx) = mpsc::sync_channel::<BatchOut>(1);
+    let keep_original = settings.overlay;
+
+    std::thread::scope(|scope| {
+        // Decoders.
+        for _ in 0..workers {
+            let tx = dec_tx.clone();
+            let (jobs, next) = (&jobs, &next);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                let msg = match decode_job(job, size, settings.overwrite, keep_original) {
+                    Ok(Decoded::Ready {
+                        size,
+                        input,
+                        original,
+                        ..
+                    }) => Decoded::Ready {
+                        job: i,
+                        size,
+                        input,
+                        original,
+                    },
+                    Ok(other) => other,
+                    Err(error) => Decoded::Failed(Failure {
+                        image: job.image.clone(),
+                        error,
+                    }),
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(dec_tx);
+
+        // Writer: upsampling, encoding, writing of the previous batch.
+        let writer = {
+            let jobs = &jobs;
+            let (label_lut, color_lut) = (&label_lut, &color_lut);
+            scope.spawn(move || {
+                let mut done = 0usize;
+                let mut failures = Vec::new();
+                for b in out_rx {
+                    match b.result {
+                        Err(e) => {
+                            for (j, _, _) in &b.items {
+                                failures.push(Failure {
+                                    image: jobs[*j].image.clone(),
+                                    error: format!("inference failed: {e}"),
+                                });
+                                progress.image_done();
+                            }
+                        }
+                        Ok(out) => {
+                            let results: Vec<Result<(), Failure>> = b
+                                .items
+                                .par_iter()
+                                .enumerate()
+                                .map(|(k, (j, (w, h), original))| {
+                                    let job = &jobs[*j];
+                                    let res = predict::to_train_ids(
+                                        out.scores.index_axis(Axis(0), k),
+                                        out.train_ids.index_axis(Axis(0), k),
+                                        *w,
+                                        *h,
+                                        settings.upsample,
+                                    )
+                                    .and_then(|ids| {
+                                        write_outputs(
+                                            job,
+                                            &ids,
+                                            original.as_ref(),
+                                            settings,
+                                            label_lut,
+                                            color_lut,
+                                        )
+                                    });
+                                    progress.image_done();
+                                    res.map_err(|e| Failure {
+                                        image: job.image.clone(),
+                                        error: e.to_string(),
+                                    })
+                                })
+                                .collect();
+                            for r in results {
+                                match r {
+                                    Ok(()) => done += 1,
+                                    Err(f) => failures.push(f),
+                                }
+                            }
+                        }
+                    }
+                }
+                (done, failures)
+            })
+        };
+
+        // Inference on this thread.
+        let (w, h) = (size[0] as usize, size[1] as usize);
+        let mut pending: Vec<(usize, (u32, u32), Vec<f32>, Option<RgbImage>)> = Vec::new();
+        let mut flush = |pending: &mut Vec<(usize, (u32, u32), Vec<f32>, Option<RgbImage>)>| {
+            if pending.is_empty() {
+                return;
+            }
+            let mut arr = Array4::<f32>::zeros((pending.len(), 3, h, w));
+            for (k, (_, _, input, _)) in pending.iter().enumerate() {
+                arr.index_axis_mut(Axis(0), k)
+                    .as_slice_mut()
+                    .expect("standard layout")
+                    .copy_from_slice(input);
+            }
+            let result = engine.run(arr.view()).map_err(|e| e.to_string());
+            drop(arr);
+            let items = pending
+                .drain(..)
+                .map(|(j, sz, _, orig)| (j, sz, orig))
+                .collect();
+            // The writer only stops early if it panicked; the scope reports that.
+            let _ = out_tx.send(BatchOut { items, result });
+        };
+        for msg in dec_rx {
+            match msg {
+                Decoded::Ready {
+                    job,
+                    size,
+                    input,
+                    original,
+                } => {
+                    pending.push((job, size, input, original));
+                    if pending.len() >= batch {
+                        flush(&mut pending);
+                    }
+                }
+                Decoded::Skipped => {
+                    skipped += 1;
+                    progress.image_done();
+                }
+                Decoded::Failed(f) => {
+                    failed.push(f);
+                    progress.image_done();
+                }
+            }
+        }
+        flush(&mut pending);
+        drop(flush);
+        drop(out_tx);
+        let (done, failures) = writer.join().expect("writer thread panicked");
+        labelled = done;
+        failed.extend(failures);
+    });
+    failed.sort_by(|a, b| a.image.cmp(&b.image));
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(LabelSummary {
+        found,
+        selected: jobs.len(),
+        labelled,
+        skipped,
+        failed,
+        seconds,
+        images_per_second: labelled as f64 / seconds.max(1e-9),
+        provider: engine.provider(),
+        model: engine.path().to_path_buf(),
+        settings: settings.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_list() {
+        let n = 3;
+        let shards: Vec<Shard> = (1..=n)
+            .map(|k| format!("{k}/{n}").parse().unwrap())
+            .collect();
+        for i in 0..20 {
+            assert_eq!(shards.iter().filter(|s| s.contains(i)).count(), 1);
+        }
+        assert!("0/3".parse::<Shard>().is_err());
+        assert!("4/3".parse::<Shard>().is_err());
+        assert!("1/0".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn visualisation_trees_are_siblings() {
+        let s = LabelSettings {
+            input: "in".into(),
+            out: "/tmp/res/pred".into(),
+            ids: OutputIds::Label,
+            color: true,
+            overlay: true,
+            batch: 1,
+            shard: None,
+            overwrite: false,
+            upsample: Upsample::Probabilities,
+            workers: 1,
+        };
+        assert_eq!(s.color_dir(), PathBuf::from("/tmp/res/pred_color"));
+        assert_eq!(s.overlay_dir(), PathBuf::from("/tmp/res/pred_overlay"));
+    }
+}

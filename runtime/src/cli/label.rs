@@ -1,9 +1,132 @@
-//! `lse label` (in progress).
+//! `lse label`: batch-label a Cityscapes-style folder tree (resumable, shardable).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::engine::{Engine, EngineOptions, Provider};
+use crate::label::{self, LabelSettings, OutputIds, Shard};
+use crate::predict::Upsample;
 
 /// Arguments of `lse label`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The model (model.onnx exported by lse-train).
+    pub model: PathBuf,
+    /// Folder of images (PNG/JPEG, searched recursively), e.g. cityscapes/leftImg8bit/val.
+    pub input_dir: PathBuf,
+    /// Output folder: one PNG per image at the mirrored relative path, same file name.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Ids written to the output PNGs.
+    #[arg(long, value_enum, default_value_t = OutputIds::Label)]
+    pub ids: OutputIds,
+    /// Also write colour maps (to OUT_color/, beside the output folder).
+    #[arg(long)]
+    pub color: bool,
+    /// Also write overlays of the colours on the image (to OUT_overlay/).
+    #[arg(long)]
+    pub overlay: bool,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Process part K of N of the sorted tree (1-based), e.g. for a job array.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Relabel images whose output already exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Arg-max at the training size, then nearest-neighbour upsampling of the labels
+    /// (faster; the default upsamples the class probabilities as the protocol does).
+    #[arg(long)]
+    pub fast: bool,
+    /// Execution provider.
+    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    pub provider: Provider,
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, the project's .venv, the system).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Decoder threads (0: half the cores, 1 to 4).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("lse label is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let settings = LabelSettings {
+        input: args.input_dir.clone(),
+        out: args.out.clone(),
+        ids: args.ids,
+        color: args.color,
+        overlay: args.overlay,
+        batch: args.batch,
+        shard: args.shard,
+        overwrite: args.overwrite,
+        upsample: if args.fast {
+            Upsample::Labels
+        } else {
+            Upsample::Probabilities
+        },
+        workers: args.workers,
+    };
+    // Plan first, so that an empty or missing input fails before the model loads.
+    let (jobs, _) = label::plan(&settings)?;
+    let opts = EngineOptions {
+        provider: args.provider,
+        ort_lib: args.ort_lib.clone(),
+        threads: args.threads,
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::load(&args.model, &opts)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images  {per_sec}  elapsed {elapsed}  eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let summary = label::label_tree(&mut engine, &settings, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    if args.json {
+        crate::cli::print_json(&summary)?;
+    } else {
+        println!(
+            "{} images in this {}: {} labelled, {} already done, {} failed; {:.1} s, {:.2} images/s ({})",
+            summary.selected,
+            if args.shard.is_some() { "shard" } else { "tree" },
+            summary.labelled,
+            summary.skipped,
+            summary.failed.len(),
+            summary.seconds,
+            summary.images_per_second,
+            summary.provider
+        );
+        println!("results in {}", args.out.display());
+        if args.color {
+            println!("colour maps in {}", settings.color_dir().display());
+        }
+        if args.overlay {
+            println!("overlays in {}", settings.overlay_dir().display());
+        }
+        for f in &summary.failed {
+            eprintln!("failed: {}: {}", f.image.display(), f.error);
+        }
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} images failed (listed above)",
+            summary.failed.len(),
+            summary.selected
+        );
+    }
+    Ok(())
 }
