@@ -525,9 +525,9 @@ pub fn read_synthia_ids(path: &Path) -> Result<(u32, u32, Vec<u16>), ImageError>
         path: path.to_path_buf(),
         message,
     };
-    let file = File::open(path).map_err(|source| ImageError::Read {
+    let file = File::open(path).map_err(|error| ImageError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
     decoder.set_transformations(png::Transformations::EXPAND);
