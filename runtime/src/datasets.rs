@@ -25,8 +25,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::{GrayImage, RgbImage};
 
@@ -539,7 +539,7 @@ pub fn read_synthia_ids(path: &Path) -> Result<(u32, u32, Vec<u16>), ImageError>
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
         png::ColorType::Indexed => {
-            return Err(dec_err("palette label PNGs are not SYNTHIA labels".into()))
+            return Err(dec_err("palette label PNGs are not SYNTHIA labels".into()));
         }
     };
     let bytes_per_sample = match depth {

@@ -16,8 +16,8 @@ use std::sync::{Mutex, OnceLock};
 
 use ndarray::{Array3, Array4, ArrayView4};
 use ort::ep::{self, ExecutionProvider};
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use crate::contract::{self, ContractError, ModelMeta};
@@ -59,11 +59,8 @@ pub enum EngineError {
     NoModel { path: PathBuf },
     #[error("cannot load model {path}: {message}")]
     Load { path: PathBuf, message: String },
-    #[error("model {path}: {source}")]
-    Contract {
-        path: PathBuf,
-        source: ContractError,
-    },
+    #[error("model {path}: {error}")]
+    Contract { path: PathBuf, error: ContractError },
     #[error("execution provider {provider} is not usable: {reason}")]
     Provider { provider: Provider, reason: String },
     #[error("inference failed: {0}")]
@@ -224,9 +221,9 @@ impl Engine {
                         message,
                     })?;
                     let meta =
-                        ModelMeta::from_props(&props).map_err(|source| EngineError::Contract {
+                        ModelMeta::from_props(&props).map_err(|error| EngineError::Contract {
                             path: path.to_path_buf(),
-                            source,
+                            error,
                         })?;
                     Self::check_io(&session, path)?;
                     if skipped.is_empty() {
@@ -373,4 +370,21 @@ impl Engine {
             scores,
         })
     }
+}
+
+/// The project's default model, `models/default/model.onnx`, looked up beside the
+/// executable's ancestors, then the current directory's, then the source tree's.
+pub fn default_model() -> Option<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")));
+    roots
+        .into_iter()
+        .map(|r| r.join("models/default/model.onnx"))
+        .find(|p| p.is_file())
 }

@@ -19,17 +19,17 @@ pub const MEAN_BGR: [f32; 3] = [104.006_99, 116.668_77, 122.678_914];
 /// Errors of image I/O; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read image {path}: {source}")]
+    #[error("cannot read image {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot decode image {path}: {message}")]
     Decode { path: PathBuf, message: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot encode PNG {path}: {message}")]
     Encode { path: PathBuf, message: String },
@@ -49,18 +49,18 @@ pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
 
 /// Reads and decodes an 8-bit RGB image file.
 pub fn read_rgb(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+    let bytes = std::fs::read(path).map_err(|error| ImageError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     decode_rgb(&bytes, path)
 }
 
 /// Reads a single-channel 8-bit label PNG (label ids or train ids).
 pub fn read_gray(path: &Path) -> Result<GrayImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+    let bytes = std::fs::read(path).map_err(|error| ImageError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let img = image::load_from_memory(&bytes).map_err(|e| ImageError::Decode {
         path: path.to_path_buf(),
@@ -239,9 +239,9 @@ pub fn encode_png(
 /// Writes bytes to `path` atomically: a temporary file in the same folder, fsync'd
 /// and renamed into place. Creates missing parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let err = |source| ImageError::Write {
+    let err = |error| ImageError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = dir {

@@ -29,3 +29,17 @@ pub fn init_tracing(verbose: u8) {
         .with_target(false)
         .try_init();
 }
+
+/// The model to use: the one named, else the default model `models/default/model.onnx`
+/// found beside the executable's ancestors or the current directory's.
+pub fn model_or_default(model: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(m) = model {
+        return Ok(m);
+    }
+    crate::engine::default_model().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no model named and no default model found (models/default/model.onnx); \
+             run scripts/demo.sh to create it, or name a model"
+        )
+    })
+}
