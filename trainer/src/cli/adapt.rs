@@ -1,9 +1,67 @@
-//! `lse-train adapt` (being written).
+//! `lse-train adapt`: the LSE rounds on an unlabelled target (its train labels are
+//! never read).
+
+use lse_runtime::datasets::DatasetSpec;
 
 /// Arguments of `lse-train adapt`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub run: super::train::RunArgs,
+    /// The target: cityscapes:DIR (images of the `target_split`, default train; the
+    /// `val_split` evaluates each round when it has labels).
+    #[arg(long, required_unless_present = "resume")]
+    pub target: Option<DatasetSpec>,
+    /// Share p per round, comma-separated (one round each), e.g. 0.1,0.15,0.2.
+    #[arg(long, value_delimiter = ',')]
+    pub p_schedule: Option<Vec<f64>>,
+    /// Examples (windows) per confident image, K.
+    #[arg(long)]
+    pub patches: Option<usize>,
+    /// Window side as a share of the image's (1.0: plain self-training).
+    #[arg(long)]
+    pub window_scale: Option<f64>,
+    /// Passes over the examples per round.
+    #[arg(long)]
+    pub epochs_per_round: Option<usize>,
+    /// Focal term on or off (true/false).
+    #[arg(long)]
+    pub focal: Option<bool>,
+}
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("lse-train adapt is not implemented yet")
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut r = a.run.clone();
+    // The explicit adaptation flags become overrides (they need a new run).
+    let mut extra = Vec::new();
+    if let Some(p) = &a.p_schedule {
+        extra.push(format!(
+            "p_schedule=[{}]",
+            p.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    if let Some(v) = a.patches {
+        extra.push(format!("patches={v}"));
+    }
+    if let Some(v) = a.window_scale {
+        extra.push(format!("window_scale={v}"));
+    }
+    if let Some(v) = a.epochs_per_round {
+        extra.push(format!("epochs_per_round={v}"));
+    }
+    if let Some(v) = a.focal {
+        extra.push(format!("focal={v}"));
+    }
+    if r.resume.is_some() && !extra.is_empty() {
+        anyhow::bail!(
+            "--resume keeps the run's settings; settings flags cannot be combined with it"
+        );
+    }
+    r.set.extend(extra);
+    let mut t = r.open("adapt", a.target.clone())?;
+    t.adapt()?;
+    super::train::print_summary(&t);
+    Ok(())
 }

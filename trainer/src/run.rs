@@ -1,0 +1,430 @@
+//! The run directory: resolved configuration, run record, metrics, checkpoints, plot.
+//!
+//! ```text
+//! RUN_DIR/
+//!   config.toml              the resolved configuration
+//!   run.json                 the run record (RunRecord): command, datasets, versions,
+//!                            device, sessions, per-phase wall times, per-round stats
+//!   metrics.jsonl            one JSON object per logged iteration / evaluation
+//!   checkpoints/last.safetensors   the resumable state (network, Adam moments, loop
+//!                            position in the metadata key `lse.state`), replaced
+//!                            atomically every `checkpoint_every` iterations, at the
+//!                            end of each phase and round
+//!   checkpoints/round-NN.safetensors   the network after round NN (adapt)
+//!   cache/round-NN.safetensors         the generated examples of the round in progress
+//!   model.safetensors        the final network, with source/target/method/settings/
+//!                            evaluation/train_size in its metadata (for `export`)
+//!   curves.png               loss (top) and mIoU (bottom) curves
+//! ```
+//!
+//! Every checkpoint is one of our safetensors checkpoints, so `lse-train export` and
+//! `lse-train eval` accept all of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::Config;
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Statistics of one adaptation round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundStats {
+    /// 1-based round number.
+    pub round: usize,
+    /// Share p of the target set.
+    pub p: f64,
+    /// Target images ranked.
+    pub target_images: usize,
+    /// |S|: confident images (union over classes).
+    pub confident: usize,
+    /// Images kept per class.
+    pub kept_per_class: Vec<usize>,
+    /// tau_c per class (null: the class has no boundary image).
+    pub thresholds: Vec<Option<f64>>,
+    /// Generated examples (|S| * K).
+    pub examples: usize,
+    /// Share of pseudo-label pixels set to ignore over all examples.
+    pub ignored_share: f64,
+    /// Training iterations of the round.
+    pub iterations: u64,
+    /// Iterations done so far (equal to `iterations` when the round is complete).
+    pub iterations_done: u64,
+    /// Sums of the losses over the iterations done.
+    pub source_loss_sum: f64,
+    pub target_loss_sum: f64,
+    /// Mean losses over the round.
+    pub source_loss: Option<f64>,
+    pub target_loss: Option<f64>,
+    /// Target val mIoU after the round (when val labels exist).
+    pub miou: Option<f64>,
+    /// Wall seconds per phase (rank, thresholds, generate, train, eval).
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Where the loop stands; stored in every resumable checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Training iterations done in this run (learning-rate schedule, source order).
+    pub iteration: u64,
+    /// Adaptation: the current 0-based round.
+    pub round: usize,
+    /// Adaptation: the current round's examples are generated and cached.
+    pub examples_ready: bool,
+    /// Adaptation: the current round's statistics so far.
+    pub current: Option<RoundStats>,
+    /// Sums of the source-only losses since the last logged window.
+    pub finished: bool,
+    /// Adam's step count and loss-scaling state.
+    pub adam_step: i64,
+    pub loss_scale: Option<f64>,
+    pub good_steps: u64,
+}
+
+/// One process's part of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub started: f64,
+    pub ended: Option<f64>,
+    pub device: String,
+    pub threads: i32,
+    pub start_iteration: u64,
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// `train` (source-only) or `adapt` (LSE).
+    pub command: String,
+    /// `source-only` or `lse`.
+    pub method: String,
+    pub init: PathBuf,
+    pub source: String,
+    pub target: Option<String>,
+    pub versions: BTreeMap<String, String>,
+    pub started: f64,
+    pub ended: Option<f64>,
+    pub status: String,
+    pub sessions: Vec<Session>,
+    /// Total wall seconds per phase over all sessions.
+    pub phase_seconds: BTreeMap<String, f64>,
+    pub rounds: Vec<RoundStats>,
+    /// The final evaluation (report JSON), when val labels exist.
+    pub evaluation: Option<serde_json::Value>,
+    /// Evaluations during the run: `(iteration, mIoU)`.
+    pub miou_curve: Vec<(u64, f64)>,
+    /// What curves.png shows.
+    pub plot_legend: String,
+    /// The model's `[width, height]` input size (the target size).
+    pub train_size: [u32; 2],
+    /// Network width and classes of the model.
+    pub width: f64,
+    pub classes: i64,
+    pub init_scheme: String,
+}
+
+/// The versions recorded in runs.
+pub fn versions() -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    v.insert("lse".into(), lse_runtime::VERSION.into());
+    v.insert("tch".into(), "0.24.0".into());
+    v.insert("libtorch".into(), "2.11.0".into());
+    v.insert(
+        "cuda_available".into(),
+        tch::Cuda::is_available().to_string(),
+    );
+    v
+}
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn record_path(&self) -> PathBuf {
+        self.root.join("run.json")
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn last_path(&self) -> PathBuf {
+        self.root.join("checkpoints").join("last.safetensors")
+    }
+    pub fn round_path(&self, round: usize) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("round-{round:02}.safetensors"))
+    }
+    pub fn cache_path(&self, round: usize) -> PathBuf {
+        self.root
+            .join("cache")
+            .join(format!("round-{round:02}.safetensors"))
+    }
+    pub fn model_path(&self) -> PathBuf {
+        self.root.join("model.safetensors")
+    }
+    pub fn plot_path(&self) -> PathBuf {
+        self.root.join("curves.png")
+    }
+
+    /// Creates a fresh run directory; refuses one that already holds a run.
+    pub fn create(root: &Path) -> anyhow::Result<Self> {
+        let d = Self::new(root);
+        if d.record_path().exists() {
+            anyhow::bail!(
+                "{} already holds a run (run.json); continue it with --resume {} or choose another --out",
+                root.display(),
+                root.display()
+            );
+        }
+        for sub in ["checkpoints", "cache"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        Ok(d)
+    }
+
+    /// Opens an existing run directory for `--resume`.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        let d = Self::new(root);
+        if !d.record_path().is_file() || !d.config_path().is_file() {
+            anyhow::bail!(
+                "{} is not a run directory (run.json and config.toml expected)",
+                root.display()
+            );
+        }
+        for sub in ["checkpoints", "cache"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(d)
+    }
+
+    pub fn write_config(&self, c: &Config) -> anyhow::Result<()> {
+        write_atomic(&self.config_path(), c.to_toml().as_bytes())
+    }
+
+    pub fn read_config(&self) -> anyhow::Result<Config> {
+        let mut c = Config::from_file(&self.config_path())?;
+        c.validate()?;
+        // The TOML form omits unset options; nothing else to restore.
+        c.width = c.width.filter(|w| *w > 0.0);
+        Ok(c)
+    }
+
+    pub fn write_record(&self, r: &RunRecord) -> anyhow::Result<()> {
+        write_atomic(&self.record_path(), &serde_json::to_vec_pretty(r)?)
+    }
+
+    pub fn read_record(&self) -> anyhow::Result<RunRecord> {
+        let bytes = std::fs::read(self.record_path())
+            .with_context(|| format!("reading {}", self.record_path().display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", self.record_path().display()))
+    }
+
+    /// Appends one line to metrics.jsonl.
+    pub fn log(&self, line: &serde_json::Value) -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.metrics_path())
+            .with_context(|| format!("opening {}", self.metrics_path().display()))?;
+        writeln!(f, "{line}")?;
+        Ok(())
+    }
+
+    /// Keeps only the metrics lines up to `iteration` (lines written after the last
+    /// checkpoint of an interrupted session would otherwise appear twice).
+    pub fn truncate_metrics(&self, iteration: u64) -> anyhow::Result<()> {
+        let Ok(text) = std::fs::read_to_string(self.metrics_path()) else {
+            return Ok(());
+        };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()))
+                    .is_some_and(|i| i <= iteration)
+            })
+            .collect();
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        write_atomic(&self.metrics_path(), out.as_bytes())
+    }
+
+    /// Reads metrics.jsonl.
+    pub fn read_metrics(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.metrics_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Writes a file atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    lse_runtime::imageio::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Saves a resumable checkpoint: the network's variables, extra named tensors (the
+/// optimiser state) and the loop state as metadata `lse.state`.
+pub fn save_state(
+    path: &Path,
+    vs: &tch::nn::VarStore,
+    meta: &CheckpointMeta,
+    extra: Vec<(String, Tensor)>,
+    state: &LoopState,
+) -> anyhow::Result<()> {
+    let mut meta = meta.clone();
+    meta.extra
+        .insert("state".into(), serde_json::to_string(state)?);
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.extend(extra);
+    checkpoint::save(path, &meta, &named)?;
+    Ok(())
+}
+
+/// Reads a resumable checkpoint: its tensors by name and its loop state.
+pub fn load_state(path: &Path) -> anyhow::Result<(HashMap<String, Tensor>, LoopState)> {
+    let (md, tensors) = checkpoint::read_safetensors(path)?;
+    let state = md
+        .get("lse.state")
+        .ok_or_else(|| anyhow::anyhow!("{} has no loop state (lse.state)", path.display()))?;
+    let state: LoopState =
+        serde_json::from_str(state).with_context(|| format!("{}: lse.state", path.display()))?;
+    Ok((tensors.into_iter().collect(), state))
+}
+
+/// Draws the loss curves (top: source loss blue, target loss red, per logged
+/// iteration) and the mIoU curve (bottom: green, per evaluation) without text, so no
+/// system fonts are needed; the legend is in run.json (`plot_legend`).
+pub fn plot_curves(
+    path: &Path,
+    metrics: &[serde_json::Value],
+    miou: &[(u64, f64)],
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .filter_map(|m| {
+                let it = m.get("iteration")?.as_f64()?;
+                let v = m.get(key)?.as_f64()?;
+                v.is_finite().then_some((it, v))
+            })
+            .collect()
+    };
+    let src = series("source_loss");
+    let tgt = series("target_loss");
+    let (w, h) = (800u32, 600u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (top, bottom) = root.split_vertically(h * 2 / 3);
+        let max_it = src
+            .iter()
+            .chain(&tgt)
+            .map(|p| p.0)
+            .chain(miou.iter().map(|p| p.0 as f64))
+            .fold(1.0f64, f64::max);
+        let max_loss = src.iter().chain(&tgt).map(|p| p.1).fold(1e-6f64, f64::max);
+        let draw = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+                    ymax: f64,
+                    lines: Vec<(Vec<(f64, f64)>, RGBColor)>|
+         -> anyhow::Result<()> {
+            let mut chart = ChartBuilder::on(area)
+                .margin(10)
+                .build_cartesian_2d(0f64..max_it, 0f64..ymax)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Frame and light grid lines at tenths, drawn by hand (no text).
+            for k in 0..=10 {
+                let y = ymax * k as f64 / 10.0;
+                chart
+                    .draw_series(LineSeries::new(
+                        [(0.0, y), (max_it, y)],
+                        RGBColor(225, 225, 225),
+                    ))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            for (pts, color) in lines {
+                if !pts.is_empty() {
+                    chart
+                        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+            Ok(())
+        };
+        draw(&top, max_loss * 1.05, vec![(src, BLUE), (tgt, RED)])?;
+        let m: Vec<(f64, f64)> = miou.iter().map(|&(i, v)| (i as f64, v)).collect();
+        draw(&bottom, 1.0, vec![(m, GREEN)])?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size matches");
+    lse_runtime::imageio::write_rgb_png(path, &img)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The legend of [`plot_curves`].
+pub const PLOT_LEGEND: &str = "curves.png: top panel = training losses per logged iteration \
+(blue: source cross-entropy, red: target loss), y from 0 to the largest loss, grid at tenths; \
+bottom panel = target val mIoU after each evaluation (green), y from 0 to 1, grid at 0.1; \
+x axis: iteration from 0 to the last.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_builds_without_fonts() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics: Vec<serde_json::Value> = (0..20)
+            .map(|i| serde_json::json!({"iteration": i, "source_loss": 3.0 / (1.0 + i as f64), "target_loss": 1.0}))
+            .collect();
+        let p = dir.path().join("c.png");
+        plot_curves(&p, &metrics, &[(10, 0.3), (20, 0.4)]).unwrap();
+        assert!(image::open(&p).unwrap().width() == 800);
+    }
+
+    #[test]
+    fn metrics_are_truncated_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        for i in 1..=5 {
+            run.log(&serde_json::json!({"iteration": i})).unwrap();
+        }
+        run.truncate_metrics(3).unwrap();
+        assert_eq!(run.read_metrics().len(), 3);
+    }
+}

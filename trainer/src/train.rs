@@ -1,0 +1,937 @@
+//! The training loops: source-only training and the LSE adaptation rounds
+//! (method.md), resumable at any iteration.
+//!
+//! One iteration (both loops): forward + backward a source batch (cross-entropy,
+//! ignore 255), in adaptation also forward + backward a batch of generated target
+//! examples (cross-entropy plus the optional focal term), then one Adam step over
+//! two groups: weights at `lr_weights`, biases at `lr_biases`, both multiplied by
+//! `lr_decay` every `lr_decay_every` iterations; the frozen upsampling kernels are not
+//! in the optimiser.
+//!
+//! One round of adaptation with share p: rank every target image (eval mode, at the
+//! target size, probabilities on the device) -> [`lse::select`]; thresholds from the
+//! boundary images -> [`lse::thresholds`]; for each confident image the reliable mask
+//! and K random windows -> [`lse::generate`] (examples kept in memory and cached in the
+//! run directory so a resumed round trains on exactly the same examples); then
+//! `|S| * K * epochs` iterations over the shuffled examples. The target's labels are
+//! never read here: target images are loaded with `Dataset::load_image` only.
+//!
+//! Determinism: the data order depends only on the seed and the iteration
+//! ([`data::Order`]), the windows on the seed and the round, and libtorch's generator
+//! (dropout) is re-seeded from the seed and the iteration before every iteration, so a
+//! resumed run on the CPU reaches the same weights as an uninterrupted one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
+use lse_runtime::labels::ClassSubset;
+use lse_runtime::metrics::{ConfusionMatrix, Report};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::Config;
+use crate::data::{self, Batch, Order};
+use crate::fcn8s::Fcn8s;
+use crate::optim::Adam;
+use crate::run::{self, LoopState, RoundStats, RunDir, RunRecord, Session};
+use crate::{losses, lse};
+
+/// A network on a device with its checkpoint metadata.
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub net: Fcn8s,
+    pub meta: CheckpointMeta,
+    pub device: Device,
+}
+
+impl Model {
+    /// Loads one of our checkpoints onto `device`, checking the configured width and
+    /// initialisation when set.
+    pub fn load(path: &Path, device: Device, cfg: Option<&Config>) -> anyhow::Result<Self> {
+        let meta = checkpoint::read_meta(path)?;
+        if let Some(cfg) = cfg {
+            if let Some(w) = cfg.width
+                && (w - meta.config.width).abs() > 1e-9
+            {
+                anyhow::bail!(
+                    "checkpoint {} is a width-{} network, but the configuration asks for width {w} \
+                     (setting `width`)",
+                    path.display(),
+                    meta.config.width
+                );
+            }
+            if let Some(i) = cfg.init
+                && i != meta.init
+            {
+                anyhow::bail!(
+                    "checkpoint {} was initialised with `{:?}`, but the configuration asks for `{:?}` \
+                     (setting `init`)",
+                    path.display(),
+                    meta.init,
+                    i
+                );
+            }
+        }
+        let mut vs = nn::VarStore::new(device);
+        let net = Fcn8s::new(&vs.root(), meta.config, meta.init);
+        checkpoint::load_network(&mut vs, path, meta.config)?;
+        Ok(Self {
+            vs,
+            net,
+            meta,
+            device,
+        })
+    }
+
+    /// Class probabilities `C x H x W` (on the device) of one input image `3 x H x W`,
+    /// in eval mode.
+    pub fn probs(&self, image: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.net
+                .forward_t(&image.to_device(self.device).unsqueeze(0), false)
+                .softmax(1, Kind::Float)
+                .squeeze_dim(0)
+        })
+    }
+
+    /// The trainable parameters by name, split into weights and biases (the frozen
+    /// upsampling kernels are not trainable and not included).
+    pub fn param_groups(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+        let mut vars: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let (ws, bs): (Vec<_>, Vec<_>) =
+            vars.into_iter().partition(|(n, _)| n.ends_with(".weight"));
+        let (w2, b2) = self.net.weights_and_biases();
+        debug_assert_eq!((ws.len(), bs.len()), (w2.len(), b2.len()));
+        (ws, bs)
+    }
+}
+
+/// The class subset results are reported over for a source kind.
+pub fn subset_for(source: DatasetKind) -> ClassSubset {
+    match source {
+        DatasetKind::Synthia => ClassSubset::Synthia16,
+        _ => ClassSubset::All19,
+    }
+}
+
+/// Classes a source does not teach (skipped in the ranking).
+pub fn skipped_classes(source: DatasetKind) -> Vec<usize> {
+    match source {
+        DatasetKind::Synthia => lse::SYNTHIA_SKIPPED_CLASSES.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// A progress bar for one phase, with its rate.
+pub fn bar(len: u64, phase: &str, unit: &str, quiet: bool) -> ProgressBar {
+    let b = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{prefix:>9}} {{bar:30}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}  {{msg}}"
+        ))
+        .expect("valid template"),
+    );
+    b.set_prefix(phase.to_string());
+    b
+}
+
+/// Evaluates on a labelled target split with the protocol of method.md: predict at
+/// `size`, upsample the probabilities bilinearly to the label's full resolution,
+/// arg-max, one confusion matrix over all images.
+pub fn evaluate(
+    model: &Model,
+    ds: Arc<Dataset>,
+    size: [u32; 2],
+    mean_bgr: [f64; 3],
+    limit: usize,
+    quiet: bool,
+) -> anyhow::Result<ConfusionMatrix> {
+    if !ds.has_labels() {
+        anyhow::bail!(
+            "{} dataset at {} has no labels to evaluate against",
+            ds.kind(),
+            ds.root().display()
+        );
+    }
+    let classes = model.meta.config.classes as usize;
+    let n = if limit == 0 {
+        ds.len()
+    } else {
+        limit.min(ds.len())
+    };
+    let mut cm = ConfusionMatrix::new(classes);
+    let pb = bar(n as u64, "eval", "images", quiet);
+    let mut stream = data::eval_stream(ds, n, size, mean_bgr);
+    for _ in 0..n {
+        let (img, label) = stream.next()?;
+        let (w, h) = label.dimensions();
+        let pred = tch::no_grad(|| {
+            let p = model.probs(&img).unsqueeze(0);
+            let p = if p.size()[2..] == [h as i64, w as i64] {
+                p
+            } else {
+                p.upsample_bilinear2d([h as i64, w as i64], false, None, None)
+            };
+            p.argmax(1, false)
+                .to_kind(Kind::Uint8)
+                .flatten(0, -1)
+                .to_device(Device::Cpu)
+        });
+        let pred: Vec<u8> = Vec::try_from(pred)?;
+        cm.add(label.as_raw(), &pred)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(cm)
+}
+
+/// The evaluation as recorded in runs and checkpoints.
+pub fn evaluation_json(
+    cm: &ConfusionMatrix,
+    subset: ClassSubset,
+    split: &str,
+    images: usize,
+) -> serde_json::Value {
+    let report: Report = cm.report(subset);
+    let mut v = serde_json::json!({
+        "split": split,
+        "images": images,
+        "subset": subset.count(),
+        "miou": report.miou,
+        "pixel_accuracy": report.pixel_accuracy,
+        "per_class": report.classes.iter().map(|c| serde_json::json!({"class": c.name, "iou": c.iou})).collect::<Vec<_>>(),
+    });
+    if subset == ClassSubset::Synthia16 {
+        v["miou13"] = serde_json::json!(cm.miou(ClassSubset::Synthia13));
+    }
+    v
+}
+
+/// What a run trains on.
+#[derive(Debug, Clone)]
+pub struct RunInputs {
+    pub init: PathBuf,
+    pub source: DatasetSpec,
+    /// The target (adaptation: required; source-only: optional, for evaluation).
+    pub target: Option<DatasetSpec>,
+    pub source_list: Option<PathBuf>,
+}
+
+/// Process-level options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit abruptly (as if killed) after this many iterations of this process.
+    pub stop_after: Option<u64>,
+    pub quiet: bool,
+    pub threads: i32,
+}
+
+/// The state of a run in progress.
+pub struct Trainer {
+    pub cfg: Config,
+    pub model: Model,
+    pub adam: Adam,
+    pub state: LoopState,
+    pub run: RunDir,
+    pub record: RunRecord,
+    pub source: Arc<Dataset>,
+    pub target: Option<Arc<Dataset>>,
+    pub val: Option<Arc<Dataset>>,
+    pub opts: RunOptions,
+    session_iterations: u64,
+    last_checkpoint: Instant,
+}
+
+fn check_classes(model: &Model, what: &str) -> anyhow::Result<()> {
+    let n = model.meta.config.classes as usize;
+    if n != lse_runtime::labels::NUM_CLASSES {
+        anyhow::bail!(
+            "class sets differ: the checkpoint predicts {n} classes, but the {what} is labelled with \
+             the {} Cityscapes train classes",
+            lse_runtime::labels::NUM_CLASSES
+        );
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// Starts a new run (`resume = false`) or continues the one in `out`.
+    pub fn open(
+        command: &str,
+        cfg: Option<Config>,
+        inputs: Option<RunInputs>,
+        out: &Path,
+        device: Device,
+        opts: RunOptions,
+    ) -> anyhow::Result<Self> {
+        let resume = inputs.is_none();
+        let (run, cfg, record) = if resume {
+            let run = RunDir::open(out)?;
+            let cfg = run.read_config()?;
+            let record = run.read_record()?;
+            if record.command != command {
+                anyhow::bail!(
+                    "{} is a `{}` run; resume it with `lse-train {} --resume {}`",
+                    out.display(),
+                    record.command,
+                    record.command,
+                    out.display()
+                );
+            }
+            (run, cfg, record)
+        } else {
+            let cfg = cfg.expect("a new run has a config");
+            cfg.validate()?;
+            let inputs = inputs.as_ref().expect("checked");
+            let run = RunDir::create(out)?;
+            let record = RunRecord {
+                command: command.into(),
+                method: if command == "adapt" {
+                    "lse"
+                } else {
+                    "source-only"
+                }
+                .into(),
+                init: inputs.init.clone(),
+                source: inputs.source.to_string(),
+                target: inputs.target.as_ref().map(|t| t.to_string()),
+                versions: run::versions(),
+                started: run::now_unix(),
+                ended: None,
+                status: "running".into(),
+                sessions: Vec::new(),
+                phase_seconds: BTreeMap::new(),
+                rounds: Vec::new(),
+                evaluation: None,
+                miou_curve: Vec::new(),
+                plot_legend: run::PLOT_LEGEND.into(),
+                train_size: cfg.target_size,
+                width: 0.0,
+                classes: 0,
+                init_scheme: String::new(),
+            };
+            (run, cfg, record)
+        };
+        let mut record = record;
+        if cfg.mixed_precision && !device.is_cuda() {
+            anyhow::bail!("mixed_precision = true needs a CUDA device (running on {device:?})");
+        }
+        let source: DatasetSpec = record.source.parse()?;
+        let target: Option<DatasetSpec> = record.target.as_deref().map(str::parse).transpose()?;
+        if source.kind == DatasetKind::Cityscapes && command == "adapt" {
+            anyhow::bail!("the adaptation source must be gta5:DIR or synthia:DIR (got {source})");
+        }
+        if let Some(t) = &target
+            && t.kind != DatasetKind::Cityscapes
+        {
+            anyhow::bail!("the target must be cityscapes:DIR (got {t})");
+        }
+        let source_list = inputs.as_ref().and_then(|i| i.source_list.clone());
+        let source_ds = Arc::new(
+            Dataset::open_spec(&source, "train", source_list.as_deref())
+                .with_context(|| format!("opening the source {source}"))?,
+        );
+        if !source_ds.has_labels() {
+            anyhow::bail!("the source {source} has no labels (source training needs them)");
+        }
+        let target_ds = match (&target, command) {
+            (Some(t), "adapt") => Some(Arc::new(
+                Dataset::open_spec(t, &cfg.target_split, None).with_context(|| {
+                    format!("opening the target {t} (split {})", cfg.target_split)
+                })?,
+            )),
+            _ => None,
+        };
+        let val_ds = match &target {
+            Some(t) if cfg.evaluate => match Dataset::open_spec(t, &cfg.val_split, None) {
+                Ok(d) if d.has_labels() => Some(Arc::new(d)),
+                Ok(_) => {
+                    tracing::info!(
+                        "target split {} has no labels: no evaluation",
+                        cfg.val_split
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::info!("no evaluation: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+
+        // The network: the last resumable checkpoint, else --init.
+        let last = run.last_path();
+        let (model, state, tensors) = if resume && last.is_file() {
+            let model = Model::load(&last, device, None)?;
+            let (tensors, state) = run::load_state(&last)?;
+            (model, state, Some(tensors))
+        } else {
+            let model = Model::load(&record.init, device, Some(&cfg))
+                .with_context(|| format!("loading --init {}", record.init.display()))?;
+            (model, LoopState::default(), None)
+        };
+        check_classes(&model, &format!("source {source}"))?;
+        if let Some(src) = model.meta.extra.get("source")
+            && let Ok(spec) = src.parse::<DatasetSpec>()
+            && subset_for(spec.kind) != subset_for(source.kind)
+        {
+            anyhow::bail!(
+                "class sets differ: the checkpoint was trained on a {} source ({} classes), \
+                 the source given is {} ({} classes)",
+                spec.kind,
+                subset_for(spec.kind).count(),
+                source.kind,
+                subset_for(source.kind).count()
+            );
+        }
+        let (ws, bs) = model.param_groups();
+        let mut adam = Adam::new(ws, bs, cfg.adam_betas, cfg.adam_eps);
+        if cfg.mixed_precision {
+            adam.loss_scale = Some(65536.0);
+        }
+        if let Some(t) = &tensors {
+            adam.load_state(t)
+                .with_context(|| format!("restoring the optimiser from {}", last.display()))?;
+            adam.step = state.adam_step;
+            adam.loss_scale = state.loss_scale;
+            adam.good_steps = state.good_steps;
+        }
+        if state.finished {
+            anyhow::bail!("the run in {} is already finished", out.display());
+        }
+        if resume {
+            run.truncate_metrics(state.iteration)?;
+            // Rounds recorded after the checkpoint (none normally) are dropped.
+            record.rounds.truncate(state.round);
+        } else {
+            run.write_config(&cfg)?;
+        }
+        record.width = model.meta.config.width;
+        record.classes = model.meta.config.classes;
+        record.init_scheme = format!("{:?}", model.meta.init).to_lowercase();
+        record.sessions.push(Session {
+            started: run::now_unix(),
+            ended: None,
+            device: format!("{device:?}"),
+            threads: tch::get_num_threads(),
+            start_iteration: state.iteration,
+        });
+        record.status = "running".into();
+        run.write_record(&record)?;
+        Ok(Self {
+            cfg,
+            model,
+            adam,
+            state,
+            run,
+            record,
+            source: source_ds,
+            target: target_ds,
+            val: val_ds.map(|d| d),
+            opts,
+            session_iterations: 0,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    fn add_phase_time(&mut self, phase: &str, secs: f64) {
+        *self.record.phase_seconds.entry(phase.into()).or_default() += secs;
+    }
+
+    /// Writes the resumable checkpoint (and the run record).
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.state.adam_step = self.adam.step;
+        self.state.loss_scale = self.adam.loss_scale;
+        self.state.good_steps = self.adam.good_steps;
+        let meta = self.model.meta.clone();
+        run::save_state(
+            &self.run.last_path(),
+            &self.model.vs,
+            &meta,
+            self.adam.state_tensors(),
+            &self.state,
+        )?;
+        self.run.write_record(&self.record)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Called after every iteration: periodic checkpoint, then the simulated kill.
+    fn after_iteration(&mut self) -> anyhow::Result<()> {
+        self.session_iterations += 1;
+        let every = self.cfg.checkpoint_every;
+        if every > 0 && self.state.iteration % every == 0 {
+            self.checkpoint()?;
+        }
+        if self.opts.stop_after == Some(self.session_iterations) {
+            eprintln!(
+                "stopping abruptly after {} iterations (--stop-after-iterations), as if killed",
+                self.session_iterations
+            );
+            std::process::exit(75);
+        }
+        Ok(())
+    }
+
+    fn seed_iteration(&self, phase: u64) {
+        tch::manual_seed(data::mix_seed(&[self.cfg.seed, phase, self.state.iteration]) as i64);
+    }
+
+    /// Forward + backward of one batch; returns the loss value.
+    fn forward_backward(&self, batch: &Batch, target: bool) -> f64 {
+        let dev = self.model.device;
+        let x = batch.images.to_device(dev);
+        let y = batch.labels.to_device(dev);
+        let amp = self.cfg.mixed_precision;
+        let loss = tch::autocast(amp, || {
+            let logits = self.model.net.forward_t(&x, true);
+            if target {
+                losses::target_loss(&logits, &y, self.cfg.focal_params())
+            } else {
+                losses::source_loss(&logits, &y)
+            }
+        });
+        match self.adam.loss_scale {
+            Some(s) => (&loss * s).backward(),
+            None => loss.backward(),
+        }
+        loss.double_value(&[])
+    }
+
+    /// One optimiser step at the current iteration's learning rates.
+    fn optimiser_step(&mut self) {
+        let (lw, lb) = self.cfg.lr_at(self.state.iteration);
+        self.adam.step([lw, lb]);
+    }
+
+    fn log_iteration(&self, phase: &str, src: f64, tgt: Option<f64>) -> anyhow::Result<()> {
+        let it = self.state.iteration;
+        if it % self.cfg.log_every != 0 {
+            return Ok(());
+        }
+        let (lw, _) = self.cfg.lr_at(it - 1);
+        let mut line = serde_json::json!({
+            "phase": phase, "iteration": it, "lr": lw, "source_loss": src,
+        });
+        if let Some(t) = tgt {
+            line["target_loss"] = serde_json::json!(t);
+            line["round"] = serde_json::json!(self.state.round + 1);
+        }
+        self.run.log(&line)
+    }
+
+    fn eval_val(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(val) = self.val.clone() else {
+            return Ok(None);
+        };
+        let t0 = Instant::now();
+        let n = if self.cfg.val_limit == 0 {
+            val.len()
+        } else {
+            self.cfg.val_limit.min(val.len())
+        };
+        let cm = evaluate(
+            &self.model,
+            val,
+            self.cfg.target_size,
+            self.cfg.mean_bgr,
+            self.cfg.val_limit,
+            self.opts.quiet,
+        )?;
+        self.add_phase_time("eval", t0.elapsed().as_secs_f64());
+        let subset = subset_for(self.source.kind());
+        let ev = evaluation_json(&cm, subset, &self.cfg.val_split, n);
+        if let Some(m) = ev["miou"].as_f64() {
+            self.record.miou_curve.push((self.state.iteration, m));
+            self.run.log(&serde_json::json!({
+                "phase": "eval", "iteration": self.state.iteration, "miou": m,
+            }))?;
+        }
+        Ok(Some(ev))
+    }
+
+    /// Source-only training for `source_iterations` iterations.
+    pub fn train_source(&mut self) -> anyhow::Result<()> {
+        let total = self.cfg.source_iterations;
+        let start = self.state.iteration;
+        let mut stream = data::source_stream(
+            self.source.clone(),
+            self.cfg.source_size,
+            self.cfg.batch_size,
+            self.cfg.mean_bgr,
+            data::mix_seed(&[self.cfg.seed, 1]),
+            start,
+        );
+        let pb = bar(total, "source", "it", self.opts.quiet);
+        pb.set_position(start);
+        let t0 = Instant::now();
+        while self.state.iteration < total {
+            let batch = stream.next()?;
+            self.seed_iteration(1);
+            self.adam.zero_grad();
+            let l = self.forward_backward(&batch, false);
+            if !l.is_finite() {
+                anyhow::bail!(
+                    "the source loss is {l} at iteration {} (lower lr_weights?)",
+                    self.state.iteration + 1
+                );
+            }
+            self.optimiser_step();
+            self.state.iteration += 1;
+            self.log_iteration("source", l, None)?;
+            pb.inc(1);
+            pb.set_message(format!("loss {l:.4}"));
+            self.after_iteration()?;
+        }
+        pb.finish_and_clear();
+        self.add_phase_time("train", t0.elapsed().as_secs_f64());
+        drop(stream);
+        let ev = self.eval_val()?;
+        self.finish("source-only", ev)
+    }
+
+    /// Ranks the target set, computes thresholds and generates the round's examples.
+    fn prepare_round(&mut self, r: usize) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let target = self.target.clone().expect("adapt has a target");
+        let p = self.cfg.p_schedule[r];
+        let size = self.cfg.target_size;
+        let mean = self.cfg.mean_bgr;
+        let n = target.len();
+        let mut stats = RoundStats {
+            round: r + 1,
+            p,
+            target_images: n,
+            ..Default::default()
+        };
+        // 1. Rank.
+        let t0 = Instant::now();
+        let pb = bar(n as u64, "rank", "images", self.opts.quiet);
+        let mut stream = data::image_stream(target.clone(), (0..n).collect(), size, mean);
+        let mut scores = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (_, img) = stream.next()?;
+            scores.push(lse::class_scores(&self.model.probs(&img)));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let classes = self.model.meta.config.classes as usize;
+        let skip = lse::skip_mask(classes, &skipped_classes(self.source.kind()));
+        let sel = lse::select(&scores, p, &skip);
+        stats.confident = sel.confident.len();
+        stats.kept_per_class = sel.kept.clone();
+        stats
+            .seconds
+            .insert("rank".into(), t0.elapsed().as_secs_f64());
+        if sel.confident.is_empty() {
+            anyhow::bail!(
+                "round {}: no confident target image (p = {p}, {n} target images): the model predicts \
+                 too few images per class for floor(N_c * p / C) >= 1; use more target images or a larger p",
+                r + 1
+            );
+        }
+        // 2. Thresholds from the boundary images (each predicted once).
+        let t1 = Instant::now();
+        let mut uniq: Vec<usize> = sel.boundary.iter().flatten().copied().collect();
+        uniq.sort_unstable();
+        uniq.dedup();
+        let pb = bar(uniq.len() as u64, "thresh", "images", self.opts.quiet);
+        let mut by_image: HashMap<usize, Tensor> = HashMap::new();
+        let mut stream = data::image_stream(target.clone(), uniq.clone(), size, mean);
+        for _ in 0..uniq.len() {
+            let (i, img) = stream.next()?;
+            by_image.insert(i, self.model.probs(&img));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let boundary_probs: Vec<Option<Tensor>> = sel
+            .boundary
+            .iter()
+            .map(|b| b.map(|i| by_image[&i].shallow_clone()))
+            .collect();
+        let thresholds = lse::thresholds(&boundary_probs);
+        drop(boundary_probs);
+        drop(by_image);
+        stats.thresholds = thresholds.clone();
+        stats
+            .seconds
+            .insert("thresholds".into(), t1.elapsed().as_secs_f64());
+        // 3. Generate.
+        let t2 = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(data::mix_seed(&[self.cfg.seed, 2, r as u64]));
+        let pb = bar(
+            sel.confident.len() as u64,
+            "generate",
+            "images",
+            self.opts.quiet,
+        );
+        let mut stream = data::image_stream(target, sel.confident.clone(), size, mean);
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let mut ignored = 0.0;
+        for _ in 0..sel.confident.len() {
+            let (_, img) = stream.next()?;
+            let img = img.to_device(self.model.device);
+            let probs = self.model.probs(&img);
+            let mask = lse::reliable_mask(&probs, &thresholds);
+            let (h, w) = (probs.size()[1], probs.size()[2]);
+            let windows =
+                lse::random_windows(&mut rng, h, w, self.cfg.patches, self.cfg.window_scale);
+            let g = tch::no_grad(|| lse::generate(&img, &probs, &mask, &windows));
+            ignored += g.ignored_share * windows.len() as f64;
+            images.push(g.images.to_device(Device::Cpu));
+            labels.push(g.labels.to_kind(Kind::Uint8).to_device(Device::Cpu));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        stats.examples = sel.confident.len() * self.cfg.patches;
+        stats.ignored_share = ignored / stats.examples.max(1) as f64;
+        stats
+            .seconds
+            .insert("generate".into(), t2.elapsed().as_secs_f64());
+        let full = lse::iterations_per_round(
+            sel.confident.len(),
+            self.cfg.patches,
+            self.cfg.epochs_per_round,
+        ) as u64;
+        stats.iterations = if self.cfg.max_round_iterations > 0 {
+            full.min(self.cfg.max_round_iterations)
+        } else {
+            full
+        };
+        for ph in ["rank", "thresholds", "generate"] {
+            let s = stats.seconds[ph];
+            self.add_phase_time(ph, s);
+        }
+        tracing::info!(
+            round = r + 1,
+            p,
+            confident = stats.confident,
+            examples = stats.examples,
+            iterations = stats.iterations,
+            ignored_share = stats.ignored_share,
+            "round prepared"
+        );
+        self.state.current = Some(stats);
+        Ok((images, labels))
+    }
+
+    fn save_cache(&self, r: usize, images: &[Tensor], labels: &[Tensor]) -> anyhow::Result<()> {
+        let mut named = Vec::new();
+        for (i, (im, lb)) in images.iter().zip(labels).enumerate() {
+            named.push((format!("images.{i:06}"), im.shallow_clone()));
+            named.push((format!("labels.{i:06}"), lb.shallow_clone()));
+        }
+        checkpoint::save(&self.run.cache_path(r), &self.model.meta, &named)?;
+        Ok(())
+    }
+
+    fn load_cache(&self, r: usize) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let path = self.run.cache_path(r);
+        let (_, tensors) = checkpoint::read_safetensors(&path)
+            .with_context(|| format!("reading the round's example cache {}", path.display()))?;
+        let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let n = map.keys().filter(|k| k.starts_with("images.")).count();
+        let mut images = Vec::with_capacity(n);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            images.push(
+                map.remove(&format!("images.{i:06}"))
+                    .context("cache image missing")?,
+            );
+            labels.push(
+                map.remove(&format!("labels.{i:06}"))
+                    .context("cache label missing")?,
+            );
+        }
+        Ok((images, labels))
+    }
+
+    /// The LSE rounds.
+    pub fn adapt(&mut self) -> anyhow::Result<()> {
+        let rounds = self.cfg.p_schedule.len();
+        let mut last_eval = None;
+        while self.state.round < rounds {
+            let r = self.state.round;
+            let (images, labels) = if self.state.examples_ready {
+                self.load_cache(r)?
+            } else {
+                let (images, labels) = self.prepare_round(r)?;
+                self.save_cache(r, &images, &labels)?;
+                self.state.examples_ready = true;
+                self.checkpoint()?;
+                (images, labels)
+            };
+            // Flat list of examples: (image index, window index).
+            let k = self.cfg.patches as i64;
+            let examples: Vec<(usize, i64)> = (0..images.len())
+                .flat_map(|i| (0..k).map(move |j| (i, j)))
+                .collect();
+            let stats = self.state.current.clone().expect("prepared");
+            let total = stats.iterations;
+            let b = self.cfg.batch_size as u64;
+            let mut order = Order::new(
+                examples.len(),
+                data::mix_seed(&[self.cfg.seed, 3]),
+                r as u64,
+            );
+            let start_it = self.state.iteration;
+            let done = stats.iterations_done;
+            let mut stream = data::source_stream(
+                self.source.clone(),
+                self.cfg.source_size,
+                self.cfg.batch_size,
+                self.cfg.mean_bgr,
+                data::mix_seed(&[self.cfg.seed, 1]),
+                start_it,
+            );
+            let pb = bar(total, &format!("round {}", r + 1), "it", self.opts.quiet);
+            pb.set_position(done);
+            let t0 = Instant::now();
+            for j in done..total {
+                let src = stream.next()?;
+                let picks: Vec<(usize, i64)> =
+                    (0..b).map(|q| examples[order.index(j * b + q)]).collect();
+                let tgt = Batch {
+                    images: Tensor::stack(
+                        &picks
+                            .iter()
+                            .map(|&(i, w)| images[i].get(w))
+                            .collect::<Vec<_>>(),
+                        0,
+                    ),
+                    labels: Tensor::stack(
+                        &picks
+                            .iter()
+                            .map(|&(i, w)| labels[i].get(w).to_kind(Kind::Int64))
+                            .collect::<Vec<_>>(),
+                        0,
+                    ),
+                };
+                self.seed_iteration(2);
+                self.adam.zero_grad();
+                let ls = self.forward_backward(&src, false);
+                let lt = self.forward_backward(&tgt, true);
+                if !ls.is_finite() || !lt.is_finite() {
+                    anyhow::bail!(
+                        "round {}: loss is not finite (source {ls}, target {lt}) at iteration {} (lower lr_weights?)",
+                        r + 1,
+                        self.state.iteration + 1
+                    );
+                }
+                self.optimiser_step();
+                self.state.iteration += 1;
+                let cur = self.state.current.as_mut().expect("prepared");
+                cur.iterations_done += 1;
+                cur.source_loss_sum += ls;
+                cur.target_loss_sum += lt;
+                self.log_iteration("adapt", ls, Some(lt))?;
+                pb.inc(1);
+                pb.set_message(format!("loss {ls:.3} / {lt:.3}"));
+                self.after_iteration()?;
+            }
+            pb.finish_and_clear();
+            drop(stream);
+            self.add_phase_time("train", t0.elapsed().as_secs_f64());
+            let mut stats = self.state.current.take().expect("prepared");
+            stats
+                .seconds
+                .entry("train".into())
+                .and_modify(|s| *s += t0.elapsed().as_secs_f64())
+                .or_insert(t0.elapsed().as_secs_f64());
+            let n = stats.iterations_done.max(1) as f64;
+            stats.source_loss = (stats.iterations_done > 0).then(|| stats.source_loss_sum / n);
+            stats.target_loss = (stats.iterations_done > 0).then(|| stats.target_loss_sum / n);
+            let t1 = Instant::now();
+            let ev = self.eval_val()?;
+            stats
+                .seconds
+                .insert("eval".into(), t1.elapsed().as_secs_f64());
+            stats.miou = ev.as_ref().and_then(|e| e["miou"].as_f64());
+            last_eval = ev;
+            self.run.log(&serde_json::json!({
+                "phase": "round", "iteration": self.state.iteration, "round": r + 1,
+                "confident": stats.confident, "examples": stats.examples,
+                "ignored_share": stats.ignored_share, "source_loss": stats.source_loss,
+                "target_loss": stats.target_loss, "miou": stats.miou,
+            }))?;
+            self.record.rounds.push(stats);
+            self.state.round += 1;
+            self.state.examples_ready = false;
+            self.checkpoint()?;
+            // The round's network on its own, and the cache is no longer needed.
+            checkpoint::save_network(
+                &self.run.round_path(r + 1),
+                &self.model.vs,
+                &self.model.meta,
+            )?;
+            let _ = std::fs::remove_file(self.run.cache_path(r));
+            let _ = run::plot_curves(
+                &self.run.plot_path(),
+                &self.run.read_metrics(),
+                &self.record.miou_curve,
+            );
+        }
+        if last_eval.is_none() {
+            last_eval = self.record.evaluation.clone();
+        }
+        self.finish("lse", last_eval)
+    }
+
+    /// Writes the final model (with its run in the metadata), the record and the plot.
+    fn finish(
+        &mut self,
+        method: &str,
+        evaluation: Option<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let mut meta = self.model.meta.clone();
+        meta.extra.retain(|k, _| k == "backbone" || k == "weights");
+        meta.extra.insert("method".into(), method.into());
+        meta.extra
+            .insert("source".into(), self.record.source.clone());
+        if let Some(t) = &self.record.target {
+            meta.extra.insert("target".into(), t.clone());
+        }
+        meta.extra
+            .insert("settings".into(), serde_json::to_string(&self.cfg)?);
+        meta.extra.insert(
+            "train_size".into(),
+            serde_json::to_string(&self.cfg.target_size)?,
+        );
+        if let Some(ev) = &evaluation {
+            meta.extra.insert("evaluation".into(), ev.to_string());
+        }
+        checkpoint::save_network(&self.run.model_path(), &self.model.vs, &meta)?;
+        self.record.evaluation = evaluation;
+        self.state.finished = true;
+        let now = run::now_unix();
+        self.record.ended = Some(now);
+        if let Some(s) = self.record.sessions.last_mut() {
+            s.ended = Some(now);
+        }
+        self.record.status = "finished".into();
+        self.checkpoint()?;
+        run::plot_curves(
+            &self.run.plot_path(),
+            &self.run.read_metrics(),
+            &self.record.miou_curve,
+        )?;
+        Ok(())
+    }
+}
