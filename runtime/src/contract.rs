@@ -56,8 +56,10 @@ pub struct ModelMeta {
     /// `"init"`, `"source-only"` or `"lse"`.
     pub method: String,
     /// The run's resolved settings (free-form JSON).
+    #[serde(default)]
     pub settings: serde_json::Value,
     /// The evaluation result, if any (free-form JSON: mIoU, per-class IoU, subset).
+    #[serde(default)]
     pub evaluation: Option<serde_json::Value>,
 }
 
