@@ -55,6 +55,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// One permit per request in progress (`--queue`).
     pub admission: Arc<Semaphore>,
+    /// Train id -> Cityscapes label id, from the model's metadata.
+    pub label_lut: [u8; 256],
+    /// Train id -> colour, from the model's metadata.
+    pub color_lut: [[u8; 3]; 256],
 }
 
 impl AppState {
@@ -411,20 +415,32 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
         imageio::encode_png(data, w, h, channels)
             .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
     };
+    // Label ids and colours come from the model's own metadata, as in `lse segment`.
+    let colors = || -> Vec<u8> {
+        train
+            .as_raw()
+            .iter()
+            .flat_map(|&t| st.color_lut[t as usize])
+            .collect()
+    };
     let (body, content_type) = match kind {
-        OutputKind::LabelIds => (
-            png(imageio::train_to_label_ids(&train).as_raw(), 1)?,
-            "image/png",
-        ),
+        OutputKind::LabelIds => {
+            let ids: Vec<u8> = train
+                .as_raw()
+                .iter()
+                .map(|&t| st.label_lut[t as usize])
+                .collect();
+            (png(&ids, 1)?, "image/png")
+        }
         OutputKind::TrainIds => (png(train.as_raw(), 1)?, "image/png"),
-        OutputKind::Color => (png(imageio::colorize(&train).as_raw(), 3)?, "image/png"),
-        OutputKind::Overlay => (
-            png(
-                imageio::overlay(&d.image, &train, OVERLAY_ALPHA).as_raw(),
-                3,
-            )?,
-            "image/png",
-        ),
+        OutputKind::Color => (png(&colors(), 3)?, "image/png"),
+        OutputKind::Overlay => {
+            let mut blended = colors();
+            for (c, &p) in blended.iter_mut().zip(d.image.as_raw()) {
+                *c = (p as f32 * (1.0 - OVERLAY_ALPHA) + *c as f32 * OVERLAY_ALPHA).round() as u8;
+            }
+            (png(&blended, 3)?, "image/png")
+        }
         OutputKind::Json => {
             let post = post_started.elapsed();
             let v = serde_json::json!({

@@ -127,6 +127,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             file_bytes,
             provider,
         },
+        label_lut: meta.label_lut(),
+        color_lut: meta.color_lut(),
         meta,
         pool,
         metrics,

@@ -1,0 +1,551 @@
+//! Integration tests: the real `lse-serve` binary with a tiny exported model on a
+//! loopback port. Needs `lse-train` and `lse` built (`cargo build --workspace`).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use image::ImageFormat;
+
+#[test]
+fn every_endpoint_answers() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+
+    let r = get(a, "/healthz").unwrap();
+    assert_eq!((r.status, r.json()["status"].clone()), (200, "ok".into()));
+    let r = get(a, "/readyz").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+
+    let r = get(a, "/v1/model").unwrap();
+    assert_eq!(r.status, 200);
+    let m = r.json();
+    assert_eq!(m["metadata"]["train_size"], serde_json::json!([64, 32]));
+    assert_eq!(m["metadata"]["class_names"].as_array().unwrap().len(), 19);
+    assert_eq!(m["contract"]["input"]["name"], "image");
+    let model_id = m["model"]["id"].as_str().unwrap().to_string();
+    assert!(
+        model_id.starts_with("model-") || model_id.contains('-'),
+        "{model_id}"
+    );
+
+    let r = get(a, "/").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        r.text().contains("/v1/segment"),
+        "the page posts to the API"
+    );
+
+    let r = get(a, "/v1/sample.png?width=80&height=40").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(decode(&r.body).to_rgb8().dimensions(), (80, 40));
+
+    // Every output of one image, all consistent with each other.
+    let img = picture(64, 48, 1);
+    let body = encode(&img, ImageFormat::Png);
+    let train = post(a, "/v1/segment?output=trainids", &body);
+    assert_eq!(train.status, 200, "{}", train.text());
+    assert_eq!(train.header("content-type"), Some("image/png"));
+    assert_eq!(train.header("x-lse-model"), Some(model_id.as_str()));
+    let train = decode(&train.body).to_luma8();
+    assert_eq!(train.dimensions(), (64, 48));
+    assert!(train.pixels().all(|p| p[0] < 19));
+
+    let meta = &m["metadata"];
+    let label_of = |t: u8| meta["label_ids"][t as usize].as_u64().unwrap() as u8;
+    let color_of = |t: u8| -> [u8; 3] {
+        let c = &meta["colors"][t as usize];
+        [0, 1, 2].map(|k| c[k].as_u64().unwrap() as u8)
+    };
+
+    let labels = post(a, "/v1/segment", &body);
+    assert_eq!(labels.status, 200);
+    let labels = decode(&labels.body).to_luma8();
+    for (l, t) in labels.pixels().zip(train.pixels()) {
+        assert_eq!(l[0], label_of(t[0]));
+    }
+    let explicit = post(a, "/v1/segment?output=labelids", &body);
+    assert_eq!(decode(&explicit.body).to_luma8(), labels);
+
+    let color = post(a, "/v1/segment?output=color", &body);
+    assert_eq!(color.status, 200);
+    let color = decode(&color.body).to_rgb8();
+    for (c, t) in color.pixels().zip(train.pixels()) {
+        assert_eq!(c.0, color_of(t[0]));
+    }
+
+    let overlay = post(a, "/v1/segment?output=overlay", &body);
+    assert_eq!(overlay.status, 200);
+    let overlay = decode(&overlay.body).to_rgb8();
+    assert_eq!(overlay.dimensions(), (64, 48));
+    for ((o, c), p) in overlay.pixels().zip(color.pixels()).zip(img.pixels()) {
+        for k in 0..3 {
+            let want = (p[k] as f32 * 0.5 + c[k] as f32 * 0.5).round() as i32;
+            assert!((o[k] as i32 - want).abs() <= 1, "{o:?} {c:?} {p:?}");
+        }
+    }
+
+    let js = post(a, "/v1/segment?output=json", &body);
+    assert_eq!(js.status, 200);
+    assert_eq!(js.header("content-type"), Some("application/json"));
+    let js = js.json();
+    assert_eq!(
+        (js["width"].as_u64(), js["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    assert_eq!(js["model"], model_id.as_str());
+    let mut counts = HashMap::new();
+    for p in train.pixels() {
+        *counts.entry(p[0] as u64).or_insert(0u64) += 1;
+    }
+    let classes = js["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), counts.len(), "{js}");
+    let mut share_sum = 0.0;
+    for c in classes {
+        let t = c["train_id"].as_u64().unwrap();
+        assert_eq!(c["pixels"].as_u64(), counts.get(&t).copied(), "{c}");
+        assert_eq!(c["name"], meta["class_names"][t as usize]);
+        assert_eq!(c["color"], meta["colors"][t as usize]);
+        share_sum += c["share"].as_f64().unwrap();
+    }
+    assert!((share_sum - 1.0).abs() < 1e-9);
+    for k in ["decode", "queue", "inference", "postprocess", "total"] {
+        assert!(js["timings_ms"][k].as_f64().is_some(), "timing {k}: {js}");
+    }
+
+    // The same image as a multipart form and as a JPEG.
+    let boundary = "lse-test-boundary-7MA4YWxkTrZu0gW";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&body);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = send(
+        a,
+        "POST",
+        "/v1/segment?output=trainids",
+        &[("Content-Type", &ct)],
+        &form,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(decode(&r.body).to_luma8(), train);
+
+    let jpeg = encode(&img, ImageFormat::Jpeg);
+    let r = post(a, "/v1/segment?output=trainids", &jpeg);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(decode(&r.body).to_luma8().dimensions(), (64, 48));
+
+    // The metrics saw all of this.
+    let text = get(a, "/metrics").unwrap();
+    assert_eq!(text.status, 200);
+    assert!(
+        text.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = text.text();
+    for series in [
+        "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"}",
+        "lse_http_request_duration_seconds_count{route=\"/v1/segment\"}",
+        "lse_batch_size_count",
+        "lse_inference_seconds_count",
+        "lse_queue_depth",
+        "lse_workers_ready",
+    ] {
+        assert!(metric(&text, series).is_some(), "no {series} in\n{text}");
+    }
+    assert!(
+        metric(
+            &text,
+            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"}"
+        )
+        .unwrap()
+            >= 8.0
+    );
+    assert!(metric(&text, "lse_inference_seconds_count").unwrap() >= 8.0);
+}
+
+#[test]
+fn bad_input_is_refused_with_4xx() {
+    let server = Server::start(&["--max-body-mb", "1", "--max-pixels", "20000"]);
+    let a = server.addr;
+    let good = png(64, 48, 2);
+    let jpeg = encode(&picture(64, 48, 2), ImageFormat::Jpeg);
+
+    post(a, "/v1/segment", b"").assert_error(400, "empty_body");
+    post(a, "/v1/segment", b"this is plainly not an image").assert_error(400, "not_an_image");
+    post(a, "/v1/segment", &good[..good.len() / 2]).assert_error(400, "bad_image");
+    post(a, "/v1/segment", &good[..30]).assert_error(400, "bad_image");
+    post(a, "/v1/segment", &jpeg[..jpeg.len() * 2 / 3]).assert_error(400, "bad_image");
+    post(a, "/v1/segment", b"GIF89a\x40\x00\x30\x00\x80\x00\x00")
+        .assert_error(415, "unsupported_format");
+    let bmp = encode_bmp_header();
+    post(a, "/v1/segment", &bmp).assert_error(415, "unsupported_format");
+
+    // Over the body limit: declared length (refused before the body is read) ...
+    let req = format!(
+        "POST /v1/segment HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    raw(a, req.as_bytes())
+        .unwrap()
+        .assert_error(413, "body_too_large");
+    // ... and a chunked body that turns out too long.
+    let mut req = format!(
+        "POST /v1/segment HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = vec![b'x'; 256 * 1024];
+    for _ in 0..5 {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw(a, &req).unwrap().assert_error(413, "body_too_large");
+
+    // More pixels than allowed: a real image, and a header that claims 100000 x 100000
+    // pixels with no pixel data behind it (refused from the header alone).
+    post(a, "/v1/segment", &png(200, 101, 3)).assert_error(413, "too_many_pixels");
+    post(a, "/v1/segment", &huge_png_header()).assert_error(413, "too_many_pixels");
+
+    post(a, "/v1/segment?output=svg", &good).assert_error(400, "bad_output");
+    post(a, "/v1/segment?output=", &good).assert_error(400, "bad_output");
+    get(a, "/v1/segment")
+        .unwrap()
+        .assert_error(405, "method_not_allowed");
+    send(a, "DELETE", "/v1/model", &[], &[])
+        .unwrap()
+        .assert_error(405, "method_not_allowed");
+    post(a, "/healthz", &good).assert_error(405, "method_not_allowed");
+    get(a, "/v2/segment")
+        .unwrap()
+        .assert_error(404, "not_found");
+    post(a, "/v1/segmentation", &good).assert_error(404, "not_found");
+
+    // A multipart form without any field.
+    let boundary = "b0undary";
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = send(
+        a,
+        "POST",
+        "/v1/segment",
+        &[("Content-Type", &ct)],
+        format!("--{boundary}--\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
+
+    // Garbage at the HTTP level is answered by the HTTP layer, not a crash.
+    let r = raw(a, b"NOT-HTTP\r\n\r\n");
+    if let Ok(r) = r {
+        assert!((400..500).contains(&r.status), "{}", r.status);
+    }
+
+    // Still healthy, and no 5xx was ever counted (but /readyz's 503 during warm-up).
+    let r = post(a, "/v1/segment", &good);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = get(a, "/metrics").unwrap().text();
+    assert!(
+        !text
+            .lines()
+            .filter(|l| !l.contains("route=\"/readyz\""))
+            .any(|l| l.starts_with("lse_http_requests_total") && l.contains("status=\"5")),
+        "{text}"
+    );
+}
+
+/// The first bytes of a BMP file (a format the server does not take).
+fn encode_bmp_header() -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    b.extend_from_slice(&[0u8; 60]);
+    b
+}
+
+/// A PNG whose (valid) header declares 100000 x 100000 pixels, with no pixel data.
+fn huge_png_header() -> Vec<u8> {
+    let mut p = png(1, 1, 0);
+    p[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    p[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in &p[12..29] {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    p[29..33].copy_from_slice(&(!c).to_be_bytes());
+    p
+}
+
+#[test]
+fn concurrent_answers_equal_lse_segment() {
+    let lse = workspace_bin("lse");
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [
+        (64, 48),
+        (50, 37),
+        (80, 60),
+        (33, 65),
+        (64, 32),
+        (100, 20),
+        (17, 23),
+        (96, 72),
+    ];
+    let mut inputs = Vec::new();
+    for (i, &(w, h)) in sizes.iter().enumerate() {
+        let path = dir.path().join(format!("img{i}.png"));
+        let bytes = png(w, h, i as u32 + 10);
+        std::fs::write(&path, &bytes).unwrap();
+        inputs.push((path, bytes));
+    }
+    let out = dir.path().join("lse");
+    let mut cmd = Command::new(&lse);
+    cmd.arg("segment").arg(model());
+    for (p, _) in &inputs {
+        cmd.arg(p);
+    }
+    run_ok(cmd.arg("--out").arg(&out));
+    let expected: Vec<image::GrayImage> = (0..inputs.len())
+        .map(|i| {
+            let p = out.join(format!("img{i}_labelIds.png"));
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            decode(&bytes).to_luma8()
+        })
+        .collect();
+    let distinct: BTreeSet<u8> = expected
+        .iter()
+        .flat_map(|e| e.pixels().map(|p| p[0]))
+        .collect();
+    assert!(
+        distinct.len() > 1,
+        "the test model predicts one class only: {distinct:?}"
+    );
+
+    let server = Server::start(&[
+        "--queue",
+        "128",
+        "--max-batch",
+        "8",
+        "--batch-wait-ms",
+        "20",
+    ]);
+    let a = server.addr;
+    let inputs = Arc::new(inputs);
+    let barrier = Arc::new(Barrier::new(64));
+    let threads: Vec<_> = (0..64)
+        .map(|k| {
+            let (inputs, barrier) = (inputs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let i = k % inputs.len();
+                barrier.wait();
+                (i, post(a, "/v1/segment", &inputs[i].1))
+            })
+        })
+        .collect();
+    let mut batch_sizes = BTreeSet::new();
+    for t in threads {
+        let (i, r) = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        batch_sizes.insert(
+            r.header("x-lse-batch-size")
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
+        let got = decode(&r.body).to_luma8();
+        assert_eq!(got.dimensions(), expected[i].dimensions());
+        let differ = got
+            .pixels()
+            .zip(expected[i].pixels())
+            .filter(|(g, e)| g != e)
+            .count();
+        assert_eq!(
+            differ, 0,
+            "image {i}: {differ} pixels differ from lse segment"
+        );
+    }
+    assert!(
+        batch_sizes.iter().any(|&b| b > 1),
+        "64 concurrent requests were never batched: {batch_sizes:?}"
+    );
+    assert!(batch_sizes.iter().all(|&b| b <= 8), "{batch_sizes:?}");
+}
+
+#[test]
+fn queue_overflow_gives_503_then_recovers() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--max-batch",
+        "1",
+        "--queue",
+        "2",
+    ]);
+    let a = server.addr;
+    let body = Arc::new(png(800, 600, 5));
+    let barrier = Arc::new(Barrier::new(24));
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let (body, barrier) = (body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                post(a, "/v1/segment", &body)
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for t in threads {
+        let r = t.join().unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                r.assert_error(503, "queue_full");
+                assert!(
+                    r.header("retry-after")
+                        .is_some_and(|v| v.parse::<u32>().is_ok())
+                );
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "{ok} answered, {busy} refused");
+    // Recovered: requests one after another all succeed.
+    for _ in 0..5 {
+        let r = post(a, "/v1/segment", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let text = get(a, "/metrics").unwrap().text();
+    assert_eq!(
+        metric(
+            &text,
+            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"503\"}"
+        ),
+        Some(busy as f64)
+    );
+    assert_eq!(metric(&text, "lse_requests_in_progress"), Some(0.0));
+}
+
+#[test]
+fn slow_requests_get_504() {
+    let server = Server::start(&["--timeout-ms", "1"]);
+    let a = server.addr;
+    let r = post(a, "/v1/segment", &png(1024, 768, 9));
+    r.assert_error(504, "timeout");
+    assert_eq!(get(a, "/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight() {
+    let mut server = Server::start(&["--workers", "1", "--threads", "1", "--max-batch", "1"]);
+    let a = server.addr;
+    let body = Arc::new(png(1280, 960, 4));
+    let n = 6;
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || post(a, "/v1/segment", &body))
+        })
+        .collect();
+    // Wait until every request is inside the server (admitted), then signal.
+    let t0 = Instant::now();
+    loop {
+        let text = get(a, "/metrics").unwrap().text();
+        let in_progress = metric(&text, "lse_requests_in_progress").unwrap_or(0.0);
+        let done = metric(
+            &text,
+            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"}",
+        )
+        .unwrap_or(0.0);
+        if in_progress + done >= n as f64 {
+            assert!(
+                in_progress >= 1.0,
+                "every request finished before the signal: make them slower"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "requests never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.signal("TERM");
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(decode(&r.body).to_luma8().dimensions(), (1280, 960));
+    }
+    let status = server.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.log_text()
+    );
+    assert!(
+        get(a, "/healthz").is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[test]
+fn default_model_and_missing_model() {
+    // Without --model, models/default/model.onnx is found from the current folder.
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("models/default");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::copy(model(), sub.join("model.onnx")).unwrap();
+    let work = dir.path().join("somewhere/deeper");
+    std::fs::create_dir_all(&work).unwrap();
+    let server = Server::start_in(Some(&work), false, &[]);
+    let m = get(server.addr, "/v1/model").unwrap().json();
+    let path = m["model"]["path"].as_str().unwrap();
+    assert!(
+        path.contains(&*dir.path().to_string_lossy())
+            && path.ends_with("models/default/model.onnx"),
+        "{path}"
+    );
+    assert!(
+        m["model"]["id"].as_str().unwrap().starts_with("default-"),
+        "{m}"
+    );
+    drop(server);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lse-serve"))
+        .args([
+            "--model",
+            "/nonexistent/model.onnx",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/model.onnx") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_lse-serve"))
+        .args(["--workers", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
