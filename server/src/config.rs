@@ -1,6 +1,6 @@
 //! The server's settings: one typed struct that the command line fills.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lse_runtime::engine::Provider;
 
@@ -14,7 +14,7 @@ use lse_runtime::engine::Provider;
 )]
 pub struct Config {
     /// The model (an ONNX file exported by lse-train). Default: models/default/model.onnx,
-    /// looked up from the current folder upwards, then from the executable's folder upwards.
+    /// looked up above the executable, then above the current folder, then in the source tree.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Address to listen on. Port 0 picks a free port; the bound address is printed as
@@ -103,24 +103,14 @@ impl Config {
 /// Where the default model lives, relative to a project root.
 pub const DEFAULT_MODEL: &str = "models/default/model.onnx";
 
-/// Finds `models/default/model.onnx` in or above the current folder, else above the executable.
+/// The project's default model as the runtime finds it ([`lse_runtime::engine::default_model`]:
+/// above the executable, then above the current folder, then in the source tree).
 pub fn find_default_model() -> anyhow::Result<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    for r in &roots {
-        let candidate = r.join(DEFAULT_MODEL);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!(
-        "no --model given and no default model {DEFAULT_MODEL} found in or above the current folder or \
-         the executable's folder; pass --model PATH (an ONNX file exported by `lse-train export`) or create \
-         the default model with the project's demo script"
-    )
+    lse_runtime::engine::default_model().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no --model given and no default model {DEFAULT_MODEL} found (looked above the \
+             executable, above the current folder and in the source tree); pass --model PATH (an \
+             ONNX file exported by `lse-train export`) or create the default model with scripts/demo.sh"
+        )
+    })
 }

@@ -506,14 +506,18 @@ fn sigterm_finishes_requests_in_flight() {
 
 #[test]
 fn default_model_and_missing_model() {
-    // Without --model, models/default/model.onnx is found from the current folder.
-    let dir = tempfile::tempdir().unwrap();
+    // Without --model, models/default/model.onnx is found above the executable: run a
+    // link of the binary from <dir>/bin with the model in <dir>/models/default.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sub = dir.path().join("models/default");
     std::fs::create_dir_all(&sub).unwrap();
     std::fs::copy(model(), sub.join("model.onnx")).unwrap();
-    let work = dir.path().join("somewhere/deeper");
-    std::fs::create_dir_all(&work).unwrap();
-    let server = Server::start_in(Some(&work), false, &[]);
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    let exe = dir.path().join("bin/lse-serve");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_lse-serve"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_lse-serve"), &exe).unwrap();
+    }
+    let server = Server::start_exe(&exe, Some(dir.path()), false, &[]);
     let m = get(server.addr, "/v1/model").unwrap().json();
     let path = m["model"]["path"].as_str().unwrap();
     assert!(

@@ -109,9 +109,19 @@ impl Server {
 
     /// Starts the server in `cwd`; `with_model` adds `--model <tiny model>`.
     pub fn start_in(cwd: Option<&Path>, with_model: bool, args: &[&str]) -> Self {
+        Self::start_exe(
+            Path::new(env!("CARGO_BIN_EXE_lse-serve")),
+            cwd,
+            with_model,
+            args,
+        )
+    }
+
+    /// Starts the binary `exe` (a copy of lse-serve) in `cwd`.
+    pub fn start_exe(exe: &Path, cwd: Option<&Path>, with_model: bool, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lse-serve"));
+        let mut cmd = Command::new(exe);
         if with_model {
             cmd.arg("--model").arg(model());
         }
