@@ -6,5 +6,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod fcn8s;
+pub mod losses;
+pub mod lse;
 pub mod onnx;
 pub mod pth;

@@ -1,0 +1,608 @@
+//! One LSE adaptation round (method.md, "One adaptation round") as tensor operations
+//! on the probabilities' device.
+//!
+//! 1. Rank: [`class_scores`] per image, then [`select`] keeps, per class, the first
+//!    `floor(N_c * p / C)` images of the class's ranking; the confident set `S` is the
+//!    union; the first image not kept is the class's boundary image.
+//! 2. Thresholds: [`thresholds`] = mean [`normalized_entropy`] over the pixels
+//!    predicted `c` in `c`'s boundary image.
+//! 3. Generate: [`reliable_mask`] `M = H' < tau_A`, [`random_windows`] and
+//!    [`generate`] (crop, bilinear upsampling with aligned corners, arg-max,
+//!    ignore where the upsampled mask is exactly 0).
+//! 4. Train for [`iterations_per_round`] iterations.
+//!
+//! Definitions of the degenerate cases (the paper leaves them open):
+//!
+//! - **Normalised entropy of a degenerate group.** Within the pixels predicted `k`,
+//!   `H' = (H - min) / (max - min)`. When the group's `max == min` (a single pixel, or
+//!   all its pixels have the same entropy) every pixel of the group gets `H' = 0`:
+//!   it is as certain as the most certain pixel of its class. With the strict
+//!   `H' < tau` such pixels are reliable iff `tau > 0`.
+//! - **A class without a threshold (`None`).** Its pixels are *ignored* (mask 0),
+//!   never turned into pseudo-labels. With `p < C` (every schedule: p <= 1 < C)
+//!   `floor(N_c p / C) < N_c`, so every class predicted somewhere in the target set
+//!   has a boundary image and a threshold; `None` only arises for classes skipped
+//!   because the source does not teach them (SYNTHIA: terrain, truck, train) and
+//!   for classes no image predicts (which then cannot appear in `S` either). The
+//!   pixels of a class the source never taught must not become training labels.
+//! - **Ties in the ranking** are broken by image index (lower first), so the
+//!   selection is deterministic.
+//! - **`floor(N_c * p / C)`** is evaluated with a relative tolerance of 1e-9 so that a
+//!   product that is an integer in exact arithmetic (e.g. `380 * 0.15 / 19 = 3`) is
+//!   not floored to one less by binary rounding of `p`.
+
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::losses::IGNORE_LABEL;
+
+/// Default number of windows per confident image.
+pub const DEFAULT_K: usize = 4;
+/// Default window scale (half height, half width).
+pub const DEFAULT_WINDOW_SCALE: f64 = 0.5;
+/// Default epochs per round.
+pub const DEFAULT_EPOCHS_PER_ROUND: usize = 2;
+/// Classes not learned from a SYNTHIA source (Cityscapes train ids): terrain, truck,
+/// train.
+pub const SYNTHIA_SKIPPED_CLASSES: [usize; 3] = [9, 14, 16];
+
+/// `skip` mask for [`select`]: `true` for the classes in `skipped`.
+pub fn skip_mask(classes: usize, skipped: &[usize]) -> Vec<bool> {
+    (0..classes).map(|c| skipped.contains(&c)).collect()
+}
+
+/// Per-class confidence of one image: for each class `c`, the mean over the pixels
+/// whose arg-max is `c` of the maximum probability; `None` when `c` is never the
+/// arg-max. `probs`: `C x H x W` softmax probabilities (any float kind, any device).
+///
+/// Sums are accumulated in f64 so the score does not depend on the pixel count's
+/// rounding.
+pub fn class_scores(probs: &Tensor) -> Vec<Option<f64>> {
+    let c = probs.size()[0];
+    let (maxp, arg) = probs.max_dim(0, false);
+    let idx = arg.flatten(0, -1);
+    let dev = probs.device();
+    let sums = Tensor::zeros([c], (Kind::Double, dev)).scatter_add(
+        0,
+        &idx,
+        &maxp.flatten(0, -1).to_kind(Kind::Double),
+    );
+    let counts = idx.bincount(None::<Tensor>, c).to_kind(Kind::Double);
+    let both = Tensor::stack(&[sums, counts], 0).to_device(Device::Cpu);
+    let v: Vec<f64> = Vec::try_from(both.flatten(0, -1)).expect("f64 scores");
+    let (s, n) = v.split_at(c as usize);
+    s.iter()
+        .zip(n)
+        .map(|(&s, &n)| (n > 0.0).then(|| s / n))
+        .collect()
+}
+
+/// The outcome of the ranking step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// The share `p` of this round.
+    pub p: f64,
+    /// `C`, the total number of classes (including skipped ones).
+    pub classes: usize,
+    /// Per class: the images predicting it, most confident first (ties: lower image
+    /// index first). Empty for skipped classes.
+    pub rankings: Vec<Vec<usize>>,
+    /// Per class: how many images of its ranking are kept, `floor(N_c * p / C)`.
+    pub kept: Vec<usize>,
+    /// The confident set `S`: union of the kept images, sorted, without duplicates.
+    pub confident: Vec<usize>,
+    /// Per class: the first image of its ranking that is not kept (`None` when the
+    /// ranking is empty or every image is kept).
+    pub boundary: Vec<Option<usize>>,
+}
+
+/// `floor(n * p / c)` with a tolerance for binary rounding (see the module docs).
+pub fn kept_count(n: usize, p: f64, c: usize) -> usize {
+    if c == 0 || n == 0 || p <= 0.0 {
+        return 0;
+    }
+    let x = n as f64 * p / c as f64;
+    ((x * (1.0 + 1e-9)).floor() as usize).min(n)
+}
+
+/// Ranks the images per class and keeps the first `floor(N_c * p / C)` of each.
+///
+/// `scores[i][c]` is [`class_scores`] of image `i`; `skip[c]` marks classes not
+/// learned from the source (they contribute nothing). `C = skip.len()`, the total
+/// number of classes, as method.md says (also for a 16-class SYNTHIA source).
+///
+/// # Panics
+/// If an image's score vector does not have `skip.len()` entries.
+pub fn select(scores: &[Vec<Option<f64>>], p: f64, skip: &[bool]) -> Selection {
+    let classes = skip.len();
+    for (i, s) in scores.iter().enumerate() {
+        assert_eq!(
+            s.len(),
+            classes,
+            "image {i} has scores for {} classes, expected {classes}",
+            s.len()
+        );
+    }
+    let mut rankings = Vec::with_capacity(classes);
+    let mut kept = Vec::with_capacity(classes);
+    let mut boundary = Vec::with_capacity(classes);
+    let mut confident = Vec::new();
+    for (c, &skipped) in skip.iter().enumerate() {
+        let mut r: Vec<(usize, f64)> = if skipped {
+            Vec::new()
+        } else {
+            scores
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s[c].map(|v| (i, v)))
+                .collect()
+        };
+        r.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let ranking: Vec<usize> = r.into_iter().map(|(i, _)| i).collect();
+        let k = kept_count(ranking.len(), p, classes);
+        confident.extend_from_slice(&ranking[..k]);
+        boundary.push(ranking.get(k).copied());
+        kept.push(k);
+        rankings.push(ranking);
+    }
+    confident.sort_unstable();
+    confident.dedup();
+    Selection {
+        p,
+        classes,
+        rankings,
+        kept,
+        confident,
+        boundary,
+    }
+}
+
+/// Entropy map `H = -sum_k P_k log P_k` (`H x W`, f32) of `C x H x W` probabilities,
+/// with `0 log 0 = 0`.
+pub fn entropy(probs: &Tensor) -> Tensor {
+    let p = probs.to_kind(Kind::Float);
+    -p.xlogy(&p).sum_dim_intlist(0, false, Kind::Float)
+}
+
+/// Normalised entropy `H'` and arg-max `A` of `C x H x W` probabilities.
+///
+/// Per predicted class `k`, `H' = (H - min_k) / (max_k - min_k)` where `min_k`,
+/// `max_k` are taken over the pixels predicted `k`; `H' = 0` where `max_k == min_k`
+/// (see the module docs). The group minima and maxima are one `scatter_reduce`
+/// (amin / amax) over the arg-max index each.
+pub fn normalized_entropy_and_argmax(probs: &Tensor) -> (Tensor, Tensor) {
+    let c = probs.size()[0];
+    let shape = probs.size()[1..].to_vec();
+    let dev = probs.device();
+    let h = entropy(probs).flatten(0, -1);
+    let a = probs.argmax(0, false).flatten(0, -1);
+    let mins = Tensor::full([c], f64::INFINITY, (Kind::Float, dev))
+        .internal_scatter_reduce(0, &a, &h, "amin", true);
+    let maxs = Tensor::full([c], f64::NEG_INFINITY, (Kind::Float, dev))
+        .internal_scatter_reduce(0, &a, &h, "amax", true);
+    let lo = mins.gather(0, &a, false);
+    let range = maxs.gather(0, &a, false) - &lo;
+    let positive = range.gt(0.0);
+    let hn = ((h - lo) / range.where_self(&positive, &range.ones_like()))
+        .where_self(&positive, &range.zeros_like());
+    (hn.view(shape.as_slice()), a.view(shape.as_slice()))
+}
+
+/// Normalised entropy `H'` (`H x W`, values in `[0, 1]`), see
+/// [`normalized_entropy_and_argmax`].
+pub fn normalized_entropy(probs: &Tensor) -> Tensor {
+    normalized_entropy_and_argmax(probs).0
+}
+
+/// Per class `c`: mean of `H'` over the pixels predicted `c` in this image (`None`
+/// where `c` is not predicted), accumulated in f64.
+pub fn class_mean_normalized_entropy(probs: &Tensor) -> Vec<Option<f64>> {
+    let c = probs.size()[0];
+    let (hn, a) = normalized_entropy_and_argmax(probs);
+    let a = a.flatten(0, -1);
+    let sums = Tensor::zeros([c], (Kind::Double, probs.device())).scatter_add(
+        0,
+        &a,
+        &hn.flatten(0, -1).to_kind(Kind::Double),
+    );
+    let counts = a.bincount(None::<Tensor>, c).to_kind(Kind::Double);
+    let both = Tensor::stack(&[sums, counts], 0).to_device(Device::Cpu);
+    let v: Vec<f64> = Vec::try_from(both.flatten(0, -1)).expect("f64 means");
+    let (s, n) = v.split_at(c as usize);
+    s.iter()
+        .zip(n)
+        .map(|(&s, &n)| (n > 0.0).then(|| s / n))
+        .collect()
+}
+
+/// Dynamic class thresholds: `tau_c` = mean normalised entropy over the pixels
+/// predicted `c` in `c`'s boundary image, `boundary_probs[c]` (its `C x H x W`
+/// probabilities). `None` when there is no boundary image or `c` is not predicted
+/// there. Classes sharing one boundary image (the same tensor storage) share its
+/// computation.
+pub fn thresholds(boundary_probs: &[Option<Tensor>]) -> Vec<Option<f64>> {
+    type Key = (usize, Vec<i64>, Vec<i64>);
+    let mut cache: Vec<(Key, Vec<Option<f64>>)> = Vec::new();
+    boundary_probs
+        .iter()
+        .enumerate()
+        .map(|(c, probs)| {
+            let probs = probs.as_ref()?;
+            let key: Key = (probs.data_ptr() as usize, probs.size(), probs.stride());
+            let means = match cache.iter().position(|(k, _)| *k == key) {
+                Some(i) => &cache[i].1,
+                None => {
+                    cache.push((key, class_mean_normalized_entropy(probs)));
+                    &cache.last().expect("just pushed").1
+                }
+            };
+            means.get(c).copied().flatten()
+        })
+        .collect()
+}
+
+/// The thresholds as a `C` tensor on `device`, `None` -> -inf (never reliable).
+fn threshold_tensor(thresholds: &[Option<f64>], device: Device) -> Tensor {
+    let v: Vec<f64> = thresholds
+        .iter()
+        .map(|t| t.unwrap_or(f64::NEG_INFINITY))
+        .collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
+/// Reliable-pixel mask `M = (H' < tau_A)` (`H x W`, f32 0/1) of `C x H x W`
+/// probabilities; pixels whose predicted class has no threshold are 0 (ignored).
+/// The comparison is made in f64 against the f64 thresholds.
+///
+/// # Panics
+/// If `thresholds.len()` is not the number of classes `C`.
+pub fn reliable_mask(probs: &Tensor, thresholds: &[Option<f64>]) -> Tensor {
+    let c = probs.size()[0];
+    assert_eq!(
+        thresholds.len() as i64,
+        c,
+        "{} thresholds for {c} classes",
+        thresholds.len()
+    );
+    let (hn, a) = normalized_entropy_and_argmax(probs);
+    let tau = threshold_tensor(thresholds, probs.device());
+    let tau_px = tau.index_select(0, &a.flatten(0, -1)).view_as(&hn);
+    hn.to_kind(Kind::Double)
+        .lt_tensor(&tau_px)
+        .to_kind(Kind::Float)
+}
+
+/// A crop window: top-left corner `(y, x)` and size `h x w`, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Window {
+    pub y: i64,
+    pub x: i64,
+    pub h: i64,
+    pub w: i64,
+}
+
+/// Window size for an `h x w` image at `scale`: `round(h * scale) x round(w *
+/// scale)`, at least 1 and at most the image.
+pub fn window_size(h: i64, w: i64, scale: f64) -> (i64, i64) {
+    let f = |n: i64| ((n as f64 * scale).round() as i64).clamp(1, n.max(1));
+    (f(h), f(w))
+}
+
+/// `k` windows of [`window_size`]`(h, w, scale)`, each placed uniformly at random
+/// (top-left `y` in `0..=h - wh`, `x` in `0..=w - ww`). `scale = 1.0` gives the whole
+/// image (no crop: the plain self-training ablation).
+pub fn random_windows<R: Rng + ?Sized>(
+    rng: &mut R,
+    h: i64,
+    w: i64,
+    k: usize,
+    scale: f64,
+) -> Vec<Window> {
+    let (wh, ww) = window_size(h, w, scale);
+    (0..k)
+        .map(|_| Window {
+            y: rng.random_range(0..=h - wh),
+            x: rng.random_range(0..=w - ww),
+            h: wh,
+            w: ww,
+        })
+        .collect()
+}
+
+/// The scale-invariant examples of one image.
+#[derive(Debug)]
+pub struct Generated {
+    /// One `(image 3 x H x W f32, labels H x W int64)` per window; views into
+    /// [`Generated::images`] and [`Generated::labels`].
+    pub examples: Vec<(Tensor, Tensor)>,
+    /// All images, `K x 3 x H x W`.
+    pub images: Tensor,
+    /// All pseudo-labels, `K x H x W` int64 (255 = ignore).
+    pub labels: Tensor,
+    /// Share of pseudo-label pixels set to ignore, over all windows.
+    pub ignored_share: f64,
+}
+
+/// Generates the scale-invariant examples of one image: for each window, crop the
+/// image (`3 x H x W`), the probabilities `P` (`C x H x W`) and the mask `M` (`H x
+/// W`), upsample all three bilinearly with `align_corners = true` back to `H x W`
+/// (one interpolation call for all windows and all three), take the arg-max of the
+/// upsampled `P` as pseudo-label and set it to 255 where the upsampled `M` is exactly
+/// 0. Everything stays on the image's device.
+///
+/// # Panics
+/// On mismatched spatial sizes or a window outside the image.
+pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window]) -> Generated {
+    let (ci, h, w) = image.size3().expect("image must be 3 x H x W");
+    let c = probs.size()[0];
+    assert_eq!(&probs.size()[1..], &[h, w], "probs and image sizes differ");
+    assert_eq!(mask.size(), [h, w], "mask and image sizes differ");
+    let dev = image.device();
+    if windows.is_empty() {
+        let images = Tensor::zeros([0, ci, h, w], (Kind::Float, dev));
+        let labels = Tensor::zeros([0, h, w], (Kind::Int64, dev));
+        return Generated {
+            examples: Vec::new(),
+            images,
+            labels,
+            ignored_share: 0.0,
+        };
+    }
+    let stack = Tensor::cat(
+        &[
+            image.to_kind(Kind::Float),
+            probs.to_kind(Kind::Float).to_device(dev),
+            mask.to_kind(Kind::Float).to_device(dev).unsqueeze(0),
+        ],
+        0,
+    );
+    let crops: Vec<Tensor> = windows
+        .iter()
+        .map(|win| {
+            assert!(
+                win.y >= 0 && win.x >= 0 && win.y + win.h <= h && win.x + win.w <= w,
+                "window {win:?} outside the {h}x{w} image"
+            );
+            stack.narrow(1, win.y, win.h).narrow(2, win.x, win.w)
+        })
+        .collect();
+    let (wh, ww) = (windows[0].h, windows[0].w);
+    let up = if windows.iter().all(|win| (win.h, win.w) == (wh, ww)) {
+        Tensor::stack(&crops, 0).upsample_bilinear2d([h, w], true, None, None)
+    } else {
+        let ups: Vec<Tensor> = crops
+            .iter()
+            .map(|t| t.unsqueeze(0).upsample_bilinear2d([h, w], true, None, None))
+            .collect();
+        Tensor::cat(&ups, 0)
+    };
+    let images = up.narrow(1, 0, ci);
+    let m = up.select(1, ci + c);
+    let arg = up.narrow(1, ci, c).argmax(1, false);
+    let ignore = m.eq(0.0);
+    let labels = arg.masked_fill(&ignore, IGNORE_LABEL);
+    let ignored_share = ignore
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let examples = (0..windows.len() as i64)
+        .map(|i| (images.get(i), labels.get(i)))
+        .collect();
+    Generated {
+        examples,
+        images,
+        labels,
+        ignored_share,
+    }
+}
+
+/// Training iterations of one round: `|S| * K * epochs`.
+pub fn iterations_per_round(n_confident: usize, k: usize, epochs: usize) -> usize {
+    n_confident * k * epochs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn cpu() -> (Kind, Device) {
+        (Kind::Float, Device::Cpu)
+    }
+
+    /// Probabilities `C x 1 x n` from per-pixel rows.
+    fn probs_from(rows: &[&[f32]]) -> Tensor {
+        let c = rows[0].len() as i64;
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat)
+            .view([rows.len() as i64, c])
+            .transpose(0, 1)
+            .contiguous()
+            .view([c, 1, rows.len() as i64])
+    }
+
+    fn vec_f32(t: &Tensor) -> Vec<f32> {
+        Vec::try_from(t.flatten(0, -1).to_kind(Kind::Float)).unwrap()
+    }
+
+    #[test]
+    fn entropy_by_hand_with_zero_probabilities() {
+        let p = probs_from(&[&[1.0, 0.0, 0.0], &[0.5, 0.5, 0.0], &[0.25, 0.25, 0.5]]);
+        let h = vec_f32(&entropy(&p));
+        let expected = [0.0, 2f32.ln(), 1.5 * 2f32.ln()];
+        for (a, b) in h.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{h:?}");
+        }
+        assert!(h.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn normalized_entropy_groups_and_degenerate_cases() {
+        // Class 0: three pixels with entropies ln2 (0.5/0.5/0), H(0.6,0.4), 0 -> min 0,
+        // max ln2. Class 1: a single pixel -> 0. Class 2: two pixels with the same
+        // entropy (max == min) -> 0 and 0.
+        let p = probs_from(&[
+            &[0.5, 0.5, 0.0],
+            &[0.6, 0.4, 0.0],
+            &[1.0, 0.0, 0.0],
+            &[0.2, 0.7, 0.1],
+            &[0.1, 0.1, 0.8],
+            &[0.1, 0.1, 0.8],
+        ]);
+        let (hn, a) = normalized_entropy_and_argmax(&p);
+        let a: Vec<i64> = Vec::try_from(a.flatten(0, -1)).unwrap();
+        assert_eq!(a, [0, 0, 0, 1, 2, 2]);
+        let hn = vec_f32(&hn);
+        let h06 = -(0.6f32 * 0.6f32.ln() + 0.4 * 0.4f32.ln());
+        let expected = [1.0, h06 / 2f32.ln(), 0.0, 0.0, 0.0, 0.0];
+        for (x, y) in hn.iter().zip(expected) {
+            assert!((x - y).abs() < 1e-6, "{hn:?} vs {expected:?}");
+        }
+        // Thresholds of this image as boundary image for all three classes.
+        let t = thresholds(&[Some(p.shallow_clone()), Some(p.shallow_clone()), None]);
+        assert!((t[0].unwrap() - (1.0 + (h06 / 2f32.ln()) as f64) / 3.0).abs() < 1e-6);
+        assert_eq!(t[1], Some(0.0));
+        assert_eq!(t[2], None);
+        // Mask: class 0 H' = (1, 0.971, 0) against tau_0 = 0.657 keeps only the last,
+        // class 1 with tau 0 (0 < 0 false), class 2 without threshold: ignored.
+        let m = vec_f32(&reliable_mask(&p, &t));
+        assert_eq!(m, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        // Class 2 with a positive threshold keeps its degenerate (H' = 0) pixels.
+        let m = vec_f32(&reliable_mask(&p, &[t[0], t[1], Some(0.1)]));
+        assert_eq!(m, [0.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn class_scores_by_hand() {
+        let p = probs_from(&[&[0.5, 0.3, 0.2], &[0.7, 0.2, 0.1], &[0.1, 0.6, 0.3]]);
+        let s = class_scores(&p);
+        assert!((s[0].unwrap() - 0.6).abs() < 1e-7);
+        assert!((s[1].unwrap() - 0.6).abs() < 1e-7);
+        assert_eq!(s[2], None);
+    }
+
+    #[test]
+    fn selection_by_hand() {
+        // C = 2 classes, p = 1.0: keep floor(N_c / 2) per class.
+        let scores = vec![
+            vec![Some(0.9), None],      // 0
+            vec![Some(0.5), Some(0.8)], // 1
+            vec![Some(0.9), Some(0.1)], // 2 (ties with 0 on class 0)
+            vec![Some(0.7), Some(0.8)], // 3 (ties with 1 on class 1)
+            vec![None, Some(0.95)],     // 4
+        ];
+        let s = select(&scores, 1.0, &[false, false]);
+        assert_eq!(s.rankings[0], [0, 2, 3, 1]);
+        assert_eq!(s.rankings[1], [4, 1, 3, 2]);
+        assert_eq!(s.kept, [2, 2]);
+        assert_eq!(s.confident, [0, 1, 2, 4]);
+        assert_eq!(s.boundary, [Some(3), Some(3)]);
+        // p = 0.5: floor(4 * 0.5 / 2) = 1 each.
+        let s = select(&scores, 0.5, &[false, false]);
+        assert_eq!(s.kept, [1, 1]);
+        assert_eq!(s.confident, [0, 4]);
+        assert_eq!(s.boundary, [Some(2), Some(1)]);
+        // Class 1 skipped: contributes nothing.
+        let s = select(&scores, 1.0, &[false, true]);
+        assert!(s.rankings[1].is_empty());
+        assert_eq!(s.kept, [2, 0]);
+        assert_eq!(s.confident, [0, 2]);
+        assert_eq!(s.boundary, [Some(3), None]);
+        // p = C keeps everything: no boundary.
+        let s = select(&scores, 2.0, &[false, false]);
+        assert_eq!(s.confident, [0, 1, 2, 3, 4]);
+        assert_eq!(s.boundary, [None, None]);
+    }
+
+    #[test]
+    fn kept_count_floors_exact_products_correctly() {
+        assert_eq!(kept_count(380, 0.15, 19), 3);
+        assert_eq!(kept_count(379, 0.15, 19), 2);
+        assert_eq!(kept_count(2975, 0.1, 19), 15);
+        assert_eq!(kept_count(0, 0.4, 19), 0);
+        for n in 0..2000 {
+            for p in [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] {
+                let exact = n * (p * 100.0f64).round() as usize / (100 * 19);
+                assert_eq!(kept_count(n, p, 19), exact, "n {n} p {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn synthia_skip_mask() {
+        let s = skip_mask(19, &SYNTHIA_SKIPPED_CLASSES);
+        assert_eq!(s.iter().filter(|&&b| b).count(), 3);
+        assert!(s[9] && s[14] && s[16] && !s[0]);
+    }
+
+    #[test]
+    fn windows_are_inside_and_sized() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let ws = random_windows(&mut rng, 512, 1024, 4, 0.5);
+        assert_eq!(ws.len(), 4);
+        for w in &ws {
+            assert_eq!((w.h, w.w), (256, 512));
+            assert!(w.y >= 0 && w.y + w.h <= 512 && w.x >= 0 && w.x + w.w <= 1024);
+        }
+        let full = random_windows(&mut rng, 7, 9, 2, 1.0);
+        assert!(full.iter().all(|w| *w
+            == Window {
+                y: 0,
+                x: 0,
+                h: 7,
+                w: 9
+            }));
+        // Uniform placement reaches both ends of the range.
+        let many = random_windows(&mut rng, 4, 4, 400, 0.5);
+        assert!(many.iter().any(|w| w.y == 0) && many.iter().any(|w| w.y == 2));
+    }
+
+    #[test]
+    fn scale_one_is_identity() {
+        let img = Tensor::randn([3, 5, 7], cpu());
+        let probs = Tensor::randn([4, 5, 7], cpu()).softmax(0, Kind::Float);
+        let mask = Tensor::ones([5, 7], cpu());
+        let win = [Window {
+            y: 0,
+            x: 0,
+            h: 5,
+            w: 7,
+        }];
+        let g = generate(&img, &probs, &mask, &win);
+        assert!(g.images.get(0).allclose(&img, 1e-6, 1e-6, false));
+        assert!(g.labels.get(0).equal(&probs.argmax(0, false)));
+        assert_eq!(g.ignored_share, 0.0);
+    }
+
+    #[test]
+    fn ignore_exactly_where_upsampled_mask_is_zero() {
+        // 2x2 window from a 5x5 mask with one reliable pixel at the window's corner.
+        let mask = Tensor::zeros([5, 5], cpu());
+        let _ = mask.get(1).get(1).fill_(1.0);
+        let probs = Tensor::randn([3, 5, 5], cpu()).softmax(0, Kind::Float);
+        let img = Tensor::zeros([3, 5, 5], cpu());
+        let win = [Window {
+            y: 1,
+            x: 1,
+            h: 2,
+            w: 2,
+        }];
+        let g = generate(&img, &probs, &mask, &win);
+        let labels: Vec<i64> = Vec::try_from(g.labels.flatten(0, -1)).unwrap();
+        // Align-corners upsampling 2x2 -> 5x5: the value is (1 - y/4)(1 - x/4), zero
+        // only on the last row and the last column.
+        for y in 0..5 {
+            for x in 0..5 {
+                let ignored = labels[y * 5 + x] == 255;
+                assert_eq!(ignored, y == 4 || x == 4, "({y}, {x})");
+            }
+        }
+        assert!((g.ignored_share - 9.0 / 25.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn iterations() {
+        assert_eq!(iterations_per_round(10, 4, 2), 80);
+        assert_eq!(iterations_per_round(0, 4, 2), 0);
+    }
+}
