@@ -738,12 +738,12 @@ impl Trainer {
             named.push((format!("images.{i:06}"), im.shallow_clone()));
             named.push((format!("labels.{i:06}"), lb.shallow_clone()));
         }
-        checkpoint::save(&self.run.cache_path(r), &self.model.meta, &named)?;
+        checkpoint::save(&self.run.cache_path(r + 1), &self.model.meta, &named)?;
         Ok(())
     }
 
     fn load_cache(&self, r: usize) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let path = self.run.cache_path(r);
+        let path = self.run.cache_path(r + 1);
         let (_, tensors) = checkpoint::read_safetensors(&path)
             .with_context(|| format!("reading the round's example cache {}", path.display()))?;
         let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
@@ -881,7 +881,7 @@ impl Trainer {
                 &self.model.vs,
                 &self.model.meta,
             )?;
-            let _ = std::fs::remove_file(self.run.cache_path(r));
+            let _ = std::fs::remove_file(self.run.cache_path(r + 1));
             let _ = run::plot_curves(
                 &self.run.plot_path(),
                 &self.run.read_metrics(),
