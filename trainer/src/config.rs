@@ -345,11 +345,7 @@ impl Config {
 
     /// The learning rates `(weights, biases)` at global iteration `it`.
     pub fn lr_at(&self, it: u64) -> (f64, f64) {
-        let decays = if self.lr_decay_every == 0 {
-            0
-        } else {
-            it / self.lr_decay_every
-        };
+        let decays = it.checked_div(self.lr_decay_every).unwrap_or(0);
         let f = self.lr_decay.powi(decays.min(i32::MAX as u64) as i32);
         (self.lr_weights * f, self.lr_biases * f)
     }

@@ -137,7 +137,7 @@ impl<T: Send + 'static> Prefetch<T> {
     }
 
     /// The next result; an error when the producer failed or ended early.
-    pub fn next(&mut self) -> anyhow::Result<T> {
+    pub fn recv(&mut self) -> anyhow::Result<T> {
         match self.rx.recv() {
             Ok(item) => item,
             Err(_) => anyhow::bail!("the data loader stopped early"),
@@ -218,8 +218,8 @@ pub fn image_stream(
         Some(
             ds.load_image(i)
                 .and_then(|img| {
-                    Ok(lse_runtime::imageio::resize_rgb(&img, size[0], size[1])
-                        .map_err(lse_runtime::datasets::DatasetError::from)?)
+                    lse_runtime::imageio::resize_rgb(&img, size[0], size[1])
+                        .map_err(lse_runtime::datasets::DatasetError::from)
                 })
                 .map(|img| (i, image_tensor(&img, mean_bgr)))
                 .with_context(|| {
@@ -289,12 +289,12 @@ mod tests {
     fn prefetch_yields_in_order_and_stops() {
         let mut p = Prefetch::spawn(2, |k| (k < 5).then_some(Ok(k * 10)));
         for k in 0..5 {
-            assert_eq!(p.next().unwrap(), k * 10);
+            assert_eq!(p.recv().unwrap(), k * 10);
         }
-        assert!(p.next().is_err());
+        assert!(p.recv().is_err());
         // dropping an unfinished endless producer does not hang
         let mut q = Prefetch::spawn(2, |k| Some(Ok(k)));
-        assert_eq!(q.next().unwrap(), 0);
+        assert_eq!(q.recv().unwrap(), 0);
         drop(q);
     }
 }

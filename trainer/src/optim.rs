@@ -199,4 +199,71 @@ mod tests {
             "{v:?}"
         );
     }
+
+    /// The same five steps in `torch.optim.Adam` (two parameter groups) of the
+    /// project's venv; skipped when the venv is absent.
+    #[test]
+    fn matches_torch_optim_adam() {
+        let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+        if !py.is_file() {
+            eprintln!("skipped: {} not found", py.display());
+            return;
+        }
+        let grad = |t: usize, n: usize, salt: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    ((t as f32 + 1.0) * (i as f32 + salt)).sin() * 10f32.powi(i as i32 % 3 - 1)
+                })
+                .collect()
+        };
+        let w0: Vec<f32> = (0..6).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let b0 = vec![0.5f32, -0.25, 0.0];
+        let w = Tensor::from_slice(&w0).view([3, 2]).set_requires_grad(true);
+        let b = Tensor::from_slice(&b0).set_requires_grad(true);
+        let mut adam = Adam::new(
+            vec![("w".into(), w.shallow_clone())],
+            vec![("b".into(), b.shallow_clone())],
+            [0.9, 0.99],
+            1e-8,
+        );
+        for t in 0..5 {
+            adam.zero_grad();
+            let gw = Tensor::from_slice(&grad(t, 6, 1.0)).view([3, 2]);
+            let gb = Tensor::from_slice(&grad(t, 3, 2.0));
+            ((&w * gw).sum(Kind::Float) + (&b * gb).sum(Kind::Float)).backward();
+            adam.step([0.01, 0.02]);
+        }
+        let script = format!(
+            r#"
+import json, math, torch
+def grad(t, n, salt):
+    return [math.sin(float(t + 1) * (i + salt)) * 10.0 ** (i % 3 - 1) for i in range(n)]
+w = torch.tensor({w0:?}, dtype=torch.float32).view(3, 2).requires_grad_()
+b = torch.tensor({b0:?}, dtype=torch.float32).requires_grad_()
+opt = torch.optim.Adam([{{"params": [w], "lr": 0.01}}, {{"params": [b], "lr": 0.02}}], betas=(0.9, 0.99), eps=1e-8, foreach=False)
+for t in range(5):
+    opt.zero_grad()
+    w.grad = torch.tensor(grad(t, 6, 1.0), dtype=torch.float32).view(3, 2)
+    b.grad = torch.tensor(grad(t, 3, 2.0), dtype=torch.float32)
+    opt.step()
+print(json.dumps(w.detach().flatten().tolist() + b.detach().tolist()))
+"#
+        );
+        let out = std::process::Command::new(&py)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Vec<f32> =
+            Vec::try_from(Tensor::cat(&[w.detach().flatten(0, -1), b.detach()], 0)).unwrap();
+        for (g, t) in got.iter().zip(&want) {
+            assert!((*g as f64 - t).abs() < 1e-6, "ours {got:?}\ntorch {want:?}");
+        }
+    }
 }

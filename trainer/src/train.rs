@@ -43,6 +43,9 @@ use crate::optim::Adam;
 use crate::run::{self, LoopState, RoundStats, RunDir, RunRecord, Session};
 use crate::{losses, lse};
 
+/// Named parameters.
+pub type Named = Vec<(String, Tensor)>;
+
 /// A network on a device with its checkpoint metadata.
 pub struct Model {
     pub vs: nn::VarStore,
@@ -103,7 +106,7 @@ impl Model {
 
     /// The trainable parameters by name, split into weights and biases (the frozen
     /// upsampling kernels are not trainable and not included).
-    pub fn param_groups(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    pub fn param_groups(&self) -> (Named, Named) {
         let mut vars: Vec<(String, Tensor)> = self
             .vs
             .variables()
@@ -180,7 +183,7 @@ pub fn evaluate(
     let pb = bar(n as u64, "eval", "images", quiet);
     let mut stream = data::eval_stream(ds, n, size, mean_bgr);
     for _ in 0..n {
-        let (img, label) = stream.next()?;
+        let (img, label) = stream.recv()?;
         let (w, h) = label.dimensions();
         let pred = tch::no_grad(|| {
             let p = model.probs(&img).unsqueeze(0);
@@ -445,7 +448,7 @@ impl Trainer {
             record,
             source: source_ds,
             target: target_ds,
-            val: val_ds.map(|d| d),
+            val: val_ds,
             opts,
             session_iterations: 0,
             last_checkpoint: Instant::now(),
@@ -478,7 +481,7 @@ impl Trainer {
     fn after_iteration(&mut self) -> anyhow::Result<()> {
         self.session_iterations += 1;
         let every = self.cfg.checkpoint_every;
-        if every > 0 && self.state.iteration % every == 0 {
+        if every > 0 && self.state.iteration.is_multiple_of(every) {
             self.checkpoint()?;
         }
         if self.opts.stop_after == Some(self.session_iterations) {
@@ -524,7 +527,7 @@ impl Trainer {
 
     fn log_iteration(&self, phase: &str, src: f64, tgt: Option<f64>) -> anyhow::Result<()> {
         let it = self.state.iteration;
-        if it % self.cfg.log_every != 0 {
+        if !it.is_multiple_of(self.cfg.log_every) {
             return Ok(());
         }
         let (lw, _) = self.cfg.lr_at(it - 1);
@@ -584,7 +587,7 @@ impl Trainer {
         pb.set_position(start);
         let t0 = Instant::now();
         while self.state.iteration < total {
-            let batch = stream.next()?;
+            let batch = stream.recv()?;
             self.seed_iteration(1);
             self.adam.zero_grad();
             let l = self.forward_backward(&batch, false);
@@ -627,7 +630,7 @@ impl Trainer {
         let mut stream = data::image_stream(target.clone(), (0..n).collect(), size, mean);
         let mut scores = Vec::with_capacity(n);
         for _ in 0..n {
-            let (_, img) = stream.next()?;
+            let (_, img) = stream.recv()?;
             scores.push(lse::class_scores(&self.model.probs(&img)));
             pb.inc(1);
         }
@@ -656,7 +659,7 @@ impl Trainer {
         let mut by_image: HashMap<usize, Tensor> = HashMap::new();
         let mut stream = data::image_stream(target.clone(), uniq.clone(), size, mean);
         for _ in 0..uniq.len() {
-            let (i, img) = stream.next()?;
+            let (i, img) = stream.recv()?;
             by_image.insert(i, self.model.probs(&img));
             pb.inc(1);
         }
@@ -686,7 +689,7 @@ impl Trainer {
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         let mut ignored = 0.0;
         for _ in 0..sel.confident.len() {
-            let (_, img) = stream.next()?;
+            let (_, img) = stream.recv()?;
             let img = img.to_device(self.model.device);
             let probs = self.model.probs(&img);
             let mask = lse::reliable_mask(&probs, &thresholds);
@@ -805,7 +808,7 @@ impl Trainer {
             pb.set_position(done);
             let t0 = Instant::now();
             for j in done..total {
-                let src = stream.next()?;
+                let src = stream.recv()?;
                 let picks: Vec<(usize, i64)> =
                     (0..b).map(|q| examples[order.index(j * b + q)]).collect();
                 let tgt = Batch {

@@ -85,10 +85,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", cm.report(subset).table());
-        if subset == ClassSubset::Synthia16 {
-            if let Some(m) = cm.miou(ClassSubset::Synthia13) {
-                println!("mIoU (13 cls)    {:6.2}", m * 100.0);
-            }
+        if subset == ClassSubset::Synthia16
+            && let Some(m) = cm.miou(ClassSubset::Synthia13)
+        {
+            println!("mIoU (13 cls)    {:6.2}", m * 100.0);
         }
         println!(
             "{n} images of {} split {}, predicted at {}x{}",
