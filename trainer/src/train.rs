@@ -122,6 +122,34 @@ impl Model {
     }
 }
 
+/// Forward + backward of one batch in train mode; returns the loss value. `focal`:
+/// `None` for a source batch (cross-entropy), `Some(focal)` for generated target
+/// examples (cross-entropy plus the focal term when `focal` is `Some`). With
+/// `loss_scale` the loss is scaled before the backward pass (mixed precision).
+pub fn forward_backward(
+    model: &Model,
+    batch: &Batch,
+    focal: Option<Option<(f64, f64)>>,
+    amp: bool,
+    loss_scale: Option<f64>,
+) -> f64 {
+    let dev = model.device;
+    let x = batch.images.to_device(dev);
+    let y = batch.labels.to_device(dev);
+    let loss = tch::autocast(amp, || {
+        let logits = model.net.forward_t(&x, true);
+        match focal {
+            Some(f) => losses::target_loss(&logits, &y, f),
+            None => losses::source_loss(&logits, &y),
+        }
+    });
+    match loss_scale {
+        Some(s) => (&loss * s).backward(),
+        None => loss.backward(),
+    }
+    loss.double_value(&[])
+}
+
 /// The class subset results are reported over for a source kind.
 pub fn subset_for(source: DatasetKind) -> ClassSubset {
     match source {
@@ -498,25 +526,15 @@ impl Trainer {
         tch::manual_seed(data::mix_seed(&[self.cfg.seed, phase, self.state.iteration]) as i64);
     }
 
-    /// Forward + backward of one batch; returns the loss value.
     fn forward_backward(&self, batch: &Batch, target: bool) -> f64 {
-        let dev = self.model.device;
-        let x = batch.images.to_device(dev);
-        let y = batch.labels.to_device(dev);
-        let amp = self.cfg.mixed_precision;
-        let loss = tch::autocast(amp, || {
-            let logits = self.model.net.forward_t(&x, true);
-            if target {
-                losses::target_loss(&logits, &y, self.cfg.focal_params())
-            } else {
-                losses::source_loss(&logits, &y)
-            }
-        });
-        match self.adam.loss_scale {
-            Some(s) => (&loss * s).backward(),
-            None => loss.backward(),
-        }
-        loss.double_value(&[])
+        let focal = target.then(|| self.cfg.focal_params());
+        forward_backward(
+            &self.model,
+            batch,
+            focal,
+            self.cfg.mixed_precision,
+            self.adam.loss_scale,
+        )
     }
 
     /// One optimiser step at the current iteration's learning rates.
