@@ -243,6 +243,10 @@ enum Decoded {
     Failed(Failure),
 }
 
+/// A decoded image waiting for its batch: job index, original size, model input,
+/// original image (for overlays).
+type Pending = (usize, (u32, u32), Vec<f32>, Option<RgbImage>);
+
 /// What the inference thread hands to the writer.
 struct BatchOut {
     items: Vec<(usize, (u32, u32), Option<RgbImage>)>,
@@ -263,12 +267,8 @@ impl<F: Fn() + Sync> Progress for F {
 
 fn decode_job(job: &Job, size: [u32; 2], overwrite: bool, keep: bool) -> Result<Decoded, String> {
     // Resume from the header alone; a broken header fails in the decoding below.
-    if !overwrite {
-        if let Ok(dims) = imageio::dimensions(&job.image) {
-            if is_done(job, dims) {
-                return Ok(Decoded::Skipped);
-            }
-        }
+    if !overwrite && imageio::dimensions(&job.image).is_ok_and(|dims| is_done(job, dims)) {
+        return Ok(Decoded::Skipped);
     }
     let bytes = std::fs::read(&job.image).map_err(|e| e.to_string())?;
     let img = imageio::decode_rgb(&bytes, &job.image).map_err(|e| e.to_string())?;
@@ -457,8 +457,8 @@ pub fn label_tree(
 
         // Inference on this thread.
         let (w, h) = (size[0] as usize, size[1] as usize);
-        let mut pending: Vec<(usize, (u32, u32), Vec<f32>, Option<RgbImage>)> = Vec::new();
-        let mut flush = |pending: &mut Vec<(usize, (u32, u32), Vec<f32>, Option<RgbImage>)>| {
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut flush = |pending: &mut Vec<Pending>| {
             if pending.is_empty() {
                 return;
             }
@@ -502,7 +502,6 @@ pub fn label_tree(
             }
         }
         flush(&mut pending);
-        drop(flush);
         drop(out_tx);
         let (done, failures) = writer.join().expect("writer thread panicked");
         labelled = done;

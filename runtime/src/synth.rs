@@ -639,11 +639,7 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
     for i in 0..n_cars {
         let lane = rng.random_range(-road_half + 1.2..road_half - 1.2);
         let kind = if i > 0 && rng.random_bool(0.25) {
-            if rng.random_bool(0.5) {
-                15
-            } else {
-                14
-            }
+            if rng.random_bool(0.5) { 15 } else { 14 }
         } else {
             13
         };
@@ -915,11 +911,7 @@ fn render(cv: &Canvas, ap: &Appearance, rng: &mut ChaCha8Rng, salt: u32) -> Scen
                         let gy = (fy / (win * 1.3)).fract();
                         let window = gx > 0.3 && gx < 0.8 && gy > 0.25 && gy < 0.75;
                         let b = 0.85 + 0.3 * value_noise(fx, fy, 30.0, seed);
-                        if window {
-                            b * (1.0 - 0.5 * tex)
-                        } else {
-                            b
-                        }
+                        if window { b * (1.0 - 0.5 * tex) } else { b }
                     }
                     8 => {
                         let n = 0.6 * value_noise(fx, fy, 3.0, seed ^ 1)

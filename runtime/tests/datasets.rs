@@ -237,9 +237,10 @@ fn every_error_names_the_file() {
     for bad in ["mapillary:/x", "gta5", "gta5:"] {
         assert!(bad.parse::<DatasetSpec>().is_err(), "{bad}");
     }
-    assert!(ds
-        .load_sample(5, [4, 2])
-        .unwrap_err()
-        .to_string()
-        .contains("out of range"));
+    assert!(
+        ds.load_sample(5, [4, 2])
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
 }

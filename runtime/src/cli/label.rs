@@ -102,7 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{} images in this {}: {} labelled, {} already done, {} failed; {:.1} s, {:.2} images/s ({})",
             summary.selected,
-            if args.shard.is_some() { "shard" } else { "tree" },
+            if args.shard.is_some() {
+                "shard"
+            } else {
+                "tree"
+            },
             summary.labelled,
             summary.skipped,
             summary.failed.len(),

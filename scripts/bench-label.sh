@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Benchmark: `lse label` vs a straightforward Python pipeline on the same generated
+# Cityscapes-size tree with the same small model and the same number of threads.
+#
+#   scripts/bench-label.sh [IMAGES (40)] [SIZE (2048x1024)]
+#   env: THREADS (default: all cores), BATCH (lse batch, default 1),
+#        WORK (default: target/bench-label), WIDTH (model width, default 0.125)
+#
+# Prints images/s of each, the ratio (goal >= 2x), peak RSS (goal <= 1 GiB for lse)
+# and the fraction of pixels on which the two outputs differ.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+N="${1:-40}"
+SIZE="${2:-2048x1024}"
+THREADS="${THREADS:-$(nproc)}"
+BATCH="${BATCH:-1}"
+WORK="${WORK:-$root/target/bench-label}"
+WIDTH="${WIDTH:-0.125}"
+PY="$root/.venv/bin/python"
+[ -x "$PY" ] || { echo "bench-label: $PY missing; run scripts/setup.sh" >&2; exit 1; }
+
+say() { printf '[bench-label] %s\n' "$*" >&2; }
+
+say "building lse (release)"
+cargo build --release -q -p lse-runtime --bin lse
+LSE="$root/target/release/lse"
+
+TRAIN=""
+for p in target/release/lse-train target/debug/lse-train; do
+  [ -x "$p" ] && { TRAIN="$root/$p"; break; }
+done
+if [ -z "$TRAIN" ]; then
+  say "building lse-train (debug)"
+  cargo build -q -p lse-trainer --bin lse-train
+  TRAIN="$root/target/debug/lse-train"
+fi
+
+mkdir -p "$WORK"
+MODEL="$WORK/model-w$WIDTH.onnx"
+if [ ! -f "$MODEL" ]; then
+  say "exporting a width-$WIDTH FCN8s (training size 1024x512)"
+  "$TRAIN" init --width "$WIDTH" --classes 19 --seed 0 --out "$WORK/model-w$WIDTH.safetensors" >/dev/null
+  "$TRAIN" export "$WORK/model-w$WIDTH.safetensors" --out "$MODEL" --train-size 1024x512 >/dev/null
+fi
+
+DATA="$WORK/data-$N-$SIZE"
+if [ ! -d "$DATA/target/leftImg8bit/val" ]; then
+  say "generating $N images of $SIZE"
+  "$LSE" synth --train 0 --val "$N" --size "$SIZE" --seed 0 --out "$DATA" >/dev/null
+fi
+
+say "labelling with lse and with the Python pipeline ($THREADS threads)"
+"$PY" "$root/scripts/bench_label.py" compare --lse "$LSE" --model "$MODEL" \
+  --input "$DATA/target/leftImg8bit/val" --work "$WORK" --threads "$THREADS" --batch "$BATCH"
