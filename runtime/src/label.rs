@@ -365,29 +365,31 @@ pub fn label_tree(
         for _ in 0..workers {
             let tx = dec_tx.clone();
             let (jobs, next) = (&jobs, &next);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(job) = jobs.get(i) else { break };
-                let msg = match decode_job(job, size, settings.overwrite, keep_original) {
-                    Ok(Decoded::Ready {
-                        size,
-                        input,
-                        original,
-                        ..
-                    }) => Decoded::Ready {
-                        job: i,
-                        size,
-                        input,
-                        original,
-                    },
-                    Ok(other) => other,
-                    Err(error) => Decoded::Failed(Failure {
-                        image: job.image.clone(),
-                        error,
-                    }),
-                };
-                if tx.send(msg).is_err() {
-                    break;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let msg = match decode_job(job, size, settings.overwrite, keep_original) {
+                        Ok(Decoded::Ready {
+                            size,
+                            input,
+                            original,
+                            ..
+                        }) => Decoded::Ready {
+                            job: i,
+                            size,
+                            input,
+                            original,
+                        },
+                        Ok(other) => other,
+                        Err(error) => Decoded::Failed(Failure {
+                            image: job.image.clone(),
+                            error,
+                        }),
+                    };
+                    if tx.send(msg).is_err() {
+                        break;
+                    }
                 }
             });
         }

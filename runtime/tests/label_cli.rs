@@ -106,10 +106,11 @@ fn label_then_eval_round_trip() {
     for (rel, bytes) in &files {
         let lab = image::load_from_memory(bytes).unwrap().to_luma8();
         let tr = image::open(out_t.join(rel)).unwrap().to_luma8();
-        assert!(lab
-            .iter()
-            .zip(tr.iter())
-            .all(|(l, t)| *l == train_to_label[*t as usize]));
+        assert!(
+            lab.iter()
+                .zip(tr.iter())
+                .all(|(l, t)| *l == train_to_label[*t as usize])
+        );
     }
     // lse eval on the results agrees with the independent numpy evaluation.
     let ev = json(&ok(lse()
