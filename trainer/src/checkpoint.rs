@@ -109,7 +109,7 @@ impl CheckpointMeta {
         let classes: i64 = get("lse.classes")?
             .parse()
             .map_err(|e| not_ours(format!("lse.classes: {e}")))?;
-        if !(width > 0.0 && width <= 4.0) || !(1..=255).contains(&classes) {
+        if width <= 0.0 || width > 4.0 || width.is_nan() || !(1..=255).contains(&classes) {
             return Err(not_ours(format!("width {width}, classes {classes}")));
         }
         let init = m
@@ -206,10 +206,11 @@ pub fn save(
     lse_runtime::imageio::write_atomic(path, &bytes).map_err(|e| werr(e.to_string()))
 }
 
+/// A file's metadata and its named tensors.
+pub type NamedTensors = (HashMap<String, String>, Vec<(String, Tensor)>);
+
 /// Reads every tensor of a safetensors file (CPU) and its metadata.
-pub fn read_safetensors(
-    path: &Path,
-) -> Result<(HashMap<String, String>, Vec<(String, Tensor)>), CheckpointError> {
+pub fn read_safetensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
     if !path.is_file() {
         return Err(CheckpointError::Missing {
             path: path.to_path_buf(),
@@ -353,15 +354,15 @@ pub fn import_fcn8s(vs: &mut nn::VarStore, path: &Path) -> Result<(), Checkpoint
     let sd = read_state_dict(path)?;
     let vars = vs.variables();
     for (name, var) in vars.iter().filter(|(n, _)| n.starts_with("upscore")) {
-        if let Some(t) = sd.get(name) {
-            if t.size() != var.size() {
-                return Err(CheckpointError::Shape {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    found: t.size(),
-                    expected: var.size(),
-                });
-            }
+        if let Some(t) = sd.get(name)
+            && t.size() != var.size()
+        {
+            return Err(CheckpointError::Shape {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                found: t.size(),
+                expected: var.size(),
+            });
         }
     }
     copy_into(vs, path, &sd, true)

@@ -148,11 +148,9 @@ impl Builder {
 
     fn param(
         &mut self,
-        net: &Fcn8s,
         vars: &std::collections::HashMap<String, Tensor>,
         name: &str,
     ) -> Result<String, ExportError> {
-        let _ = net;
         let t = vars
             .get(name)
             .ok_or_else(|| ExportError::MissingParameter(name.into()))?
@@ -162,13 +160,12 @@ impl Builder {
 
     fn conv(
         &mut self,
-        net: &Fcn8s,
         vars: &std::collections::HashMap<String, Tensor>,
         c: &ConvSpec,
         x: &str,
     ) -> Result<String, ExportError> {
-        let w = self.param(net, vars, &format!("{}.weight", c.name))?;
-        let b = self.param(net, vars, &format!("{}.bias", c.name))?;
+        let w = self.param(vars, &format!("{}.weight", c.name))?;
+        let b = self.param(vars, &format!("{}.bias", c.name))?;
         Ok(self.node(
             "Conv",
             c.name,
@@ -185,12 +182,11 @@ impl Builder {
 
     fn up(
         &mut self,
-        net: &Fcn8s,
         vars: &std::collections::HashMap<String, Tensor>,
         u: &UpSpec,
         x: &str,
     ) -> Result<String, ExportError> {
-        let w = self.param(net, vars, &format!("{}.weight", u.name))?;
+        let w = self.param(vars, &format!("{}.weight", u.name))?;
         Ok(self.node(
             "ConvTranspose",
             u.name,
@@ -244,7 +240,7 @@ pub fn build_model(
     let mut pools = Vec::new();
     for (i, stage) in s.stages.iter().enumerate() {
         for c in stage {
-            let y = b.conv(net, &vars, c, &x)?;
+            let y = b.conv(&vars, c, &x)?;
             x = b.node("Relu", c.name, &[&y], vec![]);
         }
         x = b.node(
@@ -260,26 +256,26 @@ pub fn build_model(
         );
         pools.push(x.clone());
     }
-    let y = b.conv(net, &vars, &s.fc6, &x)?;
+    let y = b.conv(&vars, &s.fc6, &x)?;
     x = b.node("Relu", "fc6", &[&y], vec![]);
-    let y = b.conv(net, &vars, &s.fc7, &x)?;
+    let y = b.conv(&vars, &s.fc7, &x)?;
     x = b.node("Relu", "fc7", &[&y], vec![]);
-    let score_fr = b.conv(net, &vars, &s.score_fr, &x)?;
-    let upscore2 = b.up(net, &vars, &s.upscore2, &score_fr)?;
+    let score_fr = b.conv(&vars, &s.score_fr, &x)?;
+    let upscore2 = b.up(&vars, &s.upscore2, &score_fr)?;
 
     let k4 = b.const_f32("score_pool4.scale", &[], &[s.pool4_scale as f32]);
     let p4 = b.node("Mul", "score_pool4", &[&pools[3], &k4], vec![]);
-    let sp4 = b.conv(net, &vars, &s.score_pool4, &p4)?;
+    let sp4 = b.conv(&vars, &s.score_pool4, &p4)?;
     let sp4 = b.crop("score_pool4c", &sp4, s.crop_pool4, &upscore2);
     let fuse4 = b.node("Add", "fuse_pool4", &[&upscore2, &sp4], vec![]);
-    let upscore_pool4 = b.up(net, &vars, &s.upscore_pool4, &fuse4)?;
+    let upscore_pool4 = b.up(&vars, &s.upscore_pool4, &fuse4)?;
 
     let k3 = b.const_f32("score_pool3.scale", &[], &[s.pool3_scale as f32]);
     let p3 = b.node("Mul", "score_pool3", &[&pools[2], &k3], vec![]);
-    let sp3 = b.conv(net, &vars, &s.score_pool3, &p3)?;
+    let sp3 = b.conv(&vars, &s.score_pool3, &p3)?;
     let sp3 = b.crop("score_pool3c", &sp3, s.crop_pool3, &upscore_pool4);
     let fuse3 = b.node("Add", "fuse_pool3", &[&upscore_pool4, &sp3], vec![]);
-    let upscore8 = b.up(net, &vars, &s.upscore8, &fuse3)?;
+    let upscore8 = b.up(&vars, &s.upscore8, &fuse3)?;
     let scores = b.crop("score", &upscore8, s.crop_out, contract::INPUT);
     let argmax = b.node(
         "ArgMax",
