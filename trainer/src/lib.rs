@@ -1,12 +1,20 @@
 //! # lse-trainer
 //!
 //! VGG16-FCN8s in libtorch (crate `tch`): the network ([`fcn8s`]), checkpoints and
-//! weight import ([`checkpoint`], [`pth`]), and the ONNX writer ([`onnx`]).
+//! weight import ([`checkpoint`], [`pth`]), the ONNX writer ([`onnx`]), the losses and
+//! LSE round ([`losses`], [`lse`]), and the trainer: settings ([`config`]), data
+//! loading ([`data`]), Adam ([`optim`]), run directories ([`run`]) and the training
+//! loops ([`train`]).
 
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
+pub mod data;
 pub mod fcn8s;
 pub mod losses;
 pub mod lse;
 pub mod onnx;
+pub mod optim;
 pub mod pth;
+pub mod run;
+pub mod train;
