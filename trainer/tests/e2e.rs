@@ -27,12 +27,11 @@ fn lse() -> PathBuf {
 }
 
 fn run(bin: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin)
+    Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    out
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
 }
 
 fn ok(bin: &Path, args: &[&str]) -> String {
@@ -246,7 +245,7 @@ fn train_adapt_resume_export_label_eval() {
     assert_eq!(rounds.len(), 2);
     for r in rounds {
         let s = r["confident"].as_u64().unwrap();
-        assert!(s >= 1 && s <= 20);
+        assert!((1..=20).contains(&s));
         assert_eq!(r["examples"].as_u64().unwrap(), s * 2, "|S| * K examples");
         assert_eq!(r["iterations"].as_u64().unwrap(), 3.min(s * 2 * 2));
         assert_eq!(r["iterations_done"], r["iterations"]);
