@@ -404,8 +404,8 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
     let (w, h) = d.image.dimensions();
     let post_started = Instant::now();
     let train = predict::to_train_ids(
-        d.out.scores.view(),
-        d.out.train_ids.view(),
+        d.out.scores(),
+        d.out.train_ids(),
         w,
         h,
         predict::Upsample::Probabilities,

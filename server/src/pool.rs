@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lse_runtime::contract::ModelMeta;
-use lse_runtime::engine::{Engine, EngineError, EngineOptions, Provider};
-use ndarray::{Array2, Array3, Array4, Axis};
+use lse_runtime::engine::{Engine, EngineError, EngineOptions, Output, Provider};
+use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -28,19 +28,29 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<JobOutput, String>>,
 }
 
-/// The model's answer for one image.
+/// The model's answer for one image: its slot in the batch's output (shared, not copied).
 #[derive(Debug)]
 pub struct JobOutput {
-    /// `C x h x w` logits at the training size.
-    pub scores: Array3<f32>,
-    /// `h x w` arg-max train ids at the training size.
-    pub train_ids: Array2<u8>,
+    batch: Arc<Output>,
+    index: usize,
     /// How many images shared the session run.
     pub batch_size: usize,
     /// Time spent in the queue.
     pub queued: Duration,
     /// Time of the session run (for the whole batch).
     pub inference: Duration,
+}
+
+impl JobOutput {
+    /// `C x h x w` logits at the training size.
+    pub fn scores(&self) -> ArrayView3<'_, f32> {
+        self.batch.scores.index_axis(Axis(0), self.index)
+    }
+
+    /// `h x w` arg-max train ids at the training size.
+    pub fn train_ids(&self) -> ArrayView2<'_, u8> {
+        self.batch.train_ids.index_axis(Axis(0), self.index)
+    }
 }
 
 /// Why a job was not queued.
@@ -297,6 +307,7 @@ impl Worker {
         self.metrics.observe_batch(n, inference);
         match result {
             Ok(out) => {
+                let out = Arc::new(out);
                 for (i, job) in batch.into_iter().enumerate() {
                     let answer = if bad[i] {
                         Err(format!(
@@ -306,8 +317,8 @@ impl Worker {
                         ))
                     } else {
                         Ok(JobOutput {
-                            scores: out.scores.index_axis(Axis(0), i).to_owned(),
-                            train_ids: out.train_ids.index_axis(Axis(0), i).to_owned(),
+                            batch: out.clone(),
+                            index: i,
                             batch_size: n,
                             queued: started.saturating_duration_since(job.enqueued),
                             inference,

@@ -29,9 +29,10 @@ fn every_endpoint_answers() {
     assert_eq!(m["metadata"]["class_names"].as_array().unwrap().len(), 19);
     assert_eq!(m["contract"]["input"]["name"], "image");
     let model_id = m["model"]["id"].as_str().unwrap().to_string();
+    let (name, hash) = model_id.rsplit_once('-').unwrap();
     assert!(
-        model_id.starts_with("model-") || model_id.contains('-'),
-        "{model_id}"
+        !name.is_empty() && hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "model id {model_id}"
     );
 
     let r = get(a, "/").unwrap();
