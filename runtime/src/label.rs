@@ -169,20 +169,22 @@ pub fn list_images(input: &Path, exclude: &[PathBuf]) -> Result<Vec<PathBuf>, La
     if !input.is_dir() {
         return Err(LabelError::NoInput(input.to_path_buf()));
     }
+    // Compare canonical paths (the output may be given relative, the input absolute),
+    // canonicalising the input once rather than every file.
     let exclude: Vec<PathBuf> = exclude
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
+    let input_canon = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf());
     let files = datasets::walk_files(input, &|p: &Path| {
         let img = p
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"));
-        img && !exclude.iter().any(|x| {
-            std::fs::canonicalize(p)
-                .map(|c| c.starts_with(x))
-                .unwrap_or(false)
-        })
+        let canon = p
+            .strip_prefix(input)
+            .map_or_else(|_| p.to_path_buf(), |rel| input_canon.join(rel));
+        img && !exclude.iter().any(|x| canon.starts_with(x))
     })?;
     Ok(files)
 }
@@ -542,6 +544,34 @@ mod tests {
         assert!("4/3".parse::<Shard>().is_err());
         assert!("1/0".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn output_trees_inside_the_input_are_not_inputs() {
+        let d = tempfile::tempdir().unwrap();
+        let img = RgbImage::new(2, 2);
+        for rel in [
+            "a/x_1_2_leftImg8bit.png",
+            "out/a/x_1_2_leftImg8bit.png",
+            "b.jpg",
+        ] {
+            let p = d.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            img.save(&p).unwrap();
+        }
+        std::fs::write(d.path().join("notes.txt"), "x").unwrap();
+        let found = list_images(d.path(), &[d.path().join("a/../out")]).unwrap();
+        let rel: Vec<_> = found
+            .iter()
+            .map(|p| p.strip_prefix(d.path()).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            rel,
+            [
+                PathBuf::from("a/x_1_2_leftImg8bit.png"),
+                PathBuf::from("b.jpg")
+            ]
+        );
     }
 
     #[test]
