@@ -562,17 +562,33 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
     let far_blocks: Vec<f32> = (0..32).map(|_| rng.random_range(5.0..40.0)).collect();
     let mut cv = Canvas::new(w, h);
 
-    // Background: ground, street front, sky, far skyline, per pixel.
-    for y in 0..h as i32 {
-        let py = y as f32 + 0.5;
-        for x in 0..w as i32 {
-            let px = x as f32 + 0.5;
-            let u = px - geo.cx;
-            let side = &sides[usize::from(u >= 0.0)];
-            let au = u.abs().max(1e-3);
-            // Distance of the street front in this column, and its ground row.
-            let d_front = geo.f * side.front_m / au;
-            let y_front = geo.yh + geo.f * geo.cam_h / d_front;
+    // Background: ground, street front, sky, far skyline; the street front's segment
+    // and the far skyline are found once per column.
+    for x in 0..w as i32 {
+        let px = x as f32 + 0.5;
+        let u = px - geo.cx;
+        let side = &sides[usize::from(u >= 0.0)];
+        let au = u.abs().max(1e-3);
+        // Distance of the street front in this column, and its ground row.
+        let d_front = geo.f * side.front_m / au;
+        let y_front = geo.yh + geo.f * geo.cam_h / d_front;
+        let seg = side
+            .segments
+            .iter()
+            .find(|s| s.d_end >= d_front)
+            .copied()
+            .filter(|_| d_front < 180.0);
+        let top = seg.map_or(f32::INFINITY, |s| {
+            geo.yh - geo.f * (s.height_m - geo.cam_h) / d_front
+        });
+        let bi = ((px / w as f32) * 24.0) as usize % far_blocks.len();
+        let far_top = if (px - geo.cx).abs() < w as f32 * 0.45 {
+            geo.yh - geo.f * far_blocks[bi] / 150.0
+        } else {
+            f32::INFINITY
+        };
+        for y in 0..h as i32 {
+            let py = y as f32 + 0.5;
             let (class, color) = if py > y_front {
                 // Ground in front of the street front.
                 let lat = (u * geo.cam_h / (py - geo.yh)).abs();
@@ -584,25 +600,11 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
                     (9, terr_c)
                 }
             } else {
-                let seg = side
-                    .segments
-                    .iter()
-                    .find(|s| s.d_end >= d_front)
-                    .copied()
-                    .filter(|_| d_front < 180.0);
-                let top = seg.map(|s| geo.yh - geo.f * (s.height_m - geo.cam_h) / d_front);
-                match (seg, top) {
-                    (Some(s), Some(top)) if py >= top => (s.class, s.color),
+                match seg {
+                    Some(s) if py >= top => (s.class, s.color),
                     _ if py > geo.yh => (9, terr_c),
-                    _ => {
-                        let bi = ((px / w as f32) * 24.0) as usize % far_blocks.len();
-                        let far_top = geo.yh - geo.f * far_blocks[bi] / 150.0;
-                        if py >= far_top && (px - geo.cx).abs() < w as f32 * 0.45 {
-                            (2, far_c)
-                        } else {
-                            (10, sky_c)
-                        }
-                    }
+                    _ if py >= far_top => (2, far_c),
+                    _ => (10, sky_c),
                 }
             };
             cv.put(x, y, class, color);
