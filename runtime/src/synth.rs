@@ -202,7 +202,7 @@ pub enum SynthError {
     #[error("invalid image size {0}x{1} (at least 32x16)")]
     Size(u32, u32),
     #[error(
-        "{path} already holds synthetic data generated with other settings; choose another --out or remove it"
+        "{path} already holds data that this command did not write with these settings (another run's settings, an interrupted run, or other files); choose another --out or remove it"
     )]
     Exists { path: PathBuf },
     #[error("cannot write {path}: {source}")]

@@ -43,7 +43,7 @@ fn same_seed_same_bytes_other_seed_other_images() {
             ])
             .arg(d.path().join("a")),
     );
-    assert!(err.contains("other settings"), "{err}");
+    assert!(err.contains("with these settings"), "{err}");
 }
 
 #[test]
