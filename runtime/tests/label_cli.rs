@@ -17,7 +17,11 @@ const VAL: usize = 6;
 fn fixtures() -> &'static (PathBuf, PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Rebuilt on every run (the trainer may have changed), in target/tmp so that
+        // nothing accumulates in the system's temporary folder.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("label_cli");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let trainer = profile_dir().join("lse-train");
         assert!(
             trainer.is_file(),
