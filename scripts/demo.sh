@@ -22,7 +22,7 @@ SIZE="${LSE_DEMO_SIZE:-128x64}"       # image and training size
 WIDTH="${LSE_DEMO_WIDTH:-0.125}"      # channel width multiplier (1/8: small variant)
 ITERS="${LSE_DEMO_ITERS:-1200}"       # source-only iterations
 BATCH="${LSE_DEMO_BATCH:-4}"
-LR="${LSE_DEMO_LR:-2e-4}"             # from scratch (method.md's 1e-6 is for fine-tuning)
+LR="${LSE_DEMO_LR:-1e-3}"             # from scratch (method.md's 1e-6 is for fine-tuning)
 PSCHED="${LSE_DEMO_P:-0.1,0.15,0.2}"  # adaptation rounds (the paper runs 0.10 .. 0.40)
 SEED="${LSE_DEMO_SEED:-0}"
 THREADS="${LSE_DEMO_THREADS:-$(nproc)}"
@@ -44,11 +44,11 @@ echo "[demo] 3/7 source-only training ($ITERS iterations)" >&2
 "$BIN/lse-train" train --init "$OUT/init.safetensors" --out "$OUT/source-only" --iterations "$ITERS" "${common[@]}"
 
 echo "[demo] 4/7 LSE adaptation (rounds p = $PSCHED)" >&2
-"$BIN/lse-train" adapt --init "$OUT/source-only/final.safetensors" --out "$OUT/lse" --p-schedule "$PSCHED" "${common[@]}"
+"$BIN/lse-train" adapt --init "$OUT/source-only/model.safetensors" --out "$OUT/lse" --p-schedule "$PSCHED" "${common[@]}"
 
 echo "[demo] 5/7 export both models to ONNX (with parity check)" >&2
-"$BIN/lse-train" export "$OUT/source-only/final.safetensors" --out "$OUT/source-only/model.onnx"
-"$BIN/lse-train" export "$OUT/lse/final.safetensors" --out "$OUT/lse/model.onnx"
+"$BIN/lse-train" export "$OUT/source-only/model.safetensors" --out "$OUT/source-only/model.onnx"
+"$BIN/lse-train" export "$OUT/lse/model.safetensors" --out "$OUT/lse/model.onnx"
 
 echo "[demo] 6/7 label the target val set with both models" >&2
 for m in source-only lse; do
@@ -66,7 +66,7 @@ so=$(miou "$OUT/source-only/eval.json"); ad=$(miou "$OUT/lse/eval.json")
 if [ "${LSE_DEMO_KEEP_DEFAULT:-0}" != "1" ]; then
   mkdir -p models/default
   cp "$OUT/lse/model.onnx" models/default/model.onnx
-  cp "$OUT/lse/final.safetensors" models/default/checkpoint.safetensors
+  cp "$OUT/lse/model.safetensors" models/default/checkpoint.safetensors
   cp "$OUT/lse/run.json" models/default/run.json 2>/dev/null || true
   cp "$OUT/lse/config.toml" models/default/config.toml 2>/dev/null || true
   cp "$OUT/lse/eval.json" models/default/eval.json
@@ -83,7 +83,7 @@ LSE demo: synthetic GTA5-layout source -> synthetic Cityscapes-layout target (va
 outputs
   data                  $OUT/data
   source-only run       $OUT/source-only   (model.onnx, pred/, eval.json)
-  LSE run               $OUT/lse           (run.json, metrics.jsonl, plot.png, model.onnx, pred/, eval.json)
+  LSE run               $OUT/lse           (run.json, metrics.jsonl, curves.png, model.onnx, pred/, eval.json)
   default model         $root/models/default/model.onnx
   total time            $((t1 - t0)) s
 REPORT

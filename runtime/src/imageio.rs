@@ -14,7 +14,7 @@ use image::{GrayImage, RgbImage};
 use crate::labels;
 
 /// The Caffe VGG mean the network subtracts, in (B, G, R) order.
-pub const MEAN_BGR: [f32; 3] = [104.006_99, 116.668_77, 122.678_914];
+pub const MEAN_BGR: [f32; 3] = [104.006_99, 116.668_77, 122.678_92];
 
 /// Errors of image I/O; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
