@@ -406,6 +406,21 @@ pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window
     }
 }
 
+/// The image of one example, recomputed from the image and its window: the crop
+/// upsampled bilinearly (`align_corners = true`) back to the image's size, exactly as
+/// [`generate`] computes it (interpolation is per channel). The trainer keeps only
+/// windows and labels in memory and rebuilds example images with this.
+pub fn window_image(image: &Tensor, win: &Window) -> Tensor {
+    let (_, h, w) = image.size3().expect("image must be 3 x H x W");
+    image
+        .to_kind(Kind::Float)
+        .narrow(1, win.y, win.h)
+        .narrow(2, win.x, win.w)
+        .unsqueeze(0)
+        .upsample_bilinear2d([h, w], true, None, None)
+        .squeeze_dim(0)
+}
+
 /// Training iterations of one round: `|S| * K * epochs`.
 pub fn iterations_per_round(n_confident: usize, k: usize, epochs: usize) -> usize {
     n_confident * k * epochs
@@ -655,5 +670,36 @@ mod tests {
     fn iterations() {
         assert_eq!(iterations_per_round(10, 4, 2), 80);
         assert_eq!(iterations_per_round(0, 4, 2), 0);
+    }
+
+    #[test]
+    fn window_image_equals_generated_images() {
+        tch::manual_seed(5);
+        let (h, w) = (12i64, 20i64);
+        let image = Tensor::randn([3, h, w], (Kind::Float, Device::Cpu));
+        let probs = Tensor::randn([4, h, w], (Kind::Float, Device::Cpu)).softmax(0, Kind::Float);
+        let mask = Tensor::ones([h, w], (Kind::Float, Device::Cpu));
+        let windows = [
+            Window {
+                y: 0,
+                x: 0,
+                h: 6,
+                w: 10,
+            },
+            Window {
+                y: 5,
+                x: 9,
+                h: 6,
+                w: 10,
+            },
+        ];
+        let g = generate(&image, &probs, &mask, &windows);
+        for (i, win) in windows.iter().enumerate() {
+            let d = (window_image(&image, win) - g.images.get(i as i64))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-6, "window {i}: {d}");
+        }
     }
 }

@@ -43,6 +43,17 @@ use crate::optim::Adam;
 use crate::run::{self, LoopState, RoundStats, RunDir, RunRecord, Session};
 use crate::{losses, lse};
 
+/// One round's scale-invariant examples: for each confident target image (dataset
+/// index), its K windows and the K pseudo-labels (u8, 255 ignore). The example images
+/// are not stored: they are rebuilt from the target image and the window
+/// ([`lse::window_image`]), which keeps a round's memory to the labels.
+#[derive(Debug, Default)]
+struct RoundExamples {
+    sources: Vec<usize>,
+    windows: Vec<Vec<lse::Window>>,
+    labels: Vec<Tensor>,
+}
+
 /// Named parameters.
 pub type Named = Vec<(String, Tensor)>;
 
@@ -630,7 +641,7 @@ impl Trainer {
     }
 
     /// Ranks the target set, computes thresholds and generates the round's examples.
-    fn prepare_round(&mut self, r: usize) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
+    fn prepare_round(&mut self, r: usize) -> anyhow::Result<RoundExamples> {
         let target = self.target.clone().expect("adapt has a target");
         let p = self.cfg.p_schedule[r];
         let size = self.cfg.target_size;
@@ -704,10 +715,10 @@ impl Trainer {
             self.opts.quiet,
         );
         let mut stream = data::image_stream(target, sel.confident.clone(), size, mean);
-        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let mut ex = RoundExamples::default();
         let mut ignored = 0.0;
         for _ in 0..sel.confident.len() {
-            let (_, img) = stream.recv()?;
+            let (i, img) = stream.recv()?;
             let img = img.to_device(self.model.device);
             let probs = self.model.probs(&img);
             let mask = lse::reliable_mask(&probs, &thresholds);
@@ -716,8 +727,12 @@ impl Trainer {
                 lse::random_windows(&mut rng, h, w, self.cfg.patches, self.cfg.window_scale);
             let g = tch::no_grad(|| lse::generate(&img, &probs, &mask, &windows));
             ignored += g.ignored_share * windows.len() as f64;
-            images.push(g.images.to_device(Device::Cpu));
-            labels.push(g.labels.to_kind(Kind::Uint8).to_device(Device::Cpu));
+            // Only the windows and the u8 labels are kept: example images are rebuilt
+            // from the target image at training time (lse::window_image).
+            ex.sources.push(i);
+            ex.windows.push(windows);
+            ex.labels
+                .push(g.labels.to_kind(Kind::Uint8).to_device(Device::Cpu));
             pb.inc(1);
         }
         pb.finish_and_clear();
@@ -750,38 +765,63 @@ impl Trainer {
             "round prepared"
         );
         self.state.current = Some(stats);
-        Ok((images, labels))
+        Ok(ex)
     }
 
-    fn save_cache(&self, r: usize, images: &[Tensor], labels: &[Tensor]) -> anyhow::Result<()> {
+    fn save_cache(&self, r: usize, ex: &RoundExamples) -> anyhow::Result<()> {
         let mut named = Vec::new();
-        for (i, (im, lb)) in images.iter().zip(labels).enumerate() {
-            named.push((format!("images.{i:06}"), im.shallow_clone()));
+        let sources: Vec<i64> = ex.sources.iter().map(|&i| i as i64).collect();
+        named.push(("sources".to_string(), Tensor::from_slice(&sources)));
+        let wins: Vec<i64> = ex
+            .windows
+            .iter()
+            .flatten()
+            .flat_map(|w| [w.y, w.x, w.h, w.w])
+            .collect();
+        named.push((
+            "windows".to_string(),
+            Tensor::from_slice(&wins).view([sources.len() as i64, -1, 4]),
+        ));
+        for (i, lb) in ex.labels.iter().enumerate() {
             named.push((format!("labels.{i:06}"), lb.shallow_clone()));
         }
         checkpoint::save(&self.run.cache_path(r + 1), &self.model.meta, &named)?;
         Ok(())
     }
 
-    fn load_cache(&self, r: usize) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
+    fn load_cache(&self, r: usize) -> anyhow::Result<RoundExamples> {
         let path = self.run.cache_path(r + 1);
         let (_, tensors) = checkpoint::read_safetensors(&path)
             .with_context(|| format!("reading the round's example cache {}", path.display()))?;
         let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-        let n = map.keys().filter(|k| k.starts_with("images.")).count();
-        let mut images = Vec::with_capacity(n);
-        let mut labels = Vec::with_capacity(n);
-        for i in 0..n {
-            images.push(
-                map.remove(&format!("images.{i:06}"))
-                    .context("cache image missing")?,
+        let sources = map.remove("sources").context("cache sources missing")?;
+        let windows = map.remove("windows").context("cache windows missing")?;
+        let sources: Vec<i64> = Vec::try_from(&sources)?;
+        let n = sources.len();
+        let wins: Vec<i64> = Vec::try_from(windows.flatten(0, -1))?;
+        let k = if n == 0 { 0 } else { wins.len() / (4 * n) };
+        let mut ex = RoundExamples::default();
+        for (i, &src) in sources.iter().enumerate() {
+            ex.sources.push(src as usize);
+            ex.windows.push(
+                (0..k)
+                    .map(|j| {
+                        let o = (i * k + j) * 4;
+                        lse::Window {
+                            y: wins[o],
+                            x: wins[o + 1],
+                            h: wins[o + 2],
+                            w: wins[o + 3],
+                        }
+                    })
+                    .collect(),
             );
-            labels.push(
+            ex.labels.push(
                 map.remove(&format!("labels.{i:06}"))
                     .context("cache label missing")?,
             );
         }
-        Ok((images, labels))
+        Ok(ex)
     }
 
     /// The LSE rounds.
@@ -790,18 +830,18 @@ impl Trainer {
         let mut last_eval = None;
         while self.state.round < rounds {
             let r = self.state.round;
-            let (images, labels) = if self.state.examples_ready {
+            let ex = if self.state.examples_ready {
                 self.load_cache(r)?
             } else {
-                let (images, labels) = self.prepare_round(r)?;
-                self.save_cache(r, &images, &labels)?;
+                let ex = self.prepare_round(r)?;
+                self.save_cache(r, &ex)?;
                 self.state.examples_ready = true;
                 self.checkpoint()?;
-                (images, labels)
+                ex
             };
             // Flat list of examples: (image index, window index).
             let k = self.cfg.patches as i64;
-            let examples: Vec<(usize, i64)> = (0..images.len())
+            let examples: Vec<(usize, i64)> = (0..ex.sources.len())
                 .flat_map(|i| (0..k).map(move |j| (i, j)))
                 .collect();
             let stats = self.state.current.clone().expect("prepared");
@@ -822,25 +862,39 @@ impl Trainer {
                 data::mix_seed(&[self.cfg.seed, 1]),
                 start_it,
             );
+            // The target images of every remaining iteration, in order, loaded and
+            // resized in the background.
+            let all_picks: Vec<Vec<(usize, i64)>> = (done..total)
+                .map(|j| (0..b).map(|q| examples[order.index(j * b + q)]).collect())
+                .collect();
+            let image_order: Vec<usize> = all_picks
+                .iter()
+                .flatten()
+                .map(|&(i, _)| ex.sources[i])
+                .collect();
+            let mut targets = data::image_stream(
+                self.target.clone().expect("adapt has a target"),
+                image_order,
+                self.cfg.target_size,
+                self.cfg.mean_bgr,
+            );
             let pb = bar(total, &format!("round {}", r + 1), "it", self.opts.quiet);
             pb.set_position(done);
             let t0 = Instant::now();
             for j in done..total {
                 let src = stream.recv()?;
-                let picks: Vec<(usize, i64)> =
-                    (0..b).map(|q| examples[order.index(j * b + q)]).collect();
+                let picks = &all_picks[(j - done) as usize];
+                let mut imgs = Vec::with_capacity(picks.len());
+                for &(i, w) in picks {
+                    let (_, img) = targets.recv()?;
+                    imgs.push(lse::window_image(&img, &ex.windows[i][w as usize]));
+                }
                 let tgt = Batch {
-                    images: Tensor::stack(
-                        &picks
-                            .iter()
-                            .map(|&(i, w)| images[i].get(w))
-                            .collect::<Vec<_>>(),
-                        0,
-                    ),
+                    images: Tensor::stack(&imgs, 0),
                     labels: Tensor::stack(
                         &picks
                             .iter()
-                            .map(|&(i, w)| labels[i].get(w).to_kind(Kind::Int64))
+                            .map(|&(i, w)| ex.labels[i].get(w).to_kind(Kind::Int64))
                             .collect::<Vec<_>>(),
                         0,
                     ),
@@ -869,6 +923,7 @@ impl Trainer {
             }
             pb.finish_and_clear();
             drop(stream);
+            drop(targets);
             self.add_phase_time("train", t0.elapsed().as_secs_f64());
             let mut stats = self.state.current.take().expect("prepared");
             stats
