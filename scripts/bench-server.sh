@@ -11,8 +11,8 @@
 #
 # Usage: scripts/bench-server.sh [--json] [MODEL.onnx]
 # Environment:
-#   BENCH_IMAGE=WxH        size of the posted picture (default 1024x512; the server's sample)
-#   BENCH_TRAIN_SIZE=WxH   training size of the generated model when no MODEL is given (512x256)
+#   BENCH_IMAGE=WxH        size of the posted picture (default 512x256; the server's sample)
+#   BENCH_TRAIN_SIZE=WxH   training size of the generated model when no MODEL is given (256x128)
 #   BENCH_WIDTH=0.125      width multiplier of the generated model
 #   BENCH_SECONDS=15       duration of each concurrency run
 #   BENCH_REQUESTS=10000   requests between the two RSS readings
@@ -36,8 +36,8 @@ done
 say() { printf '[bench-server] %s\n' "$*" >&2; }
 die() { printf '[bench-server] error: %s\n' "$*" >&2; exit 1; }
 
-IMAGE="${BENCH_IMAGE:-1024x512}"
-TRAIN_SIZE="${BENCH_TRAIN_SIZE:-512x256}"
+IMAGE="${BENCH_IMAGE:-512x256}"
+TRAIN_SIZE="${BENCH_TRAIN_SIZE:-256x128}"
 WIDTH="${BENCH_WIDTH:-0.125}"
 SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
 REQUESTS="${BENCH_REQUESTS:-10000}"
