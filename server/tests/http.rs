@@ -200,15 +200,16 @@ fn bad_input_is_refused_with_4xx() {
     raw(a, req.as_bytes())
         .unwrap()
         .assert_error(413, "body_too_large");
-    // ... and a chunked body that turns out too long.
+    // ... and a chunked body that turns out too long (by a few bytes at its very end, so
+    // the server has read everything when it answers and closes).
     let mut req = format!(
         "POST /v1/segment HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     .into_bytes();
     let chunk = vec![b'x'; 256 * 1024];
-    for _ in 0..5 {
-        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        req.extend_from_slice(&chunk);
+    for piece in [&chunk[..], &chunk[..], &chunk[..], &chunk[..], &chunk[..16]] {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
         req.extend_from_slice(b"\r\n");
     }
     req.extend_from_slice(b"0\r\n\r\n");
@@ -445,11 +446,18 @@ fn queue_overflow_gives_503_then_recovers() {
 
 #[test]
 fn slow_requests_get_504() {
-    let server = Server::start(&["--timeout-ms", "1"]);
+    let server = Server::start(&["--timeout-ms", "100", "--workers", "1", "--threads", "1"]);
     let a = server.addr;
-    let r = post(a, "/v1/segment", &png(1024, 768, 9));
+    // A small body (a flat 3000 x 2000 PNG, about 90 kB, read long before the limit)
+    // whose decoding, resizing and upsampling take far longer than 100 ms.
+    let flat = image::RgbImage::from_pixel(3000, 2000, image::Rgb([90, 90, 90]));
+    let body = encode(&flat, ImageFormat::Png);
+    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
+    let r = post(a, "/v1/segment", &body);
     r.assert_error(504, "timeout");
     assert_eq!(get(a, "/healthz").unwrap().status, 200);
+    let r = post(a, "/v1/segment", &png(64, 48, 1));
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
