@@ -16,7 +16,7 @@
 //! - `/metrics` exposes Prometheus metrics ([`metrics`]); SIGTERM/SIGINT stop
 //!   accepting connections, finish the requests in progress and exit 0 ([`serve`]).
 //!
-//! The HTTP API is described in `server/API.md`.
+//! The HTTP API is described in the README's "HTTP API" section.
 
 pub mod app;
 pub mod config;

@@ -1,4 +1,4 @@
-//! `lse-serve`: HTTP segmentation with an LSE model (see server/API.md).
+//! `lse-serve`: HTTP segmentation with an LSE model (see the README, "HTTP API").
 
 use clap::Parser;
 use lse_server::Config;
