@@ -10,7 +10,7 @@ use lse_runtime::engine::Provider;
 #[command(
     name = "lse-serve",
     version,
-    about = "Serve LSE segmentation models over HTTP (POST /v1/segment; see the README, "HTTP API")"
+    about = "Serve LSE segmentation models over HTTP (POST /v1/segment; see the README's HTTP API section)"
 )]
 pub struct Config {
     /// The model (an ONNX file exported by lse-train). Default: models/default/model.onnx,
