@@ -23,6 +23,7 @@ WIDTH="${LSE_DEMO_WIDTH:-0.125}"      # channel width multiplier (1/8: small var
 ITERS="${LSE_DEMO_ITERS:-1200}"       # source-only iterations
 BATCH="${LSE_DEMO_BATCH:-4}"
 LR="${LSE_DEMO_LR:-1e-3}"             # from scratch (method.md's 1e-6 is for fine-tuning)
+ADAPT_LR="${LSE_DEMO_ADAPT_LR:-1e-4}" # adaptation fine-tunes the source model: 10x lower
 PSCHED="${LSE_DEMO_P:-0.1,0.15,0.2}"  # adaptation rounds (the paper runs 0.10 .. 0.40)
 SEED="${LSE_DEMO_SEED:-0}"
 THREADS="${LSE_DEMO_THREADS:-$(nproc)}"
@@ -37,14 +38,14 @@ echo "[demo] 2/7 init VGG16-FCN8s (width $WIDTH, from scratch)" >&2
 "$BIN/lse-train" init --width "$WIDTH" --classes 19 --init scratch --seed "$SEED" --out "$OUT/init.safetensors"
 
 common=(--source "gta5:$OUT/data/source" --target "cityscapes:$OUT/data/target"
-        --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH" --lr "$LR"
+        --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH"
         --seed "$SEED" --device cpu --threads "$THREADS")
 
 echo "[demo] 3/7 source-only training ($ITERS iterations)" >&2
-"$BIN/lse-train" train --init "$OUT/init.safetensors" --out "$OUT/source-only" --iterations "$ITERS" "${common[@]}"
+"$BIN/lse-train" train --init "$OUT/init.safetensors" --out "$OUT/source-only" --iterations "$ITERS" --lr "$LR" "${common[@]}"
 
 echo "[demo] 4/7 LSE adaptation (rounds p = $PSCHED)" >&2
-"$BIN/lse-train" adapt --init "$OUT/source-only/model.safetensors" --out "$OUT/lse" --p-schedule "$PSCHED" "${common[@]}"
+"$BIN/lse-train" adapt --init "$OUT/source-only/model.safetensors" --out "$OUT/lse" --p-schedule "$PSCHED" --lr "$ADAPT_LR" "${common[@]}"
 
 echo "[demo] 5/7 export both models to ONNX (with parity check)" >&2
 "$BIN/lse-train" export "$OUT/source-only/model.safetensors" --out "$OUT/source-only/model.onnx"
