@@ -456,8 +456,26 @@ fn slow_requests_get_504() {
     let r = post(a, "/v1/segment", &body);
     r.assert_error(504, "timeout");
     assert_eq!(get(a, "/healthz").unwrap().status, 200);
-    let r = post(a, "/v1/segment", &png(64, 48, 1));
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The server keeps serving: once the abandoned work has drained (it still runs to
+    // completion on the pool), a small image is answered within the 100 ms limit. On a
+    // loaded 2-core CI machine a single try can miss the limit, so allow a few.
+    let small = png(64, 48, 1);
+    let mut last = None;
+    for _ in 0..40 {
+        let text = get(a, "/metrics").unwrap().text();
+        if metric(&text, "lse_requests_in_progress") != Some(0.0) {
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
+        let r = post(a, "/v1/segment", &small);
+        if r.status == 200 {
+            return;
+        }
+        r.assert_error(504, "timeout");
+        last = Some(r.text());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("no small request succeeded after the timeout: {last:?}");
 }
 
 #[test]
