@@ -241,8 +241,10 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
     Ok((meta, out))
 }
 
-/// Reads the metadata of one of our checkpoints without loading the tensors.
+/// Reads the metadata of one of our checkpoints from the file's header only (the
+/// tensors, hundreds of MB for the full-width network, are not read).
 pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
+    use std::io::Read;
     if !path.is_file() {
         return Err(CheckpointError::Missing {
             path: path.to_path_buf(),
@@ -252,10 +254,29 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta, CheckpointError> {
         path: path.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| rerr(e.to_string()))?;
-    let (_, md) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| rerr(e.to_string()))?;
-    CheckpointMeta::from_map(path, &md.metadata().clone().unwrap_or_default())
+    let mut f = std::fs::File::open(path).map_err(|e| rerr(e.to_string()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| rerr(format!("no safetensors header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = f.metadata().map_err(|e| rerr(e.to_string()))?.len();
+    if len == 0 || len > 100 << 20 || len + 8 > file_len {
+        return Err(rerr(format!("invalid safetensors header length {len}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| rerr(e.to_string()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| rerr(format!("invalid header: {e}")))?;
+    let md: HashMap<String, String> = header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    CheckpointMeta::from_map(path, &md)
 }
 
 /// Saves the network's parameters (every variable of `vs`) as our checkpoint.
