@@ -51,7 +51,7 @@ impl DatasetKind {
         }
     }
 
-    /// The size method.md resizes this dataset's images to, `[width, height]`.
+    /// The size docs/method.md resizes this dataset's images to, `[width, height]`.
     pub fn default_size(self) -> [u32; 2] {
         match self {
             Self::Cityscapes => [1024, 512],

@@ -1,6 +1,6 @@
 //! Image decoding, resizing, label-map PNGs, colouring, and atomic file writes.
 //!
-//! Resizing follows method.md: images bicubic (Catmull-Rom, the kernel of PIL's
+//! Resizing follows docs/method.md: images bicubic (Catmull-Rom, the kernel of PIL's
 //! `BICUBIC`), label maps nearest neighbour. Everything that writes a file writes a
 //! temporary file beside it and renames it into place, so an interrupted run never
 //! leaves a half-written output.

@@ -1,6 +1,6 @@
 //! The prediction protocol shared by `lse segment`, `lse label` and the server.
 //!
-//! As in the reference evaluation (method.md): resize the image to the model's
+//! As in the reference evaluation (docs/method.md): resize the image to the model's
 //! training size (bicubic), predict, turn the logits into class probabilities,
 //! upsample the probabilities bilinearly to the image's own size (half-pixel
 //! centres, `align_corners = false`, as `torch.nn.functional.interpolate`), and

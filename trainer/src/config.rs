@@ -1,4 +1,4 @@
-//! The run configuration: one typed struct holding every setting of method.md, with
+//! The run configuration: one typed struct holding every setting of docs/method.md, with
 //! the paper's (reference implementation's) values as defaults.
 //!
 //! A configuration is built from the defaults, then a TOML file (`--config run.toml`),

@@ -2,7 +2,7 @@
 //! background prefetching.
 //!
 //! - Images become `3 x H x W` float tensors: 0..255, BGR, the configured mean
-//!   subtracted (method.md); labels become `H x W` int64 train ids (255 ignore).
+//!   subtracted (docs/method.md); labels become `H x W` int64 train ids (255 ignore).
 //! - The order of samples is a function of the seed and the stream position only
 //!   ([`Order`]): epoch `e` visits a permutation drawn from `(seed, salt, e)`. A run
 //!   resumed at iteration `i` therefore sees exactly the batches an uninterrupted run

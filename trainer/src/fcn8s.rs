@@ -1,4 +1,4 @@
-//! VGG16-FCN8s, the Caffe-style "at once" variant of method.md, in one readable file.
+//! VGG16-FCN8s, the Caffe-style "at once" variant of docs/method.md, in one readable file.
 //!
 //! The network is described once, by [`Fcn8sSpec`]: the VGG16 stages as a table of
 //! convolutions, then the FCN-8s head (fc6, fc7, score layers, three frozen bilinear

@@ -1,4 +1,4 @@
-//! The two training losses of method.md ("Losses"), as tensor operations on the
+//! The two training losses of docs/method.md ("Losses"), as tensor operations on the
 //! logits' device.
 //!
 //! - Source: per-pixel cross-entropy, labels 255 ignored, mean over valid pixels.

@@ -1,4 +1,4 @@
-//! One LSE adaptation round (method.md, "One adaptation round") as tensor operations
+//! One LSE adaptation round (docs/method.md, "One adaptation round") as tensor operations
 //! on the probabilities' device.
 //!
 //! 1. Rank: [`class_scores`] per image, then [`select`] keeps, per class, the first
@@ -109,7 +109,7 @@ pub fn kept_count(n: usize, p: f64, c: usize) -> usize {
 ///
 /// `scores[i][c]` is [`class_scores`] of image `i`; `skip[c]` marks classes not
 /// learned from the source (they contribute nothing). `C = skip.len()`, the total
-/// number of classes, as method.md says (also for a 16-class SYNTHIA source).
+/// number of classes, as docs/method.md says (also for a 16-class SYNTHIA source).
 ///
 /// # Panics
 /// If an image's score vector does not have `skip.len()` entries.

@@ -1,5 +1,5 @@
 //! The training loops: source-only training and the LSE adaptation rounds
-//! (method.md), resumable at any iteration.
+//! (docs/method.md), resumable at any iteration.
 //!
 //! One iteration (both loops): forward + backward a source batch (cross-entropy,
 //! ignore 255), in adaptation also forward + backward a batch of generated target
@@ -194,7 +194,7 @@ pub fn bar(len: u64, phase: &str, unit: &str, quiet: bool) -> ProgressBar {
     b
 }
 
-/// Evaluates on a labelled target split with the protocol of method.md: predict at
+/// Evaluates on a labelled target split with the protocol of docs/method.md: predict at
 /// `size`, upsample the probabilities bilinearly to the label's full resolution,
 /// arg-max, one confusion matrix over all images.
 pub fn evaluate(

@@ -1,4 +1,4 @@
-//! `lse-train eval`: the evaluation protocol of method.md on a labelled Cityscapes
+//! `lse-train eval`: the evaluation protocol of docs/method.md on a labelled Cityscapes
 //! split (predict at the model's input size, upsample the probabilities bilinearly to
 //! the label's full resolution, arg-max, one confusion matrix), through the same mIoU
 //! code as `lse eval` (`lse_runtime::metrics`).

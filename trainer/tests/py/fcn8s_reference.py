@@ -1,4 +1,4 @@
-"""Independent reference for the spine tests: the FCN8s of method.md written in plain
+"""Independent reference for the spine tests: the FCN8s of docs/method.md written in plain
 PyTorch (after the reference implementation's layout), a torchvision-layout VGG16,
 and checks of exported ONNX files with the onnx package and python onnxruntime.
 

@@ -1,7 +1,7 @@
 """Independent reference for trainer/tests/lse_numerics.rs.
 
 Reads IN_DIR/inputs.safetensors and IN_DIR/inputs.json written by the Rust test and
-computes every quantity of method.md's losses and adaptation round the
+computes every quantity of docs/method.md's losses and adaptation round the
 straightforward way: PyTorch autograd for the losses, numpy loops over classes for
 scores, entropies and normalisation, Python sorting for the ranking, the reference
 implementation's per-pixel loop for the reliability mask, and
