@@ -8,7 +8,8 @@
 //!
 //! Imports: a reference-layout FCN8s state dict (`conv1_1.weight`, ...) or a
 //! torchvision-layout ImageNet VGG16 (`features.N.*`, `classifier.0/3.*`, the latter
-//! reshaped onto fc6/fc7), from `.pth`/`.pt` (zip archives) or `.safetensors`.
+//! reshaped onto fc6/fc7), from `.pth`/`.pt` (either `torch.save` format, see
+//! [`crate::pth`]) or `.safetensors`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -350,7 +351,7 @@ pub fn load_network(
     Ok(meta)
 }
 
-/// Reads a state dict from `.pth`/`.pt` (zip) or `.safetensors`.
+/// Reads a state dict from `.pth`/`.pt` (zip or legacy `torch.save`) or `.safetensors`.
 pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, CheckpointError> {
     if !path.is_file() {
         return Err(CheckpointError::Missing {
