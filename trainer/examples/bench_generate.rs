@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use lse_trainer::lse::{generate, random_windows, reliable_mask, thresholds};
+use lse_trainer::lse::{DegenerateGroups, generate, random_windows, reliable_mask, thresholds};
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
@@ -110,7 +110,7 @@ fn main() {
     let boundary = (Tensor::randn([c, h, w], opts) * 3.0).softmax(0, Kind::Float);
     let bp: Vec<Option<Tensor>> = (0..c).map(|_| Some(boundary.shallow_clone())).collect();
     let t0 = Instant::now();
-    let taus = thresholds(&bp);
+    let taus = thresholds(&bp, DegenerateGroups::default());
     let thr_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 
@@ -119,7 +119,7 @@ fn main() {
     for r in 0..a.warmup + a.runs {
         sync(a.device);
         let t0 = Instant::now();
-        let mask = reliable_mask(&probs, &taus);
+        let mask = reliable_mask(&probs, &taus, DegenerateGroups::default());
         sync(a.device);
         let t1 = Instant::now();
         let windows = random_windows(&mut rng, h, w, a.k, a.scale);

@@ -9,7 +9,7 @@
 //! be traced to the settings that made it.
 //!
 //! ```toml
-//! source_size = [1280, 720]
+//! source_size = [1280, 720]   # unset: the source kind's own (GTA5 1280x720, SYNTHIA 1280x760)
 //! target_size = [1024, 512]
 //! lr_weights = 1e-6
 //! p_schedule = [0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40]
@@ -22,7 +22,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use lse_runtime::datasets::DatasetKind;
+
 use crate::fcn8s::InitScheme;
+use crate::lse::DegenerateGroups;
 
 /// Errors of reading and checking a configuration; each names the key or file.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +48,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Size `[width, height]` source images are resized to (GTA5 1280x720, SYNTHIA 1280x760).
-    pub source_size: [u32; 2],
+    /// Size `[width, height]` source images are resized to; unset: the source
+    /// kind's own size (GTA5 1280x720, SYNTHIA 1280x760), see [`Config::source_size_for`].
+    pub source_size: Option<[u32; 2]>,
     /// Size `[width, height]` target images are resized to (Cityscapes 1024x512).
     pub target_size: [u32; 2],
     /// Mean (B, G, R) subtracted from the 0..255 BGR input.
@@ -78,6 +82,17 @@ pub struct Config {
     /// At most this many training iterations per round (0: |S| * K * epochs, as
     /// specified; a cap is for tests and demos).
     pub max_round_iterations: u64,
+    /// What a group of equal entropies (`max == min`) normalises to: `keep` (the
+    /// reference's NaN: such pixels and classes are kept) or `drop` (0: a degenerate
+    /// boundary group keeps nothing of its class).
+    pub degenerate_groups: DegenerateGroups,
+    /// Pseudo-label diagnostics per round when the target's adaptation split has
+    /// labels (kept share and precision, confusions, the entropy premise). They never
+    /// influence selection, thresholds or training.
+    pub diagnostics: bool,
+    /// Confident images per round whose windows and pseudo-labels are saved for the
+    /// run report (0: none).
+    pub report_samples: usize,
     /// Focal term in the target loss.
     pub focal: bool,
     /// Weight beta of the focal term.
@@ -115,7 +130,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            source_size: [1280, 720],
+            source_size: None,
             target_size: [1024, 512],
             mean_bgr: [104.00698793, 116.66876762, 122.67891434],
             adam_betas: [0.9, 0.99],
@@ -130,6 +145,9 @@ impl Default for Config {
             window_scale: 0.5,
             epochs_per_round: 2,
             max_round_iterations: 0,
+            degenerate_groups: DegenerateGroups::Keep,
+            diagnostics: true,
+            report_samples: 4,
             focal: true,
             focal_beta: 0.1,
             focal_gamma: 3.0,
@@ -205,8 +223,14 @@ impl Config {
     }
 
     /// Settings that may be unset (absent from the TOML form when `None`).
-    fn optional_keys() -> [&'static str; 2] {
-        ["width", "init"]
+    fn optional_keys() -> [&'static str; 3] {
+        ["width", "init", "source_size"]
+    }
+
+    /// The size source images of `kind` are resized to: `source_size` when set, else
+    /// the dataset kind's own size.
+    pub fn source_size_for(&self, kind: DatasetKind) -> [u32; 2] {
+        self.source_size.unwrap_or_else(|| kind.default_size())
     }
 
     /// Checks every range; the error names the setting and the accepted range.
@@ -228,12 +252,14 @@ impl Config {
             }
         }
         let size_ok = |s: [u32; 2]| (1..=16384).contains(&s[0]) && (1..=16384).contains(&s[1]);
-        range(
-            "source_size",
-            format!("{:?}", self.source_size),
-            size_ok(self.source_size),
-            "each side 1..16384",
-        )?;
+        if let Some(s) = self.source_size {
+            range(
+                "source_size",
+                format!("{s:?}"),
+                size_ok(s),
+                "each side 1..16384",
+            )?;
+        }
         range(
             "target_size",
             format!("{:?}", self.target_size),
@@ -282,6 +308,12 @@ impl Config {
             format!("{:?}", self.p_schedule),
             !self.p_schedule.is_empty() && self.p_schedule.iter().all(|p| *p > 0.0 && *p <= 1.0),
             "a non-empty list of shares in (0, 1]",
+        )?;
+        range(
+            "report_samples",
+            self.report_samples,
+            self.report_samples <= 64,
+            "0..64",
         )?;
         range(
             "patches",
@@ -385,6 +417,16 @@ mod tests {
         let (w, b) = c.lr_at(50_000);
         assert!((w - 1e-7).abs() < 1e-18 && (b - 2e-7).abs() < 1e-18);
         assert_eq!(c.focal_params(), Some((0.1, 3.0)));
+        assert_eq!(c.degenerate_groups, DegenerateGroups::Keep);
+        // Each source kind at its own size unless set.
+        assert_eq!(c.source_size_for(DatasetKind::Gta5), [1280, 720]);
+        assert_eq!(c.source_size_for(DatasetKind::Synthia), [1280, 760]);
+        let mut c = c;
+        c.set("source_size=640x380").unwrap();
+        assert_eq!(c.source_size_for(DatasetKind::Synthia), [640, 380]);
+        c.set("degenerate_groups=drop").unwrap();
+        assert_eq!(c.degenerate_groups, DegenerateGroups::Drop);
+        assert_eq!(Config::from_toml(&c.to_toml(), "t").unwrap(), c);
     }
 
     #[test]

@@ -44,6 +44,44 @@ pub fn image_tensor(img: &RgbImage, mean_bgr: [f64; 3]) -> Tensor {
     Tensor::from_slice(&out).view([3, h as i64, w as i64])
 }
 
+/// The inverse of [`image_tensor`]: a `3 x H x W` network input back to an RGB image
+/// (rounded and clamped to 0..255), for pictures of what the network saw.
+pub fn tensor_to_rgb(t: &Tensor, mean_bgr: [f64; 3]) -> RgbImage {
+    let (_, h, w) = t.size3().expect("3 x H x W");
+    let n = (h * w) as usize;
+    let v: Vec<f32> =
+        Vec::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1)).expect("f32 image");
+    let px = |c: usize, i: usize| {
+        (v[c * n + i] + mean_bgr[c] as f32)
+            .round()
+            .clamp(0.0, 255.0) as u8
+    };
+    let raw: Vec<u8> = (0..n)
+        .flat_map(|i| [px(2, i), px(1, i), px(0, i)])
+        .collect();
+    RgbImage::from_raw(w as u32, h as u32, raw).expect("buffer size matches")
+}
+
+/// An `H x W` tensor of train ids (any integer kind) as a grey image.
+pub fn tensor_to_gray(t: &Tensor) -> GrayImage {
+    let (h, w) = t.size2().expect("H x W");
+    let v: Vec<u8> =
+        Vec::try_from(t.to_kind(Kind::Uint8).contiguous().flatten(0, -1)).expect("u8 labels");
+    GrayImage::from_raw(w as u32, h as u32, v).expect("buffer size matches")
+}
+
+/// The train-id label of sample `i` at `size` (nearest), `None` when the dataset
+/// has no labels. Used only by the diagnostics, never by training on the target.
+pub fn label_at(ds: &Dataset, i: usize, size: [u32; 2]) -> anyhow::Result<Option<GrayImage>> {
+    let Some(path) = ds.samples()[i].label.clone() else {
+        return Ok(None);
+    };
+    let label = ds.read_train_ids(&path)?;
+    Ok(Some(lse_runtime::imageio::resize_labels(
+        &label, size[0], size[1],
+    )?))
+}
+
 /// A train-id label as an `H x W` int64 tensor.
 pub fn label_tensor(label: &GrayImage) -> Tensor {
     let (w, h) = label.dimensions();
@@ -256,6 +294,15 @@ pub fn eval_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rgb_round_trips_through_the_network_layout() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 70, 200]));
+        let mean = [104.00698793, 116.66876762, 122.67891434];
+        assert_eq!(tensor_to_rgb(&image_tensor(&img, mean), mean), img);
+        let g = GrayImage::from_fn(4, 2, |x, y| image::Luma([(x + 4 * y) as u8]));
+        assert_eq!(tensor_to_gray(&label_tensor(&g)), g);
+    }
 
     #[test]
     fn image_tensor_is_bgr_minus_mean() {

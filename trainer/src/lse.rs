@@ -13,11 +13,16 @@
 //!
 //! Definitions of the degenerate cases (the paper leaves them open):
 //!
-//! - **Normalised entropy of a degenerate group.** Within the pixels predicted `k`,
+//! - **Degenerate groups** ([`DegenerateGroups`]). Within the pixels predicted `k`,
 //!   `H' = (H - min) / (max - min)`. When the group's `max == min` (a single pixel, or
-//!   all its pixels have the same entropy) every pixel of the group gets `H' = 0`:
-//!   it is as certain as the most certain pixel of its class. With the strict
-//!   `H' < tau` such pixels are reliable iff `tau > 0`.
+//!   all its pixels have the same entropy) the reference divides 0 by 0: `H'` is NaN,
+//!   a threshold computed from such a group is NaN, every comparison with NaN is
+//!   false, and its mask (`ignore iff H' >= tau`) therefore *keeps* those pixels: a
+//!   NaN `tau_c` keeps every pixel predicted `c`, and a NaN `H'` keeps its pixel.
+//!   [`DegenerateGroups::Keep`] (the default) reproduces this exactly.
+//!   [`DegenerateGroups::Drop`] sets such a group's `H'` to 0 instead (as certain as
+//!   the most certain pixel of its class), so a threshold of 0 keeps nothing: a class
+//!   whose boundary group is degenerate contributes no pseudo-label.
 //! - **A class without a threshold (`None`).** Its pixels are *ignored* (mask 0),
 //!   never turned into pseudo-labels. With `p < C` (every schedule: p <= 1 < C)
 //!   `floor(N_c p / C) < N_c`, so every class predicted somewhere in the target set
@@ -42,6 +47,18 @@ pub const DEFAULT_K: usize = 4;
 pub const DEFAULT_WINDOW_SCALE: f64 = 0.5;
 /// Default epochs per round.
 pub const DEFAULT_EPOCHS_PER_ROUND: usize = 2;
+/// What a group of pixels whose entropies are all equal (`max == min`, e.g. a class
+/// predicted at a single pixel) normalises to; see the module docs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DegenerateGroups {
+    /// NaN, as the reference's 0/0: such pixels and classes are kept.
+    #[default]
+    Keep,
+    /// 0: a degenerate boundary group gives `tau = 0`, which keeps nothing.
+    Drop,
+}
+
 /// Classes not learned from a SYNTHIA source (Cityscapes train ids): terrain, truck,
 /// train.
 pub const SYNTHIA_SKIPPED_CLASSES: [usize; 3] = [9, 14, 16];
@@ -167,10 +184,14 @@ pub fn entropy(probs: &Tensor) -> Tensor {
 /// Normalised entropy `H'` and arg-max `A` of `C x H x W` probabilities.
 ///
 /// Per predicted class `k`, `H' = (H - min_k) / (max_k - min_k)` where `min_k`,
-/// `max_k` are taken over the pixels predicted `k`; `H' = 0` where `max_k == min_k`
-/// (see the module docs). The group minima and maxima are one `scatter_reduce`
-/// (amin / amax) over the arg-max index each.
-pub fn normalized_entropy_and_argmax(probs: &Tensor) -> (Tensor, Tensor) {
+/// `max_k` are taken over the pixels predicted `k`; where `max_k == min_k`, `H'` is
+/// NaN ([`DegenerateGroups::Keep`]) or 0 ([`DegenerateGroups::Drop`]). The group
+/// minima and maxima are one `scatter_reduce` (amin / amax) over the arg-max index
+/// each.
+pub fn normalized_entropy_and_argmax(
+    probs: &Tensor,
+    degenerate: DegenerateGroups,
+) -> (Tensor, Tensor) {
     let c = probs.size()[0];
     let shape = probs.size()[1..].to_vec();
     let dev = probs.device();
@@ -185,22 +206,30 @@ pub fn normalized_entropy_and_argmax(probs: &Tensor) -> (Tensor, Tensor) {
     let lo = mins.gather(0, &a, false);
     let range = maxs.gather(0, &a, false) - &lo;
     let positive = range.gt(0.0);
+    let fill = match degenerate {
+        DegenerateGroups::Keep => f64::NAN,
+        DegenerateGroups::Drop => 0.0,
+    };
     let hn = ((h - lo) / range.where_self(&positive, &range.ones_like()))
-        .where_self(&positive, &range.zeros_like());
+        .where_self(&positive, &range.full_like(fill));
     (hn.view(shape.as_slice()), a.view(shape.as_slice()))
 }
 
-/// Normalised entropy `H'` (`H x W`, values in `[0, 1]`), see
-/// [`normalized_entropy_and_argmax`].
-pub fn normalized_entropy(probs: &Tensor) -> Tensor {
-    normalized_entropy_and_argmax(probs).0
+/// Normalised entropy `H'` (`H x W`, values in `[0, 1]`, NaN for degenerate groups
+/// under [`DegenerateGroups::Keep`]), see [`normalized_entropy_and_argmax`].
+pub fn normalized_entropy(probs: &Tensor, degenerate: DegenerateGroups) -> Tensor {
+    normalized_entropy_and_argmax(probs, degenerate).0
 }
 
 /// Per class `c`: mean of `H'` over the pixels predicted `c` in this image (`None`
-/// where `c` is not predicted), accumulated in f64.
-pub fn class_mean_normalized_entropy(probs: &Tensor) -> Vec<Option<f64>> {
+/// where `c` is not predicted; NaN for a degenerate group under
+/// [`DegenerateGroups::Keep`]), accumulated in f64.
+pub fn class_mean_normalized_entropy(
+    probs: &Tensor,
+    degenerate: DegenerateGroups,
+) -> Vec<Option<f64>> {
     let c = probs.size()[0];
-    let (hn, a) = normalized_entropy_and_argmax(probs);
+    let (hn, a) = normalized_entropy_and_argmax(probs, degenerate);
     let a = a.flatten(0, -1);
     let sums = Tensor::zeros([c], (Kind::Double, probs.device())).scatter_add(
         0,
@@ -220,9 +249,13 @@ pub fn class_mean_normalized_entropy(probs: &Tensor) -> Vec<Option<f64>> {
 /// Dynamic class thresholds: `tau_c` = mean normalised entropy over the pixels
 /// predicted `c` in `c`'s boundary image, `boundary_probs[c]` (its `C x H x W`
 /// probabilities). `None` when there is no boundary image or `c` is not predicted
-/// there. Classes sharing one boundary image (the same tensor storage) share its
-/// computation.
-pub fn thresholds(boundary_probs: &[Option<Tensor>]) -> Vec<Option<f64>> {
+/// there; `Some(NaN)` when `c`'s group in its boundary image is degenerate under
+/// [`DegenerateGroups::Keep`] (every pixel predicted `c` is then kept). Classes
+/// sharing one boundary image (the same tensor storage) share its computation.
+pub fn thresholds(
+    boundary_probs: &[Option<Tensor>],
+    degenerate: DegenerateGroups,
+) -> Vec<Option<f64>> {
     type Key = (usize, Vec<i64>, Vec<i64>);
     let mut cache: Vec<(Key, Vec<Option<f64>>)> = Vec::new();
     boundary_probs
@@ -234,7 +267,7 @@ pub fn thresholds(boundary_probs: &[Option<Tensor>]) -> Vec<Option<f64>> {
             let means = match cache.iter().position(|(k, _)| *k == key) {
                 Some(i) => &cache[i].1,
                 None => {
-                    cache.push((key, class_mean_normalized_entropy(probs)));
+                    cache.push((key, class_mean_normalized_entropy(probs, degenerate)));
                     &cache.last().expect("just pushed").1
                 }
             };
@@ -243,22 +276,30 @@ pub fn thresholds(boundary_probs: &[Option<Tensor>]) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// The thresholds as a `C` tensor on `device`, `None` -> -inf (never reliable).
-fn threshold_tensor(thresholds: &[Option<f64>], device: Device) -> Tensor {
-    let v: Vec<f64> = thresholds
-        .iter()
-        .map(|t| t.unwrap_or(f64::NEG_INFINITY))
-        .collect();
-    Tensor::from_slice(&v).to_device(device)
+/// The thresholds as a `C` tensor on `device` (`None` -> NaN, masked separately) and
+/// whether each class has one.
+fn threshold_tensors(thresholds: &[Option<f64>], device: Device) -> (Tensor, Tensor) {
+    let v: Vec<f64> = thresholds.iter().map(|t| t.unwrap_or(f64::NAN)).collect();
+    let has: Vec<bool> = thresholds.iter().map(Option::is_some).collect();
+    (
+        Tensor::from_slice(&v).to_device(device),
+        Tensor::from_slice(&has).to_device(device),
+    )
 }
 
-/// Reliable-pixel mask `M = (H' < tau_A)` (`H x W`, f32 0/1) of `C x H x W`
-/// probabilities; pixels whose predicted class has no threshold are 0 (ignored).
-/// The comparison is made in f64 against the f64 thresholds.
+/// Reliable-pixel mask (`H x W`, f32 0/1) of `C x H x W` probabilities, the
+/// reference's `M = not (H' >= tau_A)`: equal to `H' < tau_A` for numbers, and a NaN
+/// on either side (a degenerate group, see [`DegenerateGroups`]) keeps the pixel.
+/// Pixels whose predicted class has no threshold (`None`) are 0 (ignored). The
+/// comparison is made in f64 against the f64 thresholds.
 ///
 /// # Panics
 /// If `thresholds.len()` is not the number of classes `C`.
-pub fn reliable_mask(probs: &Tensor, thresholds: &[Option<f64>]) -> Tensor {
+pub fn reliable_mask(
+    probs: &Tensor,
+    thresholds: &[Option<f64>],
+    degenerate: DegenerateGroups,
+) -> Tensor {
     let c = probs.size()[0];
     assert_eq!(
         thresholds.len() as i64,
@@ -266,11 +307,15 @@ pub fn reliable_mask(probs: &Tensor, thresholds: &[Option<f64>]) -> Tensor {
         "{} thresholds for {c} classes",
         thresholds.len()
     );
-    let (hn, a) = normalized_entropy_and_argmax(probs);
-    let tau = threshold_tensor(thresholds, probs.device());
-    let tau_px = tau.index_select(0, &a.flatten(0, -1)).view_as(&hn);
+    let (hn, a) = normalized_entropy_and_argmax(probs, degenerate);
+    let (tau, has) = threshold_tensors(thresholds, probs.device());
+    let a = a.flatten(0, -1);
+    let tau_px = tau.index_select(0, &a).view_as(&hn);
+    let has_px = has.index_select(0, &a).view_as(&hn);
     hn.to_kind(Kind::Double)
-        .lt_tensor(&tau_px)
+        .ge_tensor(&tau_px)
+        .logical_not()
+        .logical_and(&has_px)
         .to_kind(Kind::Float)
 }
 
@@ -421,9 +466,10 @@ pub fn window_image(image: &Tensor, win: &Window) -> Tensor {
         .squeeze_dim(0)
 }
 
-/// Training iterations of one round: `|S| * K * epochs`.
-pub fn iterations_per_round(n_confident: usize, k: usize, epochs: usize) -> usize {
-    n_confident * k * epochs
+/// Training iterations of one round: `epochs` passes over the `|S| * K` examples at
+/// `batch` examples per iteration, `ceil(|S| * K * epochs / batch)`.
+pub fn iterations_per_round(n_confident: usize, k: usize, epochs: usize, batch: usize) -> usize {
+    (n_confident * k * epochs).div_ceil(batch.max(1))
 }
 
 #[cfg(test)]
@@ -474,7 +520,8 @@ mod tests {
             &[0.1, 0.1, 0.8],
             &[0.1, 0.1, 0.8],
         ]);
-        let (hn, a) = normalized_entropy_and_argmax(&p);
+        let drop = DegenerateGroups::Drop;
+        let (hn, a) = normalized_entropy_and_argmax(&p, drop);
         let a: Vec<i64> = Vec::try_from(a.flatten(0, -1)).unwrap();
         assert_eq!(a, [0, 0, 0, 1, 2, 2]);
         let hn = vec_f32(&hn);
@@ -484,17 +531,40 @@ mod tests {
             assert!((x - y).abs() < 1e-6, "{hn:?} vs {expected:?}");
         }
         // Thresholds of this image as boundary image for all three classes.
-        let t = thresholds(&[Some(p.shallow_clone()), Some(p.shallow_clone()), None]);
+        let t = thresholds(
+            &[Some(p.shallow_clone()), Some(p.shallow_clone()), None],
+            drop,
+        );
         assert!((t[0].unwrap() - (1.0 + (h06 / 2f32.ln()) as f64) / 3.0).abs() < 1e-6);
         assert_eq!(t[1], Some(0.0));
         assert_eq!(t[2], None);
         // Mask: class 0 H' = (1, 0.971, 0) against tau_0 = 0.657 keeps only the last,
         // class 1 with tau 0 (0 < 0 false), class 2 without threshold: ignored.
-        let m = vec_f32(&reliable_mask(&p, &t));
+        let m = vec_f32(&reliable_mask(&p, &t, drop));
         assert_eq!(m, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         // Class 2 with a positive threshold keeps its degenerate (H' = 0) pixels.
-        let m = vec_f32(&reliable_mask(&p, &[t[0], t[1], Some(0.1)]));
+        let m = vec_f32(&reliable_mask(&p, &[t[0], t[1], Some(0.1)], drop));
         assert_eq!(m, [0.0, 0.0, 1.0, 0.0, 1.0, 1.0]);
+
+        // The reference's behaviour: degenerate groups are NaN, which keeps them.
+        let keep = DegenerateGroups::Keep;
+        let hn = vec_f32(&normalized_entropy(&p, keep));
+        assert!((hn[0] - 1.0).abs() < 1e-6 && hn[2] == 0.0);
+        assert!(hn[3].is_nan() && hn[4].is_nan() && hn[5].is_nan(), "{hn:?}");
+        let t = thresholds(
+            &[Some(p.shallow_clone()), Some(p.shallow_clone()), None],
+            keep,
+        );
+        assert!((t[0].unwrap() - (1.0 + (h06 / 2f32.ln()) as f64) / 3.0).abs() < 1e-6);
+        assert!(t[1].unwrap().is_nan(), "degenerate boundary group: NaN");
+        assert_eq!(t[2], None);
+        // Class 1 (NaN tau, NaN H') is kept; class 2 has no threshold: ignored even
+        // though its H' is NaN.
+        let m = vec_f32(&reliable_mask(&p, &t, keep));
+        assert_eq!(m, [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+        // A NaN H' is kept against any threshold, even 0.
+        let m = vec_f32(&reliable_mask(&p, &[Some(0.0), Some(0.0), Some(0.0)], keep));
+        assert_eq!(m, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     }
 
     #[test]
@@ -668,8 +738,11 @@ mod tests {
 
     #[test]
     fn iterations() {
-        assert_eq!(iterations_per_round(10, 4, 2), 80);
-        assert_eq!(iterations_per_round(0, 4, 2), 0);
+        assert_eq!(iterations_per_round(10, 4, 2, 1), 80);
+        assert_eq!(iterations_per_round(10, 4, 2, 4), 20);
+        // A last, partial batch still counts: 3 * 4 * 2 = 24 examples at batch 5.
+        assert_eq!(iterations_per_round(3, 4, 2, 5), 5);
+        assert_eq!(iterations_per_round(0, 4, 2, 4), 0);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   model.safetensors        the final network, with source/target/method/settings/
 //!                            evaluation/train_size in its metadata (for `export`)
 //!   curves.png               loss (top) and mIoU (bottom) curves
+//!   report.html              the run report (lse-train report): curves, per-round
+//!                            table, pseudo-label pictures, per-class IoU
+//!   samples/round-NN/        pictures of a few confident images per round
 //! ```
 //!
 //! Every checkpoint is one of our safetensors checkpoints, so `lse-train export` and
@@ -30,6 +33,8 @@ use tch::Tensor;
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::Config;
+use crate::diagnostics::RoundDiagnostics;
+use crate::lse::Window;
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> f64 {
@@ -70,8 +75,30 @@ pub struct RoundStats {
     pub target_loss: Option<f64>,
     /// Target val mIoU after the round (when val labels exist).
     pub miou: Option<f64>,
-    /// Wall seconds per phase (rank, thresholds, generate, train, eval).
+    /// Wall seconds per phase (rank, thresholds, generate, diagnostics, train, eval).
     pub seconds: BTreeMap<String, f64>,
+    /// Classes whose threshold is NaN (a degenerate group in the boundary image, kept
+    /// whole under `degenerate_groups = "keep"`; NaN is written as null above).
+    #[serde(default)]
+    pub degenerate_thresholds: Vec<usize>,
+    /// Pseudo-label diagnostics, when the target split has labels and they are on.
+    #[serde(default)]
+    pub diagnostics: Option<RoundDiagnostics>,
+    /// Confident images pictured for the report (files under `samples/round-NN/`).
+    #[serde(default)]
+    pub samples: Vec<RoundSample>,
+}
+
+/// A confident image pictured in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundSample {
+    /// Index in the target split, and the frame's name.
+    pub image: usize,
+    pub key: String,
+    /// The image's windows.
+    pub windows: Vec<Window>,
+    /// A ground-truth picture exists.
+    pub truth: bool,
 }
 
 /// Where the loop stands; stored in every resumable checkpoint.
@@ -123,6 +150,9 @@ pub struct RunRecord {
     pub rounds: Vec<RoundStats>,
     /// The final evaluation (report JSON), when val labels exist.
     pub evaluation: Option<serde_json::Value>,
+    /// Adaptation: the evaluation of the starting model, before round 1.
+    #[serde(default)]
+    pub initial_evaluation: Option<serde_json::Value>,
     /// Evaluations during the run: `(iteration, mIoU)`.
     pub miou_curve: Vec<(u64, f64)>,
     /// What curves.png shows.
@@ -189,20 +219,41 @@ impl RunDir {
     pub fn plot_path(&self) -> PathBuf {
         self.root.join("curves.png")
     }
+    pub fn report_path(&self) -> PathBuf {
+        self.root.join("report.html")
+    }
+    pub fn samples_dir(&self, round: usize) -> PathBuf {
+        self.root.join("samples").join(format!("round-{round:02}"))
+    }
 
     /// Creates a fresh run directory; refuses one that already holds a run.
     pub fn create(root: &Path) -> anyhow::Result<Self> {
         let d = Self::new(root);
-        if d.record_path().exists() {
-            anyhow::bail!(
-                "{} already holds a run (run.json); continue it with --resume {} or choose another --out",
-                root.display(),
-                root.display()
-            );
-        }
+        d.refuse_existing()?;
         for sub in ["checkpoints", "cache"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        Ok(d)
+    }
+
+    /// An error when the folder already holds a run.
+    pub fn refuse_existing(&self) -> anyhow::Result<()> {
+        if self.record_path().exists() {
+            anyhow::bail!(
+                "{} already holds a run (run.json); continue it with --resume {} or choose another --out",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// An existing run directory, read-only (no folder is created).
+    pub fn open_existing(root: &Path) -> anyhow::Result<Self> {
+        let d = Self::new(root);
+        if !d.record_path().is_file() {
+            anyhow::bail!("{} is not a run directory (no run.json)", root.display());
         }
         Ok(d)
     }
@@ -324,98 +375,14 @@ pub fn load_state(path: &Path) -> anyhow::Result<(HashMap<String, Tensor>, LoopS
     Ok((tensors.into_iter().collect(), state))
 }
 
-/// Draws the loss curves (top: source loss blue, target loss red, per logged
-/// iteration) and the mIoU curve (bottom: green, per evaluation) without text, so no
-/// system fonts are needed; the legend is in run.json (`plot_legend`).
-pub fn plot_curves(
-    path: &Path,
-    metrics: &[serde_json::Value],
-    miou: &[(u64, f64)],
-) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let series = |key: &str| -> Vec<(f64, f64)> {
-        metrics
-            .iter()
-            .filter_map(|m| {
-                let it = m.get("iteration")?.as_f64()?;
-                let v = m.get(key)?.as_f64()?;
-                v.is_finite().then_some((it, v))
-            })
-            .collect()
-    };
-    let src = series("source_loss");
-    let tgt = series("target_loss");
-    let (w, h) = (800u32, 600u32);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (top, bottom) = root.split_vertically(h * 2 / 3);
-        let max_it = src
-            .iter()
-            .chain(&tgt)
-            .map(|p| p.0)
-            .chain(miou.iter().map(|p| p.0 as f64))
-            .fold(1.0f64, f64::max);
-        let max_loss = src.iter().chain(&tgt).map(|p| p.1).fold(1e-6f64, f64::max);
-        let draw = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-                    ymax: f64,
-                    lines: Vec<(Vec<(f64, f64)>, RGBColor)>|
-         -> anyhow::Result<()> {
-            let mut chart = ChartBuilder::on(area)
-                .margin(10)
-                .build_cartesian_2d(0f64..max_it, 0f64..ymax)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // Frame and light grid lines at tenths, drawn by hand (no text).
-            for k in 0..=10 {
-                let y = ymax * k as f64 / 10.0;
-                chart
-                    .draw_series(LineSeries::new(
-                        [(0.0, y), (max_it, y)],
-                        RGBColor(225, 225, 225),
-                    ))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            for (pts, color) in lines {
-                if !pts.is_empty() {
-                    chart
-                        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-            }
-            Ok(())
-        };
-        draw(&top, max_loss * 1.05, vec![(src, BLUE), (tgt, RED)])?;
-        let m: Vec<(f64, f64)> = miou.iter().map(|&(i, v)| (i as f64, v)).collect();
-        draw(&bottom, 1.0, vec![(m, GREEN)])?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size matches");
-    lse_runtime::imageio::write_rgb_png(path, &img)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-/// The legend of [`plot_curves`].
+/// What `curves.png` shows (the picture also carries its own titles and legends).
 pub const PLOT_LEGEND: &str = "curves.png: top panel = training losses per logged iteration \
-(blue: source cross-entropy, red: target loss), y from 0 to the largest loss, grid at tenths; \
-bottom panel = target val mIoU after each evaluation (green), y from 0 to 1, grid at 0.1; \
-x axis: iteration from 0 to the last.";
+(blue: source cross-entropy, red: target loss on the generated examples); bottom panel = \
+target val mIoU in percent after each evaluation (green); x axis: iteration.";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plot_builds_without_fonts() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics: Vec<serde_json::Value> = (0..20)
-            .map(|i| serde_json::json!({"iteration": i, "source_loss": 3.0 / (1.0 + i as f64), "target_loss": 1.0}))
-            .collect();
-        let p = dir.path().join("c.png");
-        plot_curves(&p, &metrics, &[(10, 0.3), (20, 0.4)]).unwrap();
-        assert!(image::open(&p).unwrap().width() == 800);
-    }
 
     #[test]
     fn metrics_are_truncated_to_the_checkpoint() {

@@ -43,6 +43,8 @@ use crate::optim::Adam;
 use crate::run::{self, LoopState, RoundStats, RunDir, RunRecord, Session};
 use crate::{losses, lse};
 
+mod round;
+
 /// One round's scale-invariant examples: for each confident target image (dataset
 /// index), its K windows and the K pseudo-labels (u8, 255 ignore). The example images
 /// are not stored: they are rebuilt from the target image and the window
@@ -229,7 +231,9 @@ pub fn evaluate(
             let p = if p.size()[2..] == [h as i64, w as i64] {
                 p
             } else {
-                p.upsample_bilinear2d([h as i64, w as i64], false, None, None)
+                // The evaluation protocol of the model contract: bilinear with
+                // aligned corners, as the reference's evaluation.
+                p.upsample_bilinear2d([h as i64, w as i64], true, None, None)
             };
             p.argmax(1, false)
                 .to_kind(Kind::Uint8)
@@ -283,6 +287,8 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     pub quiet: bool,
     pub threads: i32,
+    /// Write every round's intermediate results here (the one-round test).
+    pub dump_dir: Option<PathBuf>,
 }
 
 /// The state of a run in progress.
@@ -342,7 +348,10 @@ impl Trainer {
             let cfg = cfg.expect("a new run has a config");
             cfg.validate()?;
             let inputs = inputs.as_ref().expect("checked");
-            let run = RunDir::create(out)?;
+            // The folder is created only once every input is checked (below), so a
+            // bad input leaves nothing behind.
+            let run = RunDir::new(out);
+            run.refuse_existing()?;
             let record = RunRecord {
                 command: command.into(),
                 method: if command == "adapt" {
@@ -362,6 +371,7 @@ impl Trainer {
                 phase_seconds: BTreeMap::new(),
                 rounds: Vec::new(),
                 evaluation: None,
+                initial_evaluation: None,
                 miou_curve: Vec::new(),
                 plot_legend: run::PLOT_LEGEND.into(),
                 train_size: cfg.target_size,
@@ -464,6 +474,7 @@ impl Trainer {
             // Rounds recorded after the checkpoint (none normally) are dropped.
             record.rounds.truncate(state.round);
         } else {
+            RunDir::create(&run.root)?;
             run.write_config(&cfg)?;
         }
         record.width = model.meta.config.width;
@@ -533,8 +544,41 @@ impl Trainer {
         Ok(())
     }
 
-    fn seed_iteration(&self, phase: u64) {
-        tch::manual_seed(data::mix_seed(&[self.cfg.seed, phase, self.state.iteration]) as i64);
+    /// Seeds libtorch's generator (dropout) for this iteration; returns the seed.
+    fn seed_iteration(&self, phase: u64) -> i64 {
+        let seed = data::mix_seed(&[self.cfg.seed, phase, self.state.iteration]) as i64;
+        tch::manual_seed(seed);
+        seed
+    }
+
+    /// The first iteration of a round for the one-round test: its inputs, dropout
+    /// seed and learning rates, and the parameters after the optimiser step.
+    fn dump_step(
+        &self,
+        dir: &Path,
+        r: usize,
+        src: &Batch,
+        picks: &[(usize, i64)],
+        seed: i64,
+        lr: (f64, f64),
+    ) -> anyhow::Result<()> {
+        let picks: Vec<i64> = picks.iter().flat_map(|&(i, w)| [i as i64, w]).collect();
+        let mut named: Vec<(String, Tensor)> = vec![
+            ("source_images".into(), src.images.shallow_clone()),
+            ("source_labels".into(), src.labels.shallow_clone()),
+            ("picks".into(), Tensor::from_slice(&picks).view([-1, 2])),
+            ("seed".into(), Tensor::from_slice(&[seed])),
+            ("lr".into(), Tensor::from_slice(&[lr.0, lr.1])),
+        ];
+        for (name, t) in self.model.vs.variables() {
+            named.push((format!("param.{name}"), t.detach().to_device(Device::Cpu)));
+        }
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(
+            &refs,
+            dir.join(format!("round-{:02}-step.safetensors", r + 1)),
+        )?;
+        Ok(())
     }
 
     fn forward_backward(&self, batch: &Batch, target: bool) -> f64 {
@@ -606,7 +650,7 @@ impl Trainer {
         let start = self.state.iteration;
         let mut stream = data::source_stream(
             self.source.clone(),
-            self.cfg.source_size,
+            self.cfg.source_size_for(self.source.kind()),
             self.cfg.batch_size,
             self.cfg.mean_bgr,
             data::mix_seed(&[self.cfg.seed, 1]),
@@ -638,134 +682,6 @@ impl Trainer {
         drop(stream);
         let ev = self.eval_val()?;
         self.finish("source-only", ev)
-    }
-
-    /// Ranks the target set, computes thresholds and generates the round's examples.
-    fn prepare_round(&mut self, r: usize) -> anyhow::Result<RoundExamples> {
-        let target = self.target.clone().expect("adapt has a target");
-        let p = self.cfg.p_schedule[r];
-        let size = self.cfg.target_size;
-        let mean = self.cfg.mean_bgr;
-        let n = target.len();
-        let mut stats = RoundStats {
-            round: r + 1,
-            p,
-            target_images: n,
-            ..Default::default()
-        };
-        // 1. Rank.
-        let t0 = Instant::now();
-        let pb = bar(n as u64, "rank", "images", self.opts.quiet);
-        let mut stream = data::image_stream(target.clone(), (0..n).collect(), size, mean);
-        let mut scores = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (_, img) = stream.recv()?;
-            scores.push(lse::class_scores(&self.model.probs(&img)));
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        let classes = self.model.meta.config.classes as usize;
-        let skip = lse::skip_mask(classes, &skipped_classes(self.source.kind()));
-        let sel = lse::select(&scores, p, &skip);
-        stats.confident = sel.confident.len();
-        stats.kept_per_class = sel.kept.clone();
-        stats
-            .seconds
-            .insert("rank".into(), t0.elapsed().as_secs_f64());
-        if sel.confident.is_empty() {
-            anyhow::bail!(
-                "round {}: no confident target image (p = {p}, {n} target images): the model predicts \
-                 too few images per class for floor(N_c * p / C) >= 1; use more target images or a larger p",
-                r + 1
-            );
-        }
-        // 2. Thresholds from the boundary images (each predicted once).
-        let t1 = Instant::now();
-        let mut uniq: Vec<usize> = sel.boundary.iter().flatten().copied().collect();
-        uniq.sort_unstable();
-        uniq.dedup();
-        let pb = bar(uniq.len() as u64, "thresh", "images", self.opts.quiet);
-        let mut by_image: HashMap<usize, Tensor> = HashMap::new();
-        let mut stream = data::image_stream(target.clone(), uniq.clone(), size, mean);
-        for _ in 0..uniq.len() {
-            let (i, img) = stream.recv()?;
-            by_image.insert(i, self.model.probs(&img));
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        let boundary_probs: Vec<Option<Tensor>> = sel
-            .boundary
-            .iter()
-            .map(|b| b.map(|i| by_image[&i].shallow_clone()))
-            .collect();
-        let thresholds = lse::thresholds(&boundary_probs);
-        drop(boundary_probs);
-        drop(by_image);
-        stats.thresholds = thresholds.clone();
-        stats
-            .seconds
-            .insert("thresholds".into(), t1.elapsed().as_secs_f64());
-        // 3. Generate.
-        let t2 = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(data::mix_seed(&[self.cfg.seed, 2, r as u64]));
-        let pb = bar(
-            sel.confident.len() as u64,
-            "generate",
-            "images",
-            self.opts.quiet,
-        );
-        let mut stream = data::image_stream(target, sel.confident.clone(), size, mean);
-        let mut ex = RoundExamples::default();
-        let mut ignored = 0.0;
-        for _ in 0..sel.confident.len() {
-            let (i, img) = stream.recv()?;
-            let img = img.to_device(self.model.device);
-            let probs = self.model.probs(&img);
-            let mask = lse::reliable_mask(&probs, &thresholds);
-            let (h, w) = (probs.size()[1], probs.size()[2]);
-            let windows =
-                lse::random_windows(&mut rng, h, w, self.cfg.patches, self.cfg.window_scale);
-            let g = tch::no_grad(|| lse::generate(&img, &probs, &mask, &windows));
-            ignored += g.ignored_share * windows.len() as f64;
-            // Only the windows and the u8 labels are kept: example images are rebuilt
-            // from the target image at training time (lse::window_image).
-            ex.sources.push(i);
-            ex.windows.push(windows);
-            ex.labels
-                .push(g.labels.to_kind(Kind::Uint8).to_device(Device::Cpu));
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        stats.examples = sel.confident.len() * self.cfg.patches;
-        stats.ignored_share = ignored / stats.examples.max(1) as f64;
-        stats
-            .seconds
-            .insert("generate".into(), t2.elapsed().as_secs_f64());
-        let full = lse::iterations_per_round(
-            sel.confident.len(),
-            self.cfg.patches,
-            self.cfg.epochs_per_round,
-        ) as u64;
-        stats.iterations = if self.cfg.max_round_iterations > 0 {
-            full.min(self.cfg.max_round_iterations)
-        } else {
-            full
-        };
-        for ph in ["rank", "thresholds", "generate"] {
-            let s = stats.seconds[ph];
-            self.add_phase_time(ph, s);
-        }
-        tracing::info!(
-            round = r + 1,
-            p,
-            confident = stats.confident,
-            examples = stats.examples,
-            iterations = stats.iterations,
-            ignored_share = stats.ignored_share,
-            "round prepared"
-        );
-        self.state.current = Some(stats);
-        Ok(ex)
     }
 
     fn save_cache(&self, r: usize, ex: &RoundExamples) -> anyhow::Result<()> {
@@ -828,6 +744,14 @@ impl Trainer {
     pub fn adapt(&mut self) -> anyhow::Result<()> {
         let rounds = self.cfg.p_schedule.len();
         let mut last_eval = None;
+        if self.state.round == 0
+            && !self.state.examples_ready
+            && self.record.initial_evaluation.is_none()
+        {
+            // The starting point, for the per-class comparison of the report.
+            self.record.initial_evaluation = self.eval_val()?;
+            self.run.write_record(&self.record)?;
+        }
         while self.state.round < rounds {
             let r = self.state.round;
             let ex = if self.state.examples_ready {
@@ -856,7 +780,7 @@ impl Trainer {
             let done = stats.iterations_done;
             let mut stream = data::source_stream(
                 self.source.clone(),
-                self.cfg.source_size,
+                self.cfg.source_size_for(self.source.kind()),
                 self.cfg.batch_size,
                 self.cfg.mean_bgr,
                 data::mix_seed(&[self.cfg.seed, 1]),
@@ -899,7 +823,7 @@ impl Trainer {
                         0,
                     ),
                 };
-                self.seed_iteration(2);
+                let seed = self.seed_iteration(2);
                 self.adam.zero_grad();
                 let ls = self.forward_backward(&src, false);
                 let lt = self.forward_backward(&tgt, true);
@@ -910,7 +834,13 @@ impl Trainer {
                         self.state.iteration + 1
                     );
                 }
+                let lr = self.cfg.lr_at(self.state.iteration);
                 self.optimiser_step();
+                if j == 0
+                    && let Some(dir) = &self.opts.dump_dir
+                {
+                    self.dump_step(dir, r, &src, picks, seed, lr)?;
+                }
                 self.state.iteration += 1;
                 let cur = self.state.current.as_mut().expect("prepared");
                 cur.iterations_done += 1;
@@ -958,7 +888,7 @@ impl Trainer {
                 &self.model.meta,
             )?;
             let _ = std::fs::remove_file(self.run.cache_path(r + 1));
-            let _ = run::plot_curves(
+            let _ = crate::plot::curves_png(
                 &self.run.plot_path(),
                 &self.run.read_metrics(),
                 &self.record.miou_curve,
@@ -1003,11 +933,15 @@ impl Trainer {
         }
         self.record.status = "finished".into();
         self.checkpoint()?;
-        run::plot_curves(
+        crate::plot::curves_png(
             &self.run.plot_path(),
             &self.run.read_metrics(),
             &self.record.miou_curve,
         )?;
+        match crate::report::write(&self.run) {
+            Ok(path) => tracing::info!("run report: {}", path.display()),
+            Err(e) => tracing::warn!("no run report: {e:#}"),
+        }
         Ok(())
     }
 }

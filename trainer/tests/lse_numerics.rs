@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use lse_trainer::losses::{DEFAULT_FOCAL, source_loss, target_loss};
 use lse_trainer::lse::{
-    self, Window, class_mean_normalized_entropy, class_scores, entropy, generate,
+    self, DegenerateGroups, Window, class_mean_normalized_entropy, class_scores, entropy, generate,
     iterations_per_round, normalized_entropy, random_windows, reliable_mask, select, thresholds,
 };
 use rand::SeedableRng;
@@ -25,6 +25,10 @@ const H: i64 = 16;
 const W: i64 = 20;
 const K: usize = 4;
 const EPOCHS: usize = 2;
+const BATCH: usize = 3;
+/// The fixtures below compare the `Drop` semantics with the numpy loops; the
+/// reference's NaN semantics (`Keep`) have their own test.
+const DROP: DegenerateGroups = DegenerateGroups::Drop;
 const P: f64 = 0.75;
 const SKIP: [bool; 5] = [false, false, true, false, false];
 /// Thresholds at the edges of [0, 1], where the strict `H' < tau` matters.
@@ -133,7 +137,7 @@ fn prepared() -> &'static Prepared {
         .unwrap();
         let cfg = serde_json::json!({
             "beta": DEFAULT_FOCAL.0, "gamma": DEFAULT_FOCAL.1, "p": P,
-            "skip": SKIP, "k": K, "epochs": EPOCHS, "custom_taus": CUSTOM_TAUS,
+            "skip": SKIP, "k": K, "epochs": EPOCHS, "batch": BATCH, "custom_taus": CUSTOM_TAUS,
         });
         std::fs::write(dir.path().join("inputs.json"), cfg.to_string()).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/lse_reference.py");
@@ -264,7 +268,7 @@ fn entropy_and_per_class_normalisation() {
     let ours: Vec<Tensor> = (0..N).map(|i| entropy(&f.probs.get(i))).collect();
     assert_close("entropy", &Tensor::stack(&ours, 0), &f.r("entropy"), 1e-5);
     let ours: Vec<Tensor> = (0..N)
-        .map(|i| normalized_entropy(&f.probs.get(i)))
+        .map(|i| normalized_entropy(&f.probs.get(i), DROP))
         .collect();
     let ours = Tensor::stack(&ours, 0);
     assert_close(
@@ -319,7 +323,7 @@ fn class_scores_ranking_and_selection() {
     assert!(sel.rankings[2].is_empty() && sel.kept[2] == 0 && sel.boundary[2].is_none());
     assert!(sel.confident.len() < N as usize);
     assert_eq!(
-        iterations_per_round(sel.confident.len(), K, EPOCHS),
+        iterations_per_round(sel.confident.len(), K, EPOCHS, BATCH),
         j.iterations
     );
 }
@@ -330,7 +334,7 @@ fn boundary_thresholds() {
     let j = f.json;
     // Per-image class means of H' (including image 0's degenerate groups).
     for i in 0..N {
-        let ours = class_mean_normalized_entropy(&f.probs.get(i));
+        let ours = class_mean_normalized_entropy(&f.probs.get(i), DROP);
         assert_opt_close("class means", &ours, &j.class_means[i as usize], 1e-5);
     }
     let sel = rust_selection(&f.probs);
@@ -339,7 +343,7 @@ fn boundary_thresholds() {
         .iter()
         .map(|b| b.map(|i| f.probs.get(i as i64)))
         .collect();
-    let taus = thresholds(&bp);
+    let taus = thresholds(&bp, DROP);
     assert_opt_close("thresholds", &taus, &j.thresholds, 1e-5);
     assert!(taus[2].is_none(), "skipped class has no threshold");
     for t in taus.iter().flatten() {
@@ -356,10 +360,10 @@ fn reliability_mask_matches_per_pixel_loop() {
     let mut skipped_pixels = 0;
     for (n, &i) in j.confident.iter().enumerate() {
         let p = f.probs.get(i as i64);
-        let ours = reliable_mask(&p, &j.thresholds);
+        let ours = reliable_mask(&p, &j.thresholds, DROP);
         let theirs = masks.get(n as i64);
         // A mismatch is only allowed where H' is within 1e-5 of the threshold.
-        let hn = normalized_entropy(&p).to_kind(Kind::Double);
+        let hn = normalized_entropy(&p, DROP).to_kind(Kind::Double);
         let a = p.argmax(0, false);
         let tau: Vec<f64> = j.thresholds.iter().map(|t| t.unwrap_or(-10.0)).collect();
         let tau_px = Tensor::from_slice(&tau)
@@ -392,7 +396,7 @@ fn reliability_mask_matches_per_pixel_loop() {
     // Thresholds 0 and 1: H' = 0 and H' = 1 pixels are unreliable (strict <).
     let custom = f.r("masks_custom");
     let ours: Vec<Tensor> = (0..N)
-        .map(|i| reliable_mask(&f.probs.get(i), &CUSTOM_TAUS))
+        .map(|i| reliable_mask(&f.probs.get(i), &CUSTOM_TAUS, DROP))
         .collect();
     let ours = Tensor::stack(&ours, 0);
     assert!(
@@ -413,6 +417,79 @@ fn reliability_mask_matches_per_pixel_loop() {
     }
 }
 
+/// The reference's NaN semantics: a degenerate group (image 0's single-pixel class 3
+/// and its max == min class 4) normalises to NaN, a threshold taken from it is NaN,
+/// and the reference's per-pixel loop (`ignore iff H' >= tau`) keeps such pixels.
+#[test]
+fn degenerate_groups_keep_as_the_reference() {
+    let f = fixture();
+    let keep = DegenerateGroups::Keep;
+    let ours: Vec<Tensor> = (0..N)
+        .map(|i| normalized_entropy(&f.probs.get(i), keep))
+        .collect();
+    let ours = Tensor::stack(&ours, 0).to_kind(Kind::Double);
+    let theirs = f.r("keep_normalized_entropy");
+    assert!(
+        ours.isnan().equal(&theirs.isnan()),
+        "NaN positions differ from the reference's normalisation"
+    );
+    let finite = ours.isnan().logical_not();
+    let d = (ours.masked_select(&finite) - theirs.masked_select(&finite))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(d < 1e-5, "normalised entropy differs by {d}");
+    assert!(
+        ours.get(0).isnan().any().int64_value(&[]) == 1,
+        "image 0 has degenerate groups"
+    );
+    // Image 0 as every class's boundary image (the skipped class has none).
+    let bp: Vec<Option<Tensor>> = (0..C as usize)
+        .map(|c| (!SKIP[c]).then(|| f.probs.get(0)))
+        .collect();
+    let taus = thresholds(&bp, keep);
+    let ref_taus: Vec<f64> = Vec::try_from(f.r("keep_taus")).unwrap();
+    let ref_has: Vec<bool> = Vec::try_from(f.r("keep_has_tau")).unwrap();
+    for c in 0..C as usize {
+        match (taus[c], ref_has[c]) {
+            (None, false) => {}
+            (Some(t), true) if t.is_nan() => assert!(ref_taus[c].is_nan(), "class {c}"),
+            (Some(t), true) => assert!((t - ref_taus[c]).abs() < 1e-5, "class {c}: {t}"),
+            (t, h) => panic!("class {c}: ours {t:?}, reference has a threshold: {h}"),
+        }
+    }
+    assert!(taus[3].unwrap().is_nan() && taus[4].unwrap().is_nan());
+    let masks: Vec<Tensor> = (0..N)
+        .map(|i| reliable_mask(&f.probs.get(i), &taus, keep))
+        .collect();
+    let masks = Tensor::stack(&masks, 0);
+    let theirs = f.r("keep_masks");
+    // A mismatch is only allowed where H' is within 1e-5 of a (finite) threshold.
+    let a = f.probs.argmax(1, false);
+    let tau_px = Tensor::from_slice(&ref_taus)
+        .index_select(0, &a.flatten(0, -1))
+        .view_as(&ours);
+    let near = (&ours - tau_px).abs().lt(1e-5);
+    let bad = masks
+        .ne_tensor(&theirs)
+        .logical_and(&near.logical_not())
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    assert_eq!(bad, 0, "{bad} mask pixels differ from the reference's loop");
+    // Every pixel predicted 3 or 4 (NaN thresholds) is kept in every image.
+    for c in [3, 4] {
+        let sel = a.eq(c);
+        assert_eq!(
+            masks
+                .masked_select(&sel)
+                .sum(Kind::Double)
+                .double_value(&[]),
+            sel.sum(Kind::Double).double_value(&[]),
+            "class {c} with a NaN threshold is kept"
+        );
+    }
+}
+
 #[test]
 fn generated_examples_match_interpolate() {
     let f = fixture();
@@ -424,7 +501,7 @@ fn generated_examples_match_interpolate() {
     let mut share = 0.0;
     for (n, &i) in sel.confident.iter().enumerate() {
         let p = f.probs.get(i as i64);
-        let m = reliable_mask(&p, &j.thresholds);
+        let m = reliable_mask(&p, &j.thresholds, DROP);
         let g = generate(&f.images.get(i as i64), &p, &m, &f.windows[n]);
         assert_eq!(g.examples.len(), K);
         assert_eq!(g.images.size(), [K as i64, 3, H, W]);

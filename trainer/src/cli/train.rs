@@ -44,7 +44,8 @@ pub struct RunArgs {
     /// Seed of every random choice.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Size source images are resized to, WxH.
+    /// Size source images are resized to, WxH (default: the source kind's own,
+    /// GTA5 1280x720, SYNTHIA 1280x760).
     #[arg(long, value_parser = super::parse_size)]
     pub source_size: Option<[u32; 2]>,
     /// Size target images are resized to (and the model's input size), WxH.
@@ -64,6 +65,10 @@ pub struct RunArgs {
     /// Exit abruptly after N iterations, as if killed (tests of --resume).
     #[arg(long, hide = true)]
     pub stop_after_iterations: Option<u64>,
+    /// Write every round's intermediate results (selection, thresholds, examples, the
+    /// first step's inputs and parameters) to this folder (the one-round test).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub dump_rounds: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -90,7 +95,7 @@ impl RunArgs {
             c.seed = v;
         }
         if let Some(v) = self.source_size {
-            c.source_size = v;
+            c.source_size = Some(v);
         }
         if let Some(v) = self.target_size {
             c.target_size = v;
@@ -110,6 +115,7 @@ impl RunArgs {
         let device = self.device.resolve()?;
         let opts = RunOptions {
             stop_after: self.stop_after_iterations,
+            dump_dir: self.dump_rounds.clone(),
             quiet: self.quiet,
             threads: self.device.threads,
         };

@@ -68,6 +68,35 @@ def normalized_entropy_np(p):
     return h, hn, a
 
 
+def ent_normalization_reference(p):
+    """The reference implementation's per-class min-max normalisation, as written
+    there: a group whose entropies are all equal divides 0 by 0 and becomes NaN."""
+    h = entropy_np(p)
+    a = p.argmax(0)
+    hn = h.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in np.unique(a):
+            sel = a == k
+            t = h[sel]
+            hn[sel] = (t - t.min()) / (t.max() - t.min())
+    return hn, a
+
+
+def mask_reference_loop(p, taus):
+    """The reference's per-pixel loop (`ignore iff H' >= tau`, so NaN keeps), with
+    our one departure: a class without a threshold (None) is ignored."""
+    C, H, W = p.shape
+    hn, a = ent_normalization_reference(p)
+    m = np.zeros((H, W), dtype=np.float32)
+    for y in range(H):
+        for x in range(W):
+            tau = taus[int(a[y, x])]
+            if tau is None:
+                continue
+            m[y, x] = 0.0 if hn[y, x] >= tau else 1.0
+    return m
+
+
 def class_scores_np(p):
     a = p.argmax(0)
     m = p.max(0)
@@ -161,6 +190,20 @@ def main():
         np.stack([mask_per_pixel(probs[i], cfg["custom_taus"])[0] for i in range(n)])
     )
 
+    # The reference's NaN semantics (DegenerateGroups::Keep): image 0, which holds
+    # degenerate groups, as the boundary image of every class but the skipped one.
+    hn0, a0 = ent_normalization_reference(probs[0])
+    keep_taus = []
+    for c in range(probs.shape[1]):
+        sel = a0 == c
+        keep_taus.append(None if cfg["skip"][c] or not sel.any() else float(np.mean(hn0[sel])))
+    out["keep_normalized_entropy"] = torch.from_numpy(
+        np.stack([ent_normalization_reference(probs[i])[0] for i in range(n)])
+    )
+    out["keep_taus"] = torch.tensor([np.nan if t is None else t for t in keep_taus], dtype=torch.float64)
+    out["keep_has_tau"] = torch.tensor([t is not None for t in keep_taus])
+    out["keep_masks"] = torch.from_numpy(np.stack([mask_reference_loop(probs[i], keep_taus) for i in range(n)]))
+
     windows = t["windows"].tolist()  # len(S) x K x 4
     images = t["images"]
     gi, gl, gp = [], [], []
@@ -184,7 +227,7 @@ def main():
             "boundary": boundary,
             "thresholds": taus,
             "ignored_share": float(ign.mean()),
-            "iterations": len(confident) * cfg["k"] * cfg["epochs"],
+            "iterations": -(-len(confident) * cfg["k"] * cfg["epochs"] // cfg["batch"]),
         },
         open(f"{outd}/ref.json", "w"),
     )

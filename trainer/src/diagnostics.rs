@@ -1,0 +1,293 @@
+//! Pseudo-label diagnostics of an adaptation round, measured against the target's
+//! ground truth when its adaptation split happens to have labels (the built-in
+//! synthetic target, Cityscapes train with gtFine).
+//!
+//! They answer "why did this round help or hurt?": how many pixels the reliability
+//! mask keeps per class and how precise the kept and the dropped pseudo-labels are,
+//! whether the confident images really are better labelled than the rest, which
+//! confusions the kept pseudo-labels teach, and whether the paper's premise holds
+//! (the model is less certain on up-scaled windows than on full images).
+//!
+//! Nothing here feeds back into the round: the diagnostics read the same
+//! probabilities, masks and windows the round computed and the labels it never uses
+//! otherwise; selection, thresholds and training are identical with them on or off.
+
+use lse_runtime::labels;
+use serde::{Deserialize, Serialize};
+
+/// Pixel counts of one class over the confident images of a round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassCounts {
+    /// Pixels predicted as the class (with a ground-truth label).
+    pub predicted: u64,
+    /// Of those, kept by the reliability mask.
+    pub kept: u64,
+    /// Kept pixels whose ground truth is the class.
+    pub kept_correct: u64,
+    /// Dropped pixels whose ground truth is the class.
+    pub dropped_correct: u64,
+}
+
+impl ClassCounts {
+    /// Share of the class's predicted pixels that the mask keeps.
+    pub fn kept_share(&self) -> Option<f64> {
+        ratio(self.kept, self.predicted)
+    }
+    /// Precision of the kept pseudo-labels.
+    pub fn kept_precision(&self) -> Option<f64> {
+        ratio(self.kept_correct, self.kept)
+    }
+    /// Precision of the dropped pseudo-labels.
+    pub fn dropped_precision(&self) -> Option<f64> {
+        ratio(self.dropped_correct, self.predicted - self.kept)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// Accumulates the pixel statistics of a round.
+#[derive(Debug, Clone)]
+pub struct PseudoLabelCounts {
+    classes: usize,
+    per_class: Vec<ClassCounts>,
+    /// `kept_confusion[truth * C + predicted]`: kept pixels by ground truth and
+    /// pseudo-label.
+    kept_confusion: Vec<u64>,
+    /// `(correct, labelled)` pixels of the confident images' predictions.
+    confident: (u64, u64),
+    /// The same for the images not selected this round.
+    others: (u64, u64),
+}
+
+impl PseudoLabelCounts {
+    pub fn new(classes: usize) -> Self {
+        Self {
+            classes,
+            per_class: vec![ClassCounts::default(); classes],
+            kept_confusion: vec![0; classes * classes],
+            confident: (0, 0),
+            others: (0, 0),
+        }
+    }
+
+    /// Adds one confident image: its predicted classes, reliability mask and ground
+    /// truth (train ids, 255 = ignore), all of one size. Pixels without a label are
+    /// not counted.
+    pub fn add_confident(&mut self, predicted: &[u8], kept: &[bool], truth: &[u8]) {
+        assert_eq!(predicted.len(), kept.len(), "mask size");
+        assert_eq!(predicted.len(), truth.len(), "label size");
+        let c = self.classes;
+        for ((&p, &k), &t) in predicted.iter().zip(kept).zip(truth) {
+            let (p, t) = (p as usize, t as usize);
+            if t >= c || p >= c {
+                continue;
+            }
+            let e = &mut self.per_class[p];
+            e.predicted += 1;
+            if k {
+                e.kept += 1;
+                e.kept_correct += u64::from(p == t);
+                self.kept_confusion[t * c + p] += 1;
+            } else {
+                e.dropped_correct += u64::from(p == t);
+            }
+        }
+        add_accuracy(&mut self.confident, predicted, truth, c);
+    }
+
+    /// Adds the prediction of an image that was not selected this round.
+    pub fn add_other(&mut self, predicted: &[u8], truth: &[u8]) {
+        add_accuracy(&mut self.others, predicted, truth, self.classes);
+    }
+
+    /// Adds an unselected image by its counts: `correct` of `labelled` pixels.
+    pub fn add_other_counts(&mut self, correct: u64, labelled: u64) {
+        self.others.0 += correct;
+        self.others.1 += labelled;
+    }
+
+    /// The `n` most frequent kept confusions (ground truth != pseudo-label).
+    pub fn top_confusions(&self, n: usize) -> Vec<Confusion> {
+        let c = self.classes;
+        let kept: u64 = self.per_class.iter().map(|e| e.kept).sum();
+        let mut all: Vec<Confusion> = (0..c * c)
+            .filter(|&i| i / c != i % c && self.kept_confusion[i] > 0)
+            .map(|i| Confusion {
+                truth: labels::train_name((i / c) as u8).to_string(),
+                predicted: labels::train_name((i % c) as u8).to_string(),
+                pixels: self.kept_confusion[i],
+                share_of_kept: self.kept_confusion[i] as f64 / kept.max(1) as f64,
+            })
+            .collect();
+        all.sort_by(|a, b| b.pixels.cmp(&a.pixels).then(a.truth.cmp(&b.truth)));
+        all.truncate(n);
+        all
+    }
+
+    /// The round's summary.
+    pub fn summary(&self, premise: Premise) -> RoundDiagnostics {
+        let total = self
+            .per_class
+            .iter()
+            .fold(ClassCounts::default(), |a, e| ClassCounts {
+                predicted: a.predicted + e.predicted,
+                kept: a.kept + e.kept,
+                kept_correct: a.kept_correct + e.kept_correct,
+                dropped_correct: a.dropped_correct + e.dropped_correct,
+            });
+        RoundDiagnostics {
+            kept_share: total.kept_share(),
+            kept_precision: total.kept_precision(),
+            dropped_precision: total.dropped_precision(),
+            confident_accuracy: ratio(self.confident.0, self.confident.1),
+            others_accuracy: ratio(self.others.0, self.others.1),
+            per_class: self
+                .per_class
+                .iter()
+                .enumerate()
+                .map(|(k, e)| ClassDiagnostics {
+                    class: labels::train_name(k as u8).to_string(),
+                    kept_share: e.kept_share(),
+                    kept_precision: e.kept_precision(),
+                    dropped_precision: e.dropped_precision(),
+                    counts: e.clone(),
+                })
+                .collect(),
+            confusions: self.top_confusions(5),
+            premise,
+        }
+    }
+}
+
+fn add_accuracy(acc: &mut (u64, u64), predicted: &[u8], truth: &[u8], classes: usize) {
+    assert_eq!(predicted.len(), truth.len(), "label size");
+    for (&p, &t) in predicted.iter().zip(truth) {
+        if (t as usize) < classes {
+            acc.0 += u64::from(p == t);
+            acc.1 += 1;
+        }
+    }
+}
+
+/// A frequent error among the kept pseudo-labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub truth: String,
+    pub predicted: String,
+    pub pixels: u64,
+    pub share_of_kept: f64,
+}
+
+/// The paper's premise: mean normalised entropy `H / ln C` (0: certain, 1: uniform)
+/// of the model's predictions on full target images, on their up-scaled windows (the
+/// scale-invariant examples' inputs) and on source images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Premise {
+    pub target_full: Option<f64>,
+    pub target_windows: Option<f64>,
+    pub source: Option<f64>,
+}
+
+/// Running mean of per-image mean entropies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mean {
+    sum: f64,
+    n: u64,
+}
+
+impl Mean {
+    pub fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.n += 1;
+    }
+    pub fn get(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+}
+
+/// Per class: what the mask kept and how precise it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassDiagnostics {
+    pub class: String,
+    pub kept_share: Option<f64>,
+    pub kept_precision: Option<f64>,
+    pub dropped_precision: Option<f64>,
+    pub counts: ClassCounts,
+}
+
+/// The diagnostics of one round, as recorded in `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundDiagnostics {
+    /// Share of the confident images' labelled pixels kept by the mask.
+    pub kept_share: Option<f64>,
+    /// Precision of the kept pseudo-labels, and of the dropped ones.
+    pub kept_precision: Option<f64>,
+    pub dropped_precision: Option<f64>,
+    /// Pixel accuracy of the predictions on the confident images, and on the images
+    /// not selected.
+    pub confident_accuracy: Option<f64>,
+    pub others_accuracy: Option<f64>,
+    pub per_class: Vec<ClassDiagnostics>,
+    /// The most frequent confusions among kept pseudo-labels.
+    pub confusions: Vec<Confusion>,
+    pub premise: Premise,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_hand() {
+        let mut d = PseudoLabelCounts::new(3);
+        // pixel: predicted, kept, truth
+        // 0: 0 kept, truth 0 (correct kept)
+        // 1: 0 kept, truth 1 (wrong kept: truth 1 -> predicted 0)
+        // 2: 0 dropped, truth 0 (correct dropped)
+        // 3: 2 dropped, truth 1 (wrong dropped)
+        // 4: 1 kept, truth 255 (not counted)
+        // 5: 2 kept, truth 2 (correct kept)
+        d.add_confident(
+            &[0, 0, 0, 2, 1, 2],
+            &[true, true, false, false, true, true],
+            &[0, 1, 0, 1, 255, 2],
+        );
+        d.add_other(&[1, 1, 0], &[1, 0, 255]);
+        let s = d.summary(Premise::default());
+        assert_eq!(s.per_class[0].counts.predicted, 3);
+        assert_eq!(s.per_class[0].kept_share, Some(2.0 / 3.0));
+        assert_eq!(s.per_class[0].kept_precision, Some(0.5));
+        assert_eq!(s.per_class[0].dropped_precision, Some(1.0));
+        assert_eq!(s.per_class[1].counts.predicted, 0);
+        assert_eq!(s.per_class[1].kept_share, None);
+        assert_eq!(s.per_class[2].dropped_precision, Some(0.0));
+        // 5 labelled pixels, 3 kept of which 2 correct; 2 dropped of which 1 correct.
+        assert_eq!(s.kept_share, Some(3.0 / 5.0));
+        assert_eq!(s.kept_precision, Some(2.0 / 3.0));
+        assert_eq!(s.dropped_precision, Some(0.5));
+        // Confident images: 3 of 5 labelled pixels correct; others: 1 of 2.
+        assert_eq!(s.confident_accuracy, Some(0.6));
+        assert_eq!(s.others_accuracy, Some(0.5));
+        assert_eq!(s.confusions.len(), 1);
+        assert_eq!(
+            (
+                s.confusions[0].truth.as_str(),
+                s.confusions[0].predicted.as_str()
+            ),
+            ("sidewalk", "road")
+        );
+        assert_eq!(s.confusions[0].pixels, 1);
+        assert!((s.confusions[0].share_of_kept - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mean_of_nothing_is_none() {
+        let mut m = Mean::default();
+        assert_eq!(m.get(), None);
+        m.add(0.25);
+        m.add(0.75);
+        assert_eq!(m.get(), Some(0.5));
+    }
+}

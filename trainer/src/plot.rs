@@ -1,0 +1,233 @@
+//! The training curves as a picture: losses per logged iteration (top) and target
+//! val mIoU per evaluation (bottom), with titles, labelled axes and legends. Drawn
+//! once for two backends: `curves.png` in the run directory, and SVG for the run
+//! report. Text uses the DejaVu Sans font compiled into the binary (crate `dejavu`),
+//! so no system font is needed.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::Context;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// The font family the plots use.
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| panic!("the bundled DejaVu Sans is a valid font"));
+    });
+}
+
+/// A named series of `(iteration, value)` points.
+struct Series {
+    name: &'static str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// `(iteration, value)` of every metrics line that has `key`.
+fn metric(metrics: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
+    metrics
+        .iter()
+        .filter_map(|m| {
+            let it = m.get("iteration")?.as_f64()?;
+            let v = m.get(key)?.as_f64()?;
+            v.is_finite().then_some((it, v))
+        })
+        .collect()
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e:?}")
+}
+
+/// One panel: title, axes with labels, the series and a legend.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    y_label: &str,
+    x_max: f64,
+    y_max: f64,
+    series: Vec<Series>,
+) -> anyhow::Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("iteration")
+        .y_desc(y_label)
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(err)?;
+    let mut any = false;
+    for s in series {
+        if s.points.is_empty() {
+            continue;
+        }
+        any = true;
+        let color = s.color;
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        if s.points.len() <= 40 {
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+    }
+    if any {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 13))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Draws both panels on `root`.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    metrics: &[serde_json::Value],
+    miou: &[(u64, f64)],
+) -> anyhow::Result<()> {
+    register_font();
+    root.fill(&WHITE).map_err(err)?;
+    let src = metric(metrics, "source_loss");
+    let tgt = metric(metrics, "target_loss");
+    let miou: Vec<(f64, f64)> = miou.iter().map(|&(i, v)| (i as f64, v * 100.0)).collect();
+    let x_max = src
+        .iter()
+        .chain(&tgt)
+        .chain(&miou)
+        .map(|p| p.0)
+        .fold(1.0f64, f64::max);
+    let y_loss = src.iter().chain(&tgt).map(|p| p.1).fold(1e-3f64, f64::max) * 1.1;
+    let y_miou = miou.iter().map(|p| p.1).fold(10.0f64, f64::max) * 1.15;
+    let (h, _) = (root.dim_in_pixel().1, 0);
+    let (top, bottom) = root.split_vertically(h * 3 / 5);
+    panel(
+        &top,
+        "Training losses",
+        "loss (per pixel, nats)",
+        x_max,
+        y_loss,
+        vec![
+            Series {
+                name: "source cross-entropy",
+                color: RGBColor(31, 119, 180),
+                points: src,
+            },
+            Series {
+                name: "target loss (generated examples)",
+                color: RGBColor(214, 39, 40),
+                points: tgt,
+            },
+        ],
+    )?;
+    panel(
+        &bottom,
+        "Target val mIoU",
+        "mIoU (%)",
+        x_max,
+        y_miou,
+        vec![Series {
+            name: "mIoU after each evaluation",
+            color: RGBColor(44, 160, 44),
+            points: miou,
+        }],
+    )?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Writes the curves as a PNG (900 x 700).
+pub fn curves_png(
+    path: &Path,
+    metrics: &[serde_json::Value],
+    miou: &[(u64, f64)],
+) -> anyhow::Result<()> {
+    let (w, h) = (900u32, 700u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root, metrics, miou)?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size matches");
+    lse_runtime::imageio::write_rgb_png(path, &img)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The curves as an SVG document (for the report).
+pub fn curves_svg(metrics: &[serde_json::Value], miou: &[(u64, f64)]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (900, 700)).into_drawing_area();
+        draw(&root, metrics, miou)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Vec<serde_json::Value> {
+        (1..=20)
+            .map(|i| serde_json::json!({"iteration": i, "source_loss": 3.0 / i as f64, "target_loss": 1.0}))
+            .collect()
+    }
+
+    #[test]
+    fn png_has_text_and_both_curves() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.png");
+        curves_png(&p, &metrics(), &[(10, 0.3), (20, 0.4)]).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (900, 700));
+        let count = |f: &dyn Fn(&image::Rgb<u8>) -> bool| img.pixels().filter(|p| f(p)).count();
+        // The blue, red and green series are drawn, and dark text (titles, tick labels).
+        assert!(count(&|p| p[2] > 150 && p[0] < 60) > 200, "source curve");
+        assert!(count(&|p| p[0] > 200 && p[1] < 60) > 200, "target curve");
+        assert!(
+            count(&|p| p[1] > 140 && p[0] < 60 && p[2] < 60) > 100,
+            "mIoU curve"
+        );
+        assert!(
+            count(&|p| p[0] < 40 && p[1] < 40 && p[2] < 40) > 2000,
+            "text and axes"
+        );
+    }
+
+    #[test]
+    fn svg_has_titles_axes_and_legend() {
+        let svg = curves_svg(&metrics(), &[(10, 0.3)]).unwrap();
+        for text in [
+            "Training losses",
+            "Target val mIoU",
+            "iteration",
+            "mIoU (%)",
+            "source cross-entropy",
+            "target loss (generated examples)",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+    }
+}
