@@ -28,6 +28,20 @@ pub const META_PREFIX: &str = "lse.";
 /// Version of this metadata layout.
 pub const CONTRACT_VERSION: u32 = 1;
 
+/// The post-processing protocol (metadata key `lse.upsampling`), the reference
+/// implementation's evaluation: softmax over the classes at the model's output size,
+/// bilinear upsampling of the probabilities to the requested size with
+/// `align_corners = true` (`F.upsample(output, (1024, 2048), mode='bilinear',
+/// align_corners=True)`: output pixel `o` samples source coordinate
+/// `o * (in - 1) / (out - 1)`, so the corner pixels of both grids coincide), then the
+/// arg-max. `lse segment`, `lse label`, the server ([`crate::predict`]) and
+/// `lse-train eval` all follow it; a model that names another protocol is rejected.
+pub const UPSAMPLING: &str = "softmax-bilinear-align-corners-argmax";
+
+fn default_upsampling() -> String {
+    UPSAMPLING.to_string()
+}
+
 /// Everything a model carries about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -61,6 +75,10 @@ pub struct ModelMeta {
     /// The evaluation result, if any (free-form JSON: mIoU, per-class IoU, subset).
     #[serde(default)]
     pub evaluation: Option<serde_json::Value>,
+    /// The post-processing protocol, [`UPSAMPLING`] (models written before this key
+    /// existed read as [`UPSAMPLING`]).
+    #[serde(default = "default_upsampling")]
+    pub upsampling: String,
 }
 
 /// Errors reading a model's metadata.
@@ -93,6 +111,7 @@ impl ModelMeta {
             method: "init".into(),
             settings: serde_json::Value::Null,
             evaluation: None,
+            upsampling: default_upsampling(),
         }
     }
 
@@ -150,6 +169,15 @@ impl ModelMeta {
                 ),
             });
         }
+        if meta.upsampling != UPSAMPLING {
+            return Err(ContractError::Invalid {
+                key: "lse.upsampling".into(),
+                message: format!(
+                    "`{}`: this runtime post-processes as `{UPSAMPLING}` only",
+                    meta.upsampling
+                ),
+            });
+        }
         if meta.train_size[0] == 0 || meta.train_size[1] == 0 {
             return Err(ContractError::Invalid {
                 key: "lse.train_size".into(),
@@ -189,6 +217,25 @@ mod tests {
         let props: BTreeMap<_, _> = m.to_props().into_iter().collect();
         assert!(props.contains_key("lse.class_names"));
         assert_eq!(ModelMeta::from_props(&props).unwrap(), m);
+    }
+
+    #[test]
+    fn upsampling_protocol_is_recorded_and_checked() {
+        let m = ModelMeta::cityscapes(0.125, [256, 128]);
+        let mut props: BTreeMap<_, _> = m.to_props().into_iter().collect();
+        assert_eq!(
+            props["lse.upsampling"],
+            "\"softmax-bilinear-align-corners-argmax\""
+        );
+        // Models exported before the key existed follow the same protocol.
+        props.remove("lse.upsampling");
+        assert_eq!(
+            ModelMeta::from_props(&props).unwrap().upsampling,
+            UPSAMPLING
+        );
+        props.insert("lse.upsampling".into(), "\"bilinear-half-pixel\"".into());
+        let err = ModelMeta::from_props(&props).unwrap_err();
+        assert!(err.to_string().contains("lse.upsampling"), "{err}");
     }
 
     #[test]
