@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Benchmark: `lse label` vs a straightforward Python pipeline on the same generated
-# Cityscapes-size tree with the same small model and the same number of threads.
+# Benchmark: `lse label` vs the model alone (python onnxruntime session.run) and vs a
+# straightforward Python pipeline, on the same generated Cityscapes-size tree with the
+# same small model and the same number of threads.
 #
 #   scripts/bench-label.sh [IMAGES (40)] [SIZE (2048x1024)]
 #   env: THREADS (default: all cores), BATCH (lse batch, default 1),
+#        REPEAT (alternating rounds of lse and the model alone, default 2),
 #        WORK (default: target/bench-label), WIDTH (model width, default 0.125)
 #
-# Prints images/s of each, the ratio (goal >= 2x), peak RSS (goal <= 1 GiB for lse)
-# and the fraction of pixels on which the two outputs differ.
+# Prints images/s of each; lse's wall time over the model-alone time (median of the
+# rounds, goal <= 1.2x); the Python pipeline's time over lse's (goal >= 2x); peak RSS
+# (goal <= 1 GiB for lse); the fraction of pixels on which lse and Python differ.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,6 +19,7 @@ N="${1:-40}"
 SIZE="${2:-2048x1024}"
 THREADS="${THREADS:-$(nproc)}"
 BATCH="${BATCH:-1}"
+REPEAT="${REPEAT:-2}"
 WORK="${WORK:-$root/target/bench-label}"
 WIDTH="${WIDTH:-0.125}"
 PY="$root/.venv/bin/python"
@@ -51,6 +55,7 @@ if [ ! -d "$DATA/target/leftImg8bit/val" ]; then
   "$LSE" synth --train 0 --val "$N" --size "$SIZE" --seed 0 --out "$DATA" >/dev/null
 fi
 
-say "labelling with lse and with the Python pipeline ($THREADS threads)"
+say "labelling with lse, the model alone and the Python pipeline ($THREADS threads)"
 "$PY" "$root/scripts/bench_label.py" compare --lse "$LSE" --model "$MODEL" \
-  --input "$DATA/target/leftImg8bit/val" --work "$WORK" --threads "$THREADS" --batch "$BATCH"
+  --input "$DATA/target/leftImg8bit/val" --work "$WORK" --threads "$THREADS" --batch "$BATCH" \
+  --repeat "$REPEAT"
