@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::datasets::DatasetSummary;
 use crate::engine::{Engine, EngineOptions, Provider};
 
 /// Arguments of `lse info`.
@@ -36,6 +37,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 {"name": crate::contract::OUTPUT_TRAIN_IDS, "type": "uint8", "shape": ["N", "H", "W"]},
                 {"name": crate::contract::OUTPUT_SCORES, "type": "float32", "shape": ["N", m.num_classes(), "H", "W"]},
             ],
+            "datasets": {
+                "source": DatasetSummary::describe(&m.source),
+                "target": DatasetSummary::describe(&m.target),
+            },
             "metadata": m,
         }));
     }
@@ -58,7 +63,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         m.num_classes()
     );
     println!("training size  {}x{}", m.train_size[0], m.train_size[1]);
-    println!("domains        {} -> {}", m.source, m.target);
+    println!("source         {}", dataset_line(&m.source));
+    println!("target         {}", dataset_line(&m.target));
     println!("method         {}", m.method);
     println!("written by     lse {}", m.producer_version);
     if let Some(e) = &m.evaluation {
@@ -76,4 +82,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A domain as `lse info` shows it: the dataset's kind and folder name (with the
+/// number of images and the list hash when the model records them); an old
+/// `kind:/path` spec is shown by kind and folder name, never by its path.
+fn dataset_line(text: &str) -> String {
+    match DatasetSummary::describe(text) {
+        Some(s) => {
+            let mut line = format!("{} dataset \"{}\"", s.kind, s.name);
+            if let Some(split) = &s.split {
+                line += &format!(", split {split}");
+            }
+            if let Some(n) = s.images {
+                line += &format!(", {n} images");
+            }
+            if let Some(h) = &s.list {
+                line += &format!(", image list {h}");
+            }
+            line
+        }
+        None => text.to_string(),
+    }
 }
