@@ -61,4 +61,7 @@ else
   "$BIN/lse-train" train --init "$RUN.init.safetensors" --out "$RUN" --iterations "$ITERS" --lr "$LR" \
     --set lr_decay_every="$DECAY_EVERY" --checkpoint-every 250 "${common[@]}"
 fi
-echo "[source] source-only model: $RUN/model.safetensors" >&2
+if [ ! -f "$MODEL/model.onnx" ] || [ "$RUN/model.safetensors" -nt "$MODEL/model.onnx" ]; then
+  "$BIN/lse-train" publish "$RUN" --out "$MODEL" --name source-synth
+fi
+echo "[source] source-only model: $MODEL (run: $RUN)" >&2
