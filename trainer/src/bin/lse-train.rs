@@ -29,6 +29,9 @@ enum Command {
     Eval(cli::eval::Args),
     /// Export a checkpoint to ONNX (with an ONNX Runtime parity check).
     Export(cli::export::Args),
+    /// Write a self-contained model folder from a finished run (model.onnx, checkpoint,
+    /// records), naming its datasets by kind and folder, never by local paths.
+    Publish(cli::publish::Args),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Adapt(a) => cli::adapt::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Export(a) => cli::export::run(a),
+        Command::Publish(a) => cli::publish::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

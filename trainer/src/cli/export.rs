@@ -1,6 +1,6 @@
 //! `lse-train export`: checkpoint → `model.onnx`, then an ONNX Runtime parity check.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use lse_runtime::contract::ModelMeta;
@@ -78,28 +78,50 @@ pub fn model_meta(
     Ok(m)
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let meta = checkpoint::read_meta(&a.checkpoint)?;
+/// How [`export_checked`] exports and checks a checkpoint.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Training input size recorded in the model (default: the checkpoint's, else
+    /// 1024x512).
+    pub train_size: Option<[u32; 2]>,
+    /// Run the ONNX Runtime parity check.
+    pub check: bool,
+    /// Largest accepted |logit difference| in the parity check.
+    pub tolerance: f32,
+    /// Path of libonnxruntime.so.
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// Exports `checkpoint` to `out` (atomically) and, unless told not to, runs the
+/// file in ONNX Runtime against libtorch; a model that fails the check is moved to
+/// `<out>.failed` and the error says so. Returns the report (model, checkpoint,
+/// train size, parity) that `lse-train export --json` prints.
+pub fn export_checked(
+    checkpoint: &Path,
+    out: &Path,
+    o: &ExportOptions,
+) -> anyhow::Result<serde_json::Value> {
+    let meta = checkpoint::read_meta(checkpoint)?;
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let net = Fcn8s::new(&vs.root(), meta.config, meta.init);
-    checkpoint::load_network(&mut vs, &a.checkpoint, meta.config)?;
-    let model_meta = model_meta(&meta, a.train_size)?;
-    crate::onnx::export(&net, &vs, &model_meta, &a.out)?;
+    checkpoint::load_network(&mut vs, checkpoint, meta.config)?;
+    let model_meta = model_meta(&meta, o.train_size)?;
+    crate::onnx::export(&net, &vs, &model_meta, out)?;
     let mut report = serde_json::json!({
-        "model": a.out,
-        "checkpoint": a.checkpoint,
+        "model": out,
+        "checkpoint": checkpoint,
         "train_size": model_meta.train_size,
     });
-    if !a.no_check {
+    if o.check {
         // A small probe of odd size and batch 2: exercises dynamic N, H, W and the crops.
         tch::manual_seed(1234);
         let probe = Tensor::rand([2, 3, 37, 53], (Kind::Float, tch::Device::Cpu)) * 255.0;
         let opts = EngineOptions {
             provider: Provider::Cpu,
-            ort_lib: a.ort.ort_lib.clone(),
+            ort_lib: o.ort_lib.clone(),
             ..Default::default()
         };
-        match crate::onnx::check_parity(&net, &a.out, &probe, &opts, a.tolerance) {
+        match crate::onnx::check_parity(&net, out, &probe, &opts, o.tolerance) {
             Ok(p) => {
                 tracing::info!(
                     max_abs_diff = p.max_abs_diff,
@@ -110,13 +132,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             Err(e) => {
                 // Leave no model behind that failed its check.
-                let bad = a.out.with_extension("onnx.failed");
-                let _ = std::fs::rename(&a.out, &bad);
+                let bad = out.with_extension("onnx.failed");
+                let _ = std::fs::rename(out, &bad);
                 return Err(anyhow::Error::new(e)
                     .context(format!("the export was moved to {}", bad.display())));
             }
         }
     }
+    Ok(report)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let report = export_checked(
+        &a.checkpoint,
+        &a.out,
+        &ExportOptions {
+            train_size: a.train_size,
+            check: !a.no_check,
+            tolerance: a.tolerance,
+            ort_lib: a.ort.ort_lib.clone(),
+        },
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -4,6 +4,7 @@ pub mod adapt;
 pub mod eval;
 pub mod export;
 pub mod init;
+pub mod publish;
 pub mod train;
 
 use std::path::PathBuf;
