@@ -32,6 +32,8 @@ enum Command {
     /// Write a self-contained model folder from a finished run (model.onnx, checkpoint,
     /// records), naming its datasets by kind and folder, never by local paths.
     Publish(cli::publish::Args),
+    /// Write a run's self-contained HTML report (curves, rounds, pseudo-labels, per-class IoU).
+    Report(cli::report::Args),
 }
 
 fn main() {
@@ -44,6 +46,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Publish(a) => cli::publish::run(a),
+        Command::Report(a) => cli::report::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

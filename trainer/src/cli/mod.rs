@@ -5,6 +5,7 @@ pub mod eval;
 pub mod export;
 pub mod init;
 pub mod publish;
+pub mod report;
 pub mod train;
 
 use std::path::PathBuf;
