@@ -406,3 +406,195 @@ torch.save(bad, sys.argv[2] + "/misshaped.pth")
     assert_clear_error(&o, "ONNX Runtime library not found");
     assert_clear_error(&o, "scripts/setup.sh");
 }
+
+/// A randomly initialised 1/8-width network.
+fn small_net() -> (nn::VarStore, Fcn8s) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = Fcn8sConfig {
+        width: 0.125,
+        classes: 19,
+    };
+    let net = Fcn8s::new(&vs.root(), config, InitScheme::Scratch);
+    (vs, net)
+}
+
+/// Multiplies the three score layers (weights and biases) by `factor`, and with them
+/// every logit.
+fn scale_scores(vs: &nn::VarStore, factor: f64) {
+    for (name, var) in vs.variables() {
+        if name.starts_with("score_") {
+            let mut v = var.shallow_clone();
+            tch::no_grad(|| {
+                let _ = v.f_mul_scalar_(factor).unwrap();
+            });
+        }
+    }
+}
+
+fn probe() -> Tensor {
+    tch::manual_seed(1234);
+    Tensor::rand([2, 3, 37, 53], (Kind::Float, Device::Cpu)) * 255.0
+}
+
+fn cpu_engine() -> EngineOptions {
+    EngineOptions {
+        provider: Provider::Cpu,
+        ..Default::default()
+    }
+}
+
+/// The largest |logit| of `net` on `rgb`.
+fn max_logit(net: &Fcn8s, rgb: &Tensor) -> f64 {
+    let x = lse_trainer::fcn8s::preprocess_rgb(rgb);
+    tch::no_grad(|| net.forward_t(&x, false))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+#[test]
+fn parity_tolerance_scales_with_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let rgb = probe();
+    let (vs, net) = small_net();
+    for target in [1.0, 1e2, 1e4] {
+        scale_scores(&vs, target / max_logit(&net, &rgb));
+        let path = dir.path().join(format!("m{target}.onnx"));
+        onnx::export(&net, &vs, &ModelMeta::cityscapes(0.125, [64, 32]), &path).unwrap();
+        let p = onnx::check_parity(&net, &path, &rgb, &cpu_engine(), Default::default())
+            .unwrap_or_else(|e| panic!("logits ~{target}: {e}"));
+        eprintln!("logits ~{target}: {p:?}");
+        assert!(
+            (p.max_abs_logit as f64 - target).abs() <= 1e-3 * target,
+            "{p:?}"
+        );
+        assert!(p.argmax_agreement > 99.9, "{p:?}");
+    }
+}
+
+/// Rewrites one initializer of an exported model.
+fn with_initializer(
+    model: &onnx_protobuf::ModelProto,
+    name: &str,
+    raw: Vec<u8>,
+) -> onnx_protobuf::ModelProto {
+    let mut m = model.clone();
+    let graph = m.graph.as_mut().unwrap();
+    let init = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no initializer {name}"));
+    init.raw_data = raw;
+    m
+}
+
+#[test]
+fn parity_check_rejects_a_wrong_graph() {
+    use onnx_protobuf::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let rgb = probe();
+    // Logits of order 1e3: the relative tolerance allows differences of order 1e-2.
+    let (vs, net) = small_net();
+    scale_scores(&vs, 1e3 / max_logit(&net, &rgb));
+    let good = onnx::build_model(&net, &vs, &ModelMeta::cityscapes(0.125, [64, 32])).unwrap();
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let wrong = [
+        // RGB fed as BGR: a gross error.
+        (
+            "channel order",
+            with_initializer(&good, "preprocess.bgr_order", i64s(&[0, 1, 2])),
+        ),
+        // The mean rounded to whole numbers: a subtle one.
+        (
+            "rounded mean",
+            with_initializer(&good, "preprocess.mean_bgr", f32s(&[104.0, 117.0, 123.0])),
+        ),
+    ];
+    for (what, model) in wrong {
+        let path = dir.path().join("wrong.onnx");
+        std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+        let err = onnx::check_parity(&net, &path, &rgb, &cpu_engine(), Default::default())
+            .expect_err(what);
+        eprintln!("{what}: {err}");
+        assert!(
+            matches!(err, onnx::ExportError::Parity { .. }),
+            "{what}: {err}"
+        );
+        assert!(err.to_string().contains("max |diff|"), "{err}");
+    }
+}
+
+/// Runs a command with standard error going to a file and returns the file's bytes.
+fn stderr_to_file(cmd: &mut Command, file: &Path) -> (std::process::ExitStatus, Vec<u8>) {
+    let f = std::fs::File::create(file).unwrap();
+    let status = cmd
+        .stderr(std::process::Stdio::from(f))
+        .status()
+        .expect("binary runs");
+    (status, std::fs::read(file).unwrap())
+}
+
+fn assert_plain_log(what: &str, log: &[u8], needle: &str) {
+    let text = String::from_utf8_lossy(log);
+    assert!(text.contains(needle), "{what}: no `{needle}` in {text}");
+    assert!(
+        !log.contains(&0x1b),
+        "{what}: ANSI escape in the log: {text:?}"
+    );
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ckpt, model, log) = (d.join("c.safetensors"), d.join("m.onnx"), d.join("log"));
+    let o = run(
+        &bin("lse-train"),
+        &["init", "--width", "0.125", "--out", &s(&ckpt)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // NO_COLOR unset: the terminal test alone must turn colours off.
+    let (status, text) = stderr_to_file(
+        Command::new(bin("lse-train"))
+            .args(["export", &s(&ckpt), "--out", &s(&model)])
+            .args(["--train-size", "64x32"])
+            .env_remove("NO_COLOR"),
+        &log,
+    );
+    assert!(status.success(), "{}", String::from_utf8_lossy(&text));
+    assert_plain_log("lse-train export", &text, "parity check passed");
+
+    let (status, text) = stderr_to_file(
+        Command::new(bin("lse"))
+            .args(["info", &s(&model)])
+            .env_remove("NO_COLOR"),
+        &log,
+    );
+    assert!(status.success(), "{}", String::from_utf8_lossy(&text));
+    assert_plain_log("lse info", &text, "execution provider");
+
+    // The server logs `serving` before it prints `listening on`; then it is stopped.
+    use std::io::BufRead;
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(bin("lse-serve"))
+        .args(["--model", &s(&model), "--addr", "127.0.0.1:0"])
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(f))
+        .spawn()
+        .expect("lse-serve starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.any(|l| l.is_ok_and(|l| l.starts_with("listening on")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read(&log).unwrap();
+    assert!(
+        listening,
+        "lse-serve did not start: {}",
+        String::from_utf8_lossy(&text)
+    );
+    assert_plain_log("lse-serve", &text, "serving");
+}

@@ -14,8 +14,12 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides it.
+/// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides it. Colours only when
+/// standard error is a terminal and `NO_COLOR` is unset or empty, so log files and
+/// pipes get plain text.
 pub fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR");
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -26,6 +30,7 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && no_color.is_none_or(|v| v.is_empty()))
         .with_target(false)
         .try_init();
 }

@@ -25,9 +25,13 @@ pub struct Args {
     /// Skip the ONNX Runtime parity check (not recommended).
     #[arg(long)]
     pub no_check: bool,
-    /// Largest accepted |logit difference| in the parity check.
-    #[arg(long, default_value_t = 1e-4)]
-    pub tolerance: f32,
+    /// Parity check: accepted |logit difference| relative to the largest |logit|
+    /// (max |diff| <= rtol * max |logit| + atol).
+    #[arg(long, default_value_t = crate::onnx::Tolerance::default().rtol)]
+    pub rtol: f64,
+    /// Parity check: absolute part of the accepted |logit difference|.
+    #[arg(long, alias = "tolerance", default_value_t = crate::onnx::Tolerance::default().atol)]
+    pub atol: f64,
     #[command(flatten)]
     pub ort: super::OrtArgs,
     /// Print the result as JSON.
@@ -86,8 +90,8 @@ pub struct ExportOptions {
     pub train_size: Option<[u32; 2]>,
     /// Run the ONNX Runtime parity check.
     pub check: bool,
-    /// Largest accepted |logit difference| in the parity check.
-    pub tolerance: f32,
+    /// Accepted |logit difference| in the parity check (relative and absolute).
+    pub tolerance: crate::onnx::Tolerance,
     /// Path of libonnxruntime.so.
     pub ort_lib: Option<PathBuf>,
 }
@@ -123,12 +127,18 @@ pub fn export_checked(
         };
         match crate::onnx::check_parity(&net, out, &probe, &opts, o.tolerance) {
             Ok(p) => {
+                let allowed = o.tolerance.allowed(p.max_abs_logit);
                 tracing::info!(
                     max_abs_diff = p.max_abs_diff,
-                    argmax_agreement = p.argmax_agreement,
+                    max_abs_logit = p.max_abs_logit,
+                    allowed,
+                    argmax_agreement = format!("{:.2} %", p.argmax_agreement),
+                    argmax_disagreements = p.argmax_disagreements,
                     "parity check passed (ONNX Runtime vs libtorch)"
                 );
                 report["parity"] = serde_json::to_value(&p)?;
+                report["parity"]["tolerance"] = serde_json::to_value(o.tolerance)?;
+                report["parity"]["allowed_diff"] = allowed.into();
             }
             Err(e) => {
                 // Leave no model behind that failed its check.
@@ -149,7 +159,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &ExportOptions {
             train_size: a.train_size,
             check: !a.no_check,
-            tolerance: a.tolerance,
+            tolerance: crate::onnx::Tolerance {
+                rtol: a.rtol,
+                atol: a.atol,
+            },
             ort_lib: a.ort.ort_lib.clone(),
         },
     )?;

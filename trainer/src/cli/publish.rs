@@ -72,7 +72,8 @@ pub struct Args {
     /// else the run's own final evaluation from run.json.
     #[arg(long, value_name = "FILE")]
     pub eval: Option<PathBuf>,
-    /// Largest accepted |logit difference| in the export's parity check.
+    /// Absolute part of the accepted |logit difference| in the export's parity check
+    /// (max |diff| <= rtol * max |logit| + atol, rtol as `lse-train export`'s default).
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f32,
     #[command(flatten)]
@@ -660,7 +661,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &super::export::ExportOptions {
             train_size: None,
             check: true,
-            tolerance: a.tolerance,
+            tolerance: crate::onnx::Tolerance {
+                atol: a.tolerance.into(),
+                ..Default::default()
+            },
             ort_lib: a.ort.ort_lib.clone(),
         },
     )
