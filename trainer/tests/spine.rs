@@ -168,6 +168,32 @@ fn import_vgg16_backbone_maps_like_torchvision() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     reference_py(&["check-vgg16", &vgg, ckpt.to_str().unwrap(), "0.125"]);
+    // The same weights in the legacy torch.save format, as torchvision publishes
+    // vgg16-397923af.pth.
+    let legacy = format!("{d}/vgg16-legacy.pth");
+    let resave = "import sys, torch; torch.save(torch.load(sys.argv[1]), sys.argv[2], \
+                  _use_new_zipfile_serialization=False)";
+    let o = Command::new(python())
+        .args(["-c", resave, &vgg, &legacy])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        &bin("lse-train"),
+        &[
+            "init",
+            "--width",
+            "0.125",
+            "--init",
+            "reference",
+            "--backbone",
+            &legacy,
+            "--out",
+            ckpt.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    reference_py(&["check-vgg16", &vgg, ckpt.to_str().unwrap(), "0.125"]);
 }
 
 #[test]
