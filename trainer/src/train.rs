@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
+use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, DatasetSummary};
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::{ConfusionMatrix, Report};
 use rand::SeedableRng;
@@ -54,6 +54,19 @@ struct RoundExamples {
     sources: Vec<usize>,
     windows: Vec<Vec<lse::Window>>,
     labels: Vec<Tensor>,
+}
+
+impl RoundExamples {
+    /// The windows as one `|S| x K x 4` tensor of `(y, x, h, w)`.
+    fn windows_tensor(&self) -> Tensor {
+        let wins: Vec<i64> = self
+            .windows
+            .iter()
+            .flatten()
+            .flat_map(|w| [w.y, w.x, w.h, w.w])
+            .collect();
+        Tensor::from_slice(&wins).view([self.sources.len() as i64, -1, 4])
+    }
 }
 
 /// Named parameters.
@@ -441,15 +454,17 @@ impl Trainer {
             (model, LoopState::default(), None)
         };
         check_classes(&model, &format!("source {source}"))?;
+        // A run's checkpoint names its source as `kind:DIR`, a published one by its
+        // summary; both tell the kind.
         if let Some(src) = model.meta.extra.get("source")
-            && let Ok(spec) = src.parse::<DatasetSpec>()
-            && subset_for(spec.kind) != subset_for(source.kind)
+            && let Some(trained) = DatasetSummary::describe(src)
+            && subset_for(trained.kind) != subset_for(source.kind)
         {
             anyhow::bail!(
                 "class sets differ: the checkpoint was trained on a {} source ({} classes), \
                  the source given is {} ({} classes)",
-                spec.kind,
-                subset_for(spec.kind).count(),
+                trained.kind,
+                subset_for(trained.kind).count(),
                 source.kind,
                 subset_for(source.kind).count()
             );
@@ -688,16 +703,7 @@ impl Trainer {
         let mut named = Vec::new();
         let sources: Vec<i64> = ex.sources.iter().map(|&i| i as i64).collect();
         named.push(("sources".to_string(), Tensor::from_slice(&sources)));
-        let wins: Vec<i64> = ex
-            .windows
-            .iter()
-            .flatten()
-            .flat_map(|w| [w.y, w.x, w.h, w.w])
-            .collect();
-        named.push((
-            "windows".to_string(),
-            Tensor::from_slice(&wins).view([sources.len() as i64, -1, 4]),
-        ));
+        named.push(("windows".to_string(), ex.windows_tensor()));
         for (i, lb) in ex.labels.iter().enumerate() {
             named.push((format!("labels.{i:06}"), lb.shallow_clone()));
         }

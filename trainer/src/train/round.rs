@@ -22,6 +22,9 @@ struct ImageDiag {
     labelled: u64,
 }
 
+/// Per image: its class scores ([`lse::class_scores`]).
+type Scores = Vec<Vec<Option<f64>>>;
+
 /// Mean normalised entropy `H / ln C` of `C x H x W` probabilities.
 fn mean_entropy(probs: &Tensor) -> f64 {
     let c = probs.size()[0] as f64;
@@ -169,7 +172,7 @@ impl Trainer {
         target: &Arc<Dataset>,
         diag_on: bool,
         diag_seconds: &mut f64,
-    ) -> anyhow::Result<(Vec<Vec<Option<f64>>>, Vec<ImageDiag>)> {
+    ) -> anyhow::Result<(Scores, Vec<ImageDiag>)> {
         let n = target.len();
         let size = self.cfg.target_size;
         let classes = self.model.meta.config.classes as usize;
@@ -435,16 +438,7 @@ fn dump_selection(
         let v: Vec<i64> = rk.iter().map(|&i| i as i64).collect();
         named.push((format!("ranking.{k:02}"), Tensor::from_slice(&v)));
     }
-    let wins: Vec<i64> = ex
-        .windows
-        .iter()
-        .flatten()
-        .flat_map(|w| [w.y, w.x, w.h, w.w])
-        .collect();
-    named.push((
-        "windows".into(),
-        Tensor::from_slice(&wins).view([ex.sources.len() as i64, -1, 4]),
-    ));
+    named.push(("windows".into(), ex.windows_tensor()));
     named.push(("labels".into(), Tensor::stack(&ex.labels, 0)));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(
