@@ -208,30 +208,80 @@ fn certain_classes(scores: &[f32], c: usize, h: usize, w: usize) -> Vec<u8> {
     let margin = logit_margin(c);
     let mut cls = vec![UNSURE; plane];
     cls.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
-        let first = &scores[y * w..(y + 1) * w];
+        let at = y * w;
+        let first = &scores[at..at + w];
+        // Top logit, runner-up, top class (first on ties) and a non-finite flag per
+        // pixel, one class plane at a time: branch-free, so the loop vectorises.
         let mut best = first.to_vec();
         let mut second = vec![f32::NEG_INFINITY; w];
-        let mut arg = vec![0u8; w];
-        let mut bad: Vec<bool> = first.iter().map(|v| !v.is_finite()).collect();
+        let mut arg = vec![0u32; w];
+        let mut bad: Vec<u32> = first.iter().map(|v| u32::from(!v.is_finite())).collect();
         for k in 1..c {
-            let src = &scores[k * plane + y * w..k * plane + (y + 1) * w];
-            let kk = k as u8;
-            for x in 0..w {
-                let v = src[x];
-                let b = best[x];
-                bad[x] |= !v.is_finite();
-                second[x] = second[x].max(v.min(b));
-                arg[x] = if v > b { kk } else { arg[x] };
-                best[x] = b.max(v);
+            let src = &scores[k * plane + at..k * plane + at + w];
+            let kk = k as u32;
+            for ((((&v, b), s), a), f) in src
+                .iter()
+                .zip(best.iter_mut())
+                .zip(second.iter_mut())
+                .zip(arg.iter_mut())
+                .zip(bad.iter_mut())
+            {
+                let gt = v > *b;
+                let lo = if gt { *b } else { v };
+                *s = if lo > *s { lo } else { *s };
+                *a = if gt { kk } else { *a };
+                *b = if gt { v } else { *b };
+                *f |= u32::from(!v.is_finite());
             }
         }
         for x in 0..w {
-            if !bad[x] && best[x] - second[x] >= margin {
-                row[x] = arg[x];
+            if bad[x] == 0 && best[x] - second[x] >= margin {
+                row[x] = arg[x] as u8;
             }
         }
     });
     cls
+}
+
+/// Marks, in `need` (one row), the source pixels of row `y` whose probabilities a
+/// full computation may read: uncertain ones and those with a differing
+/// 8-neighbour. Every corner of an output pixel that the shortcut does not settle is
+/// one of them: the four corners of such a pixel are not all the same certain class,
+/// so each is uncertain or differs from another corner, which is its neighbour.
+fn mark_needed(cls: &[u8], h: usize, w: usize, y: usize, need: &mut [u8]) {
+    let me = &cls[y * w..(y + 1) * w];
+    for (n, &v) in need.iter_mut().zip(me) {
+        *n = u8::from(v == UNSURE);
+    }
+    for r in [y.saturating_sub(1), y, (y + 1).min(h - 1)] {
+        let other = &cls[r * w..(r + 1) * w];
+        // The same column, the left neighbour and the right one (edges clamped).
+        for (n, (a, b)) in need.iter_mut().zip(me.iter().zip(other)) {
+            *n |= u8::from(a != b);
+        }
+        if w > 1 {
+            for (n, (a, b)) in need[1..].iter_mut().zip(me[1..].iter().zip(other)) {
+                *n |= u8::from(a != b);
+            }
+            for (n, (a, b)) in need[..w - 1].iter_mut().zip(me.iter().zip(&other[1..])) {
+                *n |= u8::from(a != b);
+            }
+        }
+    }
+}
+
+/// The output columns that share a source column pair: `taps[start..end]` all have
+/// the same `i0` and `i1` (the taps' source indices never decrease).
+fn tap_runs(taps: &[Tap]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for o in 1..=taps.len() {
+        if o == taps.len() || (taps[o].i0, taps[o].i1) != (taps[start].i0, taps[start].i1) {
+            runs.push((start, o));
+            start = o;
+        }
+    }
+    runs
 }
 
 /// Arg-max of the bilinearly upsampled class probabilities of `scores` (`C x h x w`
@@ -262,24 +312,18 @@ pub fn upsample_argmax_counted(
     let standard = scores.as_standard_layout();
     let flat = standard.as_slice().expect("standard layout");
     let cls = certain_classes(flat, c, h, w);
-    // Source pixels whose probabilities a full computation may read: uncertain ones
-    // and those with a differing 8-neighbour (every corner of an output pixel that
-    // is not settled by the shortcut is one of them).
+    // Probabilities of the source pixels a full computation may read (`mark_needed`),
+    // per row: `slot` maps a pixel to its place in its row's list.
     let mut slot = vec![u32::MAX; h * w];
     let probs: Vec<Vec<f32>> = slot
         .par_chunks_mut(w)
         .enumerate()
         .map(|(y, slots)| {
-            let rows = [y.saturating_sub(1), y, (y + 1).min(h - 1)];
+            let mut need = vec![0u8; w];
+            mark_needed(&cls, h, w, y, &mut need);
             let mut probs = Vec::new();
             for (x, s) in slots.iter_mut().enumerate() {
-                let me = cls[y * w + x];
-                let (xa, xb) = (x.saturating_sub(1), (x + 1).min(w - 1));
-                let needed = me == UNSURE
-                    || rows
-                        .iter()
-                        .any(|&r| cls[r * w + xa..=r * w + xb].iter().any(|&v| v != me));
-                if needed {
+                if need[x] != 0 {
                     *s = (probs.len() / c) as u32;
                     let at = probs.len();
                     probs.resize(at + c, 0.0);
@@ -291,6 +335,7 @@ pub fn upsample_argmax_counted(
         .collect();
     let xs = axis_taps(ow, w);
     let ys = axis_taps(oh, h);
+    let runs = tap_runs(&xs);
     let px = |y: usize, x: usize| {
         let s = slot[y * w + x] as usize;
         debug_assert!(
@@ -307,20 +352,17 @@ pub fn upsample_argmax_counted(
             let r0 = &cls[ty.i0 * w..(ty.i0 + 1) * w];
             let r1 = &cls[ty.i1 * w..(ty.i1 + 1) * w];
             let mut full = 0;
-            for (o, &tx) in row.iter_mut().zip(&xs) {
-                let t = r0[tx.i0];
-                if t != UNSURE && r0[tx.i1] == t && r1[tx.i0] == t && r1[tx.i1] == t {
-                    *o = t;
-                } else {
-                    full += 1;
-                    *o = interp_argmax(
-                        px(ty.i0, tx.i0),
-                        px(ty.i0, tx.i1),
-                        px(ty.i1, tx.i0),
-                        px(ty.i1, tx.i1),
-                        tx,
-                        ty,
-                    );
+            for &(start, end) in &runs {
+                let (x0, x1) = (xs[start].i0, xs[start].i1);
+                let t = r0[x0];
+                if t != UNSURE && r0[x1] == t && r1[x0] == t && r1[x1] == t {
+                    row[start..end].fill(t);
+                    continue;
+                }
+                full += end - start;
+                let (a, b, d, e) = (px(ty.i0, x0), px(ty.i0, x1), px(ty.i1, x0), px(ty.i1, x1));
+                for (o, &tx) in row[start..end].iter_mut().zip(&xs[start..end]) {
+                    *o = interp_argmax(a, b, d, e, tx, ty);
                 }
             }
             full
