@@ -20,10 +20,11 @@
 //! - Pipelined, with bounded memory: decoder threads read, decode and resize images
 //!   into a bounded channel while the calling thread runs batches through the one
 //!   session; a writer thread upsamples, encodes and writes the previous batch
-//!   meanwhile (one batch in flight).
+//!   meanwhile (one batch in flight). The summary says how long each stage took
+//!   ([`StageSeconds`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -135,6 +136,49 @@ pub struct Failure {
     pub error: String,
 }
 
+/// Time spent in each stage of [`label_tree`], in seconds summed over the threads
+/// that run it (stages overlap: decoding and writing run beside inference).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageSeconds {
+    /// Reading and decoding the images.
+    pub decode: f64,
+    /// Resizing to the training size and laying out the model input.
+    pub resize: f64,
+    /// Session runs (the inference thread), including the batch copy-in.
+    pub inference: f64,
+    /// Softmax, upsampling and arg-max ([`predict::to_train_ids`]).
+    pub postprocess: f64,
+    /// Label-id mapping, colouring, PNG encoding and writing.
+    pub write: f64,
+}
+
+/// Nanosecond counters behind [`StageSeconds`].
+#[derive(Default)]
+struct StageClock([AtomicU64; 5]);
+
+impl StageClock {
+    fn add(&self, stage: usize, since: Instant) {
+        self.0[stage].fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn seconds(&self) -> StageSeconds {
+        let s = |i: usize| self.0[i].load(Ordering::Relaxed) as f64 * 1e-9;
+        StageSeconds {
+            decode: s(0),
+            resize: s(1),
+            inference: s(2),
+            postprocess: s(3),
+            write: s(4),
+        }
+    }
+}
+
+const DECODE: usize = 0;
+const RESIZE: usize = 1;
+const INFER: usize = 2;
+const POST: usize = 3;
+const WRITE: usize = 4;
+
 /// The outcome of [`label_tree`].
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelSummary {
@@ -149,6 +193,8 @@ pub struct LabelSummary {
     pub seconds: f64,
     /// Labelled images per second.
     pub images_per_second: f64,
+    /// Where the time went.
+    pub stages: StageSeconds,
     pub provider: Provider,
     pub model: PathBuf,
     pub settings: LabelSettings,
@@ -267,15 +313,26 @@ impl<F: Fn() + Sync> Progress for F {
     }
 }
 
-fn decode_job(job: &Job, size: [u32; 2], overwrite: bool, keep: bool) -> Result<Decoded, String> {
+fn decode_job(
+    job: &Job,
+    size: [u32; 2],
+    overwrite: bool,
+    keep: bool,
+    clock: &StageClock,
+) -> Result<Decoded, String> {
     // Resume from the header alone; a broken header fails in the decoding below.
     if !overwrite && imageio::dimensions(&job.image).is_ok_and(|dims| is_done(job, dims)) {
         return Ok(Decoded::Skipped);
     }
+    let t = Instant::now();
     let bytes = std::fs::read(&job.image).map_err(|e| e.to_string())?;
     let img = imageio::decode_rgb(&bytes, &job.image).map_err(|e| e.to_string())?;
+    drop(bytes);
+    clock.add(DECODE, t);
+    let t = Instant::now();
     let dims = img.dimensions();
     let input = predict::prepare(&img, size).map_err(|e| e.to_string())?;
+    clock.add(RESIZE, t);
     Ok(Decoded::Ready {
         job: 0,
         size: dims,
@@ -299,17 +356,16 @@ fn write_outputs(
     if let (Some(p), Some(img)) = (&job.overlay, original) {
         imageio::write_rgb_png(p, &blend(img, &colorize(train_ids, color_lut), 0.5))?;
     }
-    let out = match settings.ids {
-        OutputIds::Train => train_ids.clone(),
+    match settings.ids {
+        OutputIds::Train => imageio::write_gray_png(&job.output, train_ids),
         OutputIds::Label => {
             let mut g = train_ids.clone();
             for p in g.iter_mut() {
                 *p = label_lut[*p as usize];
             }
-            g
+            imageio::write_gray_png(&job.output, &g)
         }
-    };
-    imageio::write_gray_png(&job.output, &out)
+    }
 }
 
 fn colorize(ids: &GrayImage, lut: &[[u8; 3]; 256]) -> RgbImage {
@@ -331,6 +387,37 @@ fn blend(img: &RgbImage, colors: &RgbImage, alpha: f32) -> RgbImage {
     out
 }
 
+/// Makes glibc keep freed memory for reuse instead of handing large blocks back to
+/// the system (process-wide, once).
+///
+/// Labelling allocates and frees the same large buffers for every image, the largest
+/// being the copy of the score tensor that [`Engine::run`] returns (`C x H x W`
+/// floats: 40 MB for 19 classes at 1024x512). glibc serves blocks above its mmap
+/// threshold (at most 32 MB) with a fresh `mmap` and unmaps them on `free`, so every
+/// image paid some 10,000 page faults and the zeroing of 40 MB (about 10 % of the CPU
+/// time of `lse label` with a 1/8-width model, measured with `perf`). With `mmap`
+/// allocation off and trimming raised to 1 GiB, the freed blocks are reused; peak
+/// memory stays the same (the same blocks are live at once as before).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            unsafe extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_MAX: i32 = -4;
+            // SAFETY: mallopt only changes glibc's allocation policy, takes the
+            // allocator's locks (safe beside other threads) and both values are valid.
+            unsafe {
+                mallopt(M_MMAP_MAX, 0);
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+        });
+    }
+}
+
 /// Labels the tree described by `settings` with `engine`.
 pub fn label_tree(
     engine: &mut Engine,
@@ -342,6 +429,7 @@ pub fn label_tree(
     }
     let t0 = Instant::now();
     let (jobs, found) = plan(settings)?;
+    keep_freed_memory();
     let meta = engine.meta().clone();
     let size = meta.train_size;
     let label_lut = meta.label_lut();
@@ -355,6 +443,7 @@ pub fn label_tree(
             .clamp(1, 4)
     };
     let next = AtomicUsize::new(0);
+    let clock = StageClock::default();
     let mut failed: Vec<Failure> = Vec::new();
     let mut labelled = 0usize;
     let mut skipped = 0usize;
@@ -366,12 +455,13 @@ pub fn label_tree(
         // Decoders.
         for _ in 0..workers {
             let tx = dec_tx.clone();
-            let (jobs, next) = (&jobs, &next);
+            let (jobs, next, clock) = (&jobs, &next, &clock);
             scope.spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
-                    let msg = match decode_job(job, size, settings.overwrite, keep_original) {
+                    let msg = match decode_job(job, size, settings.overwrite, keep_original, clock)
+                    {
                         Ok(Decoded::Ready {
                             size,
                             input,
@@ -399,7 +489,7 @@ pub fn label_tree(
 
         // Writer: upsampling, encoding, writing of the previous batch.
         let writer = {
-            let jobs = &jobs;
+            let (jobs, clock) = (&jobs, &clock);
             let (label_lut, color_lut) = (&label_lut, &color_lut);
             scope.spawn(move || {
                 let mut done = 0usize;
@@ -422,6 +512,7 @@ pub fn label_tree(
                                 .enumerate()
                                 .map(|(k, (j, (w, h), original))| {
                                     let job = &jobs[*j];
+                                    let t = Instant::now();
                                     let res = predict::to_train_ids(
                                         out.scores.index_axis(Axis(0), k),
                                         out.train_ids.index_axis(Axis(0), k),
@@ -430,14 +521,18 @@ pub fn label_tree(
                                         settings.upsample,
                                     )
                                     .and_then(|ids| {
-                                        write_outputs(
+                                        clock.add(POST, t);
+                                        let t = Instant::now();
+                                        let res = write_outputs(
                                             job,
                                             &ids,
                                             original.as_ref(),
                                             settings,
                                             label_lut,
                                             color_lut,
-                                        )
+                                        );
+                                        clock.add(WRITE, t);
+                                        res
                                     });
                                     progress.image_done();
                                     res.map_err(|e| Failure {
@@ -466,15 +561,22 @@ pub fn label_tree(
             if pending.is_empty() {
                 return;
             }
-            let mut arr = Array4::<f32>::zeros((pending.len(), 3, h, w));
-            for (k, (_, _, input, _)) in pending.iter().enumerate() {
-                arr.index_axis_mut(Axis(0), k)
-                    .as_slice_mut()
-                    .expect("standard layout")
-                    .copy_from_slice(input);
-            }
+            let t = Instant::now();
+            // One image moves in without a copy; a batch is concatenated.
+            let data = if pending.len() == 1 {
+                std::mem::take(&mut pending[0].2)
+            } else {
+                let mut data = Vec::with_capacity(pending.len() * 3 * h * w);
+                for (_, _, input, _) in pending.iter() {
+                    data.extend_from_slice(input);
+                }
+                data
+            };
+            let arr = Array4::from_shape_vec((pending.len(), 3, h, w), data)
+                .expect("inputs have the training size");
             let result = engine.run(arr.view()).map_err(|e| e.to_string());
             drop(arr);
+            clock.add(INFER, t);
             let items = pending
                 .drain(..)
                 .map(|(j, sz, _, orig)| (j, sz, orig))
@@ -521,6 +623,7 @@ pub fn label_tree(
         failed,
         seconds,
         images_per_second: labelled as f64 / seconds.max(1e-9),
+        stages: clock.seconds(),
         provider: engine.provider(),
         model: engine.path().to_path_buf(),
         settings: settings.clone(),
