@@ -6,6 +6,7 @@
 #   scripts/bench-label.sh [IMAGES (40)] [SIZE (2048x1024)]
 #   env: THREADS (default: all cores), BATCH (lse batch, default 1),
 #        REPEAT (alternating rounds of lse and the model alone, default 2),
+#        PYTHON=0 (skip the Python pipeline and the pixel comparison),
 #        WORK (default: target/bench-label), WIDTH (model width, default 0.125)
 #
 # Prints images/s of each; lse's wall time over the model-alone time (median of the
@@ -20,6 +21,8 @@ SIZE="${2:-2048x1024}"
 THREADS="${THREADS:-$(nproc)}"
 BATCH="${BATCH:-1}"
 REPEAT="${REPEAT:-2}"
+extra=()
+[ "${PYTHON:-1}" = 0 ] && extra+=(--no-python)
 WORK="${WORK:-$root/target/bench-label}"
 WIDTH="${WIDTH:-0.125}"
 PY="$root/.venv/bin/python"
@@ -58,4 +61,4 @@ fi
 say "labelling with lse, the model alone and the Python pipeline ($THREADS threads)"
 "$PY" "$root/scripts/bench_label.py" compare --lse "$LSE" --model "$MODEL" \
   --input "$DATA/target/leftImg8bit/val" --work "$WORK" --threads "$THREADS" --batch "$BATCH" \
-  --repeat "$REPEAT"
+  --repeat "$REPEAT" "${extra[@]}"

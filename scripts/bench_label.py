@@ -99,12 +99,13 @@ def model_alone(args):
         x = np.asarray(img.resize((tw, th), Image.BICUBIC), dtype=np.float32)
         inputs.append(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
     sess.run(["scores"], {"image": inputs[0]})  # warm-up
-    total = 0.0
+    total = cpu = 0.0
     for x in inputs:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sess.run(["scores"], {"image": x})
         total += time.perf_counter() - t0
-    print(json.dumps({"images": len(inputs), "seconds": total}))
+        cpu += time.process_time() - c0
+    print(json.dumps({"images": len(inputs), "seconds": total, "cpu_seconds": cpu}))
 
 
 def tie_margins(model, image, a, b, threads):
@@ -127,14 +128,15 @@ def tie_margins(model, image, a, b, threads):
     return float(np.median(margin[d])) if d.any() else None, float(np.median(margin))
 
 
-def run_measured(cmd, env=None):
+def run_measured(cmd, env=None, stdout=None):
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         sys.exit(f"{' '.join(cmd)} failed with exit code {code}")
+    run_measured.cpu = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss / 1024.0  # MiB
 
 
@@ -146,23 +148,43 @@ def compare(args):
         shutil.rmtree(d, ignore_errors=True)
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), RUST_LOG="warn")
     lse_cmd = [args.lse, "label", args.model, args.input, "--out", out_lse, "--provider", "cpu",
-               "--threads", str(args.threads), "--batch", str(args.batch), "--overwrite"]
+               "--threads", str(args.threads), "--batch", str(args.batch), "--overwrite", "--json"]
     model_cmd = [sys.executable, os.path.abspath(__file__), "model", "--model", args.model,
                  "--input", args.input, "--threads", str(args.threads)]
     model_env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     rounds = []
+    cpu_rounds = []
     rss_lse = 0.0
+    stages = None
+    summary_path = os.path.join(args.work, "lse_summary.json")
     for r in range(args.repeat):
-        t_lse, rss = run_measured(lse_cmd, env)
+        with open(summary_path, "w") as f:
+            t_lse, rss = run_measured(lse_cmd, env, stdout=f)
         rss_lse = max(rss_lse, rss)
+        with open(summary_path) as f:
+            stages = json.load(f).get("stages")
+        if stages:
+            print("  lse stages (s, summed over threads): " +
+                  ", ".join(f"{k} {v:.2f}" for k, v in stages.items()), file=sys.stderr)
+        cpu_lse = run_measured.cpu
         out = subprocess.run(model_cmd, env=model_env, check=True, capture_output=True, text=True)
-        t_model = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+        m = json.loads(out.stdout.strip().splitlines()[-1])
+        t_model = m["seconds"]
         rounds.append((t_lse, t_model))
+        cpu_rounds.append((cpu_lse, m["cpu_seconds"]))
         print(f"round {r + 1}: lse label {t_lse:6.2f} s, model alone {t_model:6.2f} s, "
-              f"ratio {t_lse / t_model:.3f}", file=sys.stderr)
+              f"ratio {t_lse / t_model:.3f}; CPU time (all threads) lse {cpu_lse:6.2f} s, "
+              f"model alone {m['cpu_seconds']:6.2f} s, ratio {cpu_lse / m['cpu_seconds']:.3f}",
+              file=sys.stderr)
     ratio_model = statistics.median(a / b for a, b in rounds)
+    ratio_cpu = statistics.median(a / b for a, b in cpu_rounds)
     t_lse = statistics.median(a for a, _ in rounds)
     t_model = statistics.median(b for _, b in rounds)
+    print(f"lse label : {n / t_lse:7.2f} images/s; model alone {n / t_model:7.2f} images/s; "
+          f"lse wall / model alone {ratio_model:.3f}x (median of {len(rounds)} rounds); "
+          f"CPU time {ratio_cpu:.3f}x", file=sys.stderr)
+    if args.no_python:
+        return
     py_cmd = [sys.executable, os.path.abspath(__file__), "pipeline", "--model", args.model,
               "--input", args.input, "--out", out_py, "--threads", str(args.threads)]
     t_py, rss_py = run_measured(py_cmd, dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
@@ -188,7 +210,10 @@ def compare(args):
         "lse_images_per_s": n / t_lse,
         "model_alone_images_per_s": n / t_model,
         "lse_over_model_time": ratio_model,
-        "rounds": [{"lse_s": a, "model_s": b} for a, b in rounds],
+        "lse_over_model_cpu_time": ratio_cpu,
+        "rounds": [{"lse_s": a, "model_s": b, "lse_cpu_s": c, "model_cpu_s": d}
+                   for (a, b), (c, d) in zip(rounds, cpu_rounds)],
+        "lse_stage_seconds_last_round": stages,
         "python_images_per_s": n / t_py,
         "ratio": t_py / t_lse,
         "lse_peak_rss_mib": rss_lse,
@@ -206,6 +231,8 @@ def compare(args):
     print(f"python    : {res['python_images_per_s']:7.2f} images/s  peak RSS {rss_py:7.0f} MiB")
     print(f"lse wall / model alone: {ratio_model:.3f}x (median of {len(rounds)} alternating "
           "rounds; goal <= 1.2x)")
+    print(f"lse CPU time / model alone CPU time: {ratio_cpu:.3f}x (all threads; lse's includes "
+          "process start, model load and warm-up)")
     print(f"python / lse: {res['ratio']:.2f}x (goal >= 2x; lse peak RSS goal <= 1024 MiB)")
     print(f"pixels differing: {100 * res['pixels_differing']:.4f}% "
           f"(worst image {res['worst_image']}: {100 * worst[0]:.4f}%)")
@@ -228,6 +255,7 @@ def main():
     c.add_argument("--threads", type=int, default=os.cpu_count())
     c.add_argument("--batch", type=int, default=1)
     c.add_argument("--repeat", type=int, default=2)
+    c.add_argument("--no-python", action="store_true", help="skip the Python pipeline")
     p = sub.add_parser("pipeline")
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True)
