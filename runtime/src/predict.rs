@@ -513,6 +513,17 @@ mod tests {
                 .all(|(o, t)| t.i0 == o && t.i1 == o && t.w1 == 0.0)
         );
         assert_eq!(axis_taps(1, 9)[0].i0, 0);
+        // Runs of output columns sharing a source cell cover the axis in order.
+        for (out, inp) in [(2048, 1024), (13, 4), (5, 9), (6, 6), (1, 3)] {
+            let taps = axis_taps(out, inp);
+            let runs = tap_runs(&taps);
+            assert_eq!((runs[0].0, runs[runs.len() - 1].1), (0, out));
+            for (r, &(start, end)) in runs.iter().enumerate() {
+                assert!(start < end && (r == 0 || runs[r - 1].1 == start));
+                let cell = (taps[start].i0, taps[start].i1);
+                assert!(taps[start..end].iter().all(|t| (t.i0, t.i1) == cell));
+            }
+        }
     }
 
     #[test]
