@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job end to end on the built-in synthetic domains, sized for a laptop
-# (about 10 minutes on 2 CPU cores):
-#   synth → init → train (source only) → adapt (LSE) → export → label target val → eval
-# and prints source-only vs adapted mIoU side by side. The adapted model becomes the
-# project's default model (models/default) unless LSE_DEMO_KEEP_DEFAULT=1.
+# The main job end to end on the built-in synthetic domains (about 10 minutes on 2
+# CPU cores after set-up):
+#   synth -> LSE adaptation of the committed source-only model (models/source-synth)
+#   -> export -> label the target val set with both models -> evaluate -> side by side
+# The adapted model is published as the project's default model (models/default)
+# unless LSE_DEMO_KEEP_DEFAULT=1. LSE_DEMO_FROM_SCRATCH=1 first retrains the source
+# model (scripts/train-source.sh, about an hour on 2 cores).
 #
 # Sizes can be changed through the environment, e.g.
-#   LSE_DEMO_TRAIN=400 LSE_DEMO_ITERS=1500 scripts/demo.sh
+#   LSE_DEMO_TRAIN=300 LSE_DEMO_P=0.1,0.15 scripts/demo.sh
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,75 +18,78 @@ echo "[demo] building (release)" >&2
 cargo build --release --workspace --bins -q
 
 OUT="${LSE_DEMO_OUT:-$root/out/demo}"
-TRAIN="${LSE_DEMO_TRAIN:-300}"        # source images and target-train images
-VAL="${LSE_DEMO_VAL:-60}"             # target-val images
-SIZE="${LSE_DEMO_SIZE:-128x64}"       # image and training size
-WIDTH="${LSE_DEMO_WIDTH:-0.125}"      # channel width multiplier (1/8: small variant)
-ITERS="${LSE_DEMO_ITERS:-1200}"       # source-only iterations
+SIZE="${LSE_DEMO_SIZE:-256x128}"      # the committed source model's size
+TRAIN="${LSE_DEMO_TRAIN:-400}"        # source and target-train images (as scripts/bench-adapt.sh)
+VAL="${LSE_DEMO_VAL:-100}"            # target-val images
 BATCH="${LSE_DEMO_BATCH:-4}"
-LR="${LSE_DEMO_LR:-1e-3}"             # from scratch (docs/method.md's 1e-6 is for fine-tuning)
-ADAPT_LR="${LSE_DEMO_ADAPT_LR:-1e-4}" # adaptation fine-tunes the source model: 10x lower
+ADAPT_LR="${LSE_DEMO_ADAPT_LR:-1e-5}" # chosen on the tuning split (docs/results.md)
 PSCHED="${LSE_DEMO_P:-0.1,0.15,0.2}"  # adaptation rounds (the paper runs 0.10 .. 0.40)
-SEED="${LSE_DEMO_SEED:-0}"
+SEED="${LSE_DEMO_SEED:-0}"            # the data seed of the source model
 THREADS="${LSE_DEMO_THREADS:-$(nproc)}"
+SRC_MODEL="${LSE_DEMO_SOURCE_MODEL:-$root/models/source-synth}"
 BIN="$root/target/release"
+PY="$root/.venv/bin/python"
 
 rm -rf "$OUT"; mkdir -p "$OUT"
 t0=$(date +%s)
-echo "[demo] 1/7 synthetic domains: $TRAIN source, $TRAIN target-train, $VAL target-val at $SIZE" >&2
+if [ "${LSE_DEMO_FROM_SCRATCH:-0}" = "1" ]; then
+  echo "[demo] 0/6 retraining the source-only model (scripts/train-source.sh)" >&2
+  LSE_SKIP_BUILD=1 LSE_SRC_SIZE="$SIZE" LSE_SRC_MODEL="$SRC_MODEL" bash scripts/train-source.sh
+fi
+[ -f "$SRC_MODEL/checkpoint.safetensors" ] || {
+  echo "[demo] error: no source model in $SRC_MODEL (LSE_DEMO_FROM_SCRATCH=1 trains one)" >&2; exit 1; }
+
+echo "[demo] 1/6 synthetic domains: $TRAIN source, $TRAIN target-train, $VAL target-val at $SIZE (seed $SEED)" >&2
 "$BIN/lse" synth --out "$OUT/data" --train "$TRAIN" --val "$VAL" --size "$SIZE" --seed "$SEED"
 
-echo "[demo] 2/7 init VGG16-FCN8s (width $WIDTH, from scratch)" >&2
-"$BIN/lse-train" init --width "$WIDTH" --classes 19 --init scratch --seed "$SEED" --out "$OUT/init.safetensors"
+echo "[demo] 2/6 LSE adaptation of $SRC_MODEL (rounds p = $PSCHED, lr $ADAPT_LR)" >&2
+"$BIN/lse-train" adapt --init "$SRC_MODEL/checkpoint.safetensors" --out "$OUT/lse" \
+  --source "gta5:$OUT/data/source" --target "cityscapes:$OUT/data/target" \
+  --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH" --seed "$SEED" \
+  --p-schedule "$PSCHED" --lr "$ADAPT_LR" --device cpu --threads "$THREADS"
 
-common=(--source "gta5:$OUT/data/source" --target "cityscapes:$OUT/data/target"
-        --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH"
-        --seed "$SEED" --device cpu --threads "$THREADS")
-
-echo "[demo] 3/7 source-only training ($ITERS iterations)" >&2
-"$BIN/lse-train" train --init "$OUT/init.safetensors" --out "$OUT/source-only" --iterations "$ITERS" --lr "$LR" "${common[@]}"
-
-echo "[demo] 4/7 LSE adaptation (rounds p = $PSCHED)" >&2
-"$BIN/lse-train" adapt --init "$OUT/source-only/model.safetensors" --out "$OUT/lse" --p-schedule "$PSCHED" --lr "$ADAPT_LR" "${common[@]}"
-
-echo "[demo] 5/7 export both models to ONNX (with parity check)" >&2
-"$BIN/lse-train" export "$OUT/source-only/model.safetensors" --out "$OUT/source-only/model.onnx"
+echo "[demo] 3/6 export the adapted model to ONNX (with parity check)" >&2
+mkdir -p "$OUT/source-only"
+cp "$SRC_MODEL/model.onnx" "$OUT/source-only/model.onnx"
 "$BIN/lse-train" export "$OUT/lse/model.safetensors" --out "$OUT/lse/model.onnx"
 
-echo "[demo] 6/7 label the target val set with both models" >&2
+echo "[demo] 4/6 label the target val set with both models" >&2
 for m in source-only lse; do
   "$BIN/lse" label "$OUT/$m/model.onnx" "$OUT/data/target/leftImg8bit/val" --out "$OUT/$m/pred" --color --overwrite
 done
 
-echo "[demo] 7/7 evaluate (Cityscapes protocol)" >&2
+echo "[demo] 5/6 evaluate (Cityscapes protocol)" >&2
 for m in source-only lse; do
   "$BIN/lse" eval --pred "$OUT/$m/pred" --gt "$OUT/data/target/gtFine/val" --json > "$OUT/$m/eval.json"
 done
 
-miou() { "$root/.venv/bin/python" -c 'import json,sys; print("%.2f" % json.load(open(sys.argv[1]))["miou"])' "$1"; }
-so=$(miou "$OUT/source-only/eval.json"); ad=$(miou "$OUT/lse/eval.json")
-
 if [ "${LSE_DEMO_KEEP_DEFAULT:-0}" != "1" ]; then
-  mkdir -p models/default
-  cp "$OUT/lse/model.onnx" models/default/model.onnx
-  cp "$OUT/lse/model.safetensors" models/default/checkpoint.safetensors
-  cp "$OUT/lse/run.json" models/default/run.json 2>/dev/null || true
-  cp "$OUT/lse/config.toml" models/default/config.toml 2>/dev/null || true
-  cp "$OUT/lse/eval.json" models/default/eval.json
+  echo "[demo] 6/6 publish the adapted model as models/default" >&2
+  "$BIN/lse-train" publish "$OUT/lse" --out models/default --name default --eval "$OUT/lse/eval.json"
 fi
 
 t1=$(date +%s)
-cat <<REPORT
-
-LSE demo: synthetic GTA5-layout source -> synthetic Cityscapes-layout target (val: $VAL images at $SIZE)
-  model                 mIoU (19 classes)
-  source-only           $so
-  LSE-adapted           $ad
-
-outputs
-  data                  $OUT/data
-  source-only run       $OUT/source-only   (model.onnx, pred/, eval.json)
-  LSE run               $OUT/lse           (run.json, metrics.jsonl, curves.png, model.onnx, pred/, eval.json)
-  default model         $root/models/default/model.onnx
-  total time            $((t1 - t0)) s
-REPORT
+"$PY" - "$OUT" "$VAL" "$SIZE" "$((t1 - t0))" "$root" <<'PY'
+import json, sys
+out, val, size, secs, root = sys.argv[1:]
+miou = lambda m: json.load(open(f"{out}/{m}/eval.json"))["miou"] * 100
+rec = json.load(open(f"{out}/lse/run.json"))
+pct = lambda v: "   –" if v is None else f"{v * 100:5.1f}"
+print(f"\nLSE demo: synthetic GTA5-layout source -> synthetic Cityscapes-layout target "
+      f"(val: {val} images at {size})")
+print("  round   p     |S|  kept %  kept precision %  val mIoU %")
+for r in rec["rounds"]:
+    d = r.get("diagnostics") or {}
+    m = "   –" if r.get("miou") is None else f"{r['miou'] * 100:6.2f}"
+    print(f"  {r['round']:>5}  {r['p']:.2f}  {r['confident']:>4}  {pct(d.get('kept_share'))}  "
+          f"{pct(d.get('kept_precision')):>16}  {m:>10}")
+print("\n  model                 mIoU % (19 classes)")
+print(f"  source-only           {miou('source-only'):.2f}")
+print(f"  LSE-adapted           {miou('lse'):.2f}   ({miou('lse') - miou('source-only'):+.2f})")
+print("\noutputs")
+print(f"  data                  {out}/data")
+print(f"  LSE run               {out}/lse   (run.json, metrics.jsonl, curves.png, model.onnx, pred/, eval.json)")
+print(f"  run report            {out}/lse/report.html")
+print(f"  default model         {root}/models/default/model.onnx")
+print(f"  total time            {secs} s")
+PY
