@@ -448,9 +448,10 @@ fn queue_overflow_gives_503_then_recovers() {
 fn slow_requests_get_504() {
     let server = Server::start(&["--timeout-ms", "100", "--workers", "1", "--threads", "1"]);
     let a = server.addr;
-    // A small body (a flat 3000 x 2000 PNG, about 90 kB, read long before the limit)
-    // whose decoding, resizing and upsampling take far longer than 100 ms.
-    let flat = image::RgbImage::from_pixel(3000, 2000, image::Rgb([90, 90, 90]));
+    // A small body (a flat 7000 x 5000 PNG, a few hundred kB, read long before the
+    // limit) whose decoding, resizing, upsampling and encoding of 35 million pixels
+    // take far longer than 100 ms, even with the exact post-processing shortcut.
+    let flat = image::RgbImage::from_pixel(7000, 5000, image::Rgb([90, 90, 90]));
     let body = encode(&flat, ImageFormat::Png);
     assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
     let r = post(a, "/v1/segment", &body);
