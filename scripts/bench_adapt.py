@@ -112,9 +112,12 @@ def report(out, results):
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
     L = ["# Results: LSE on the built-in synthetic domains", "",
          f"Written by `scripts/bench-adapt.sh` on {time.strftime('%Y-%m-%d')} from the runs in "
-         f"`{os.path.relpath(out)}`; regenerate with `scripts/bench-adapt.sh` (it resumes).", ""]
+         f"`{os.path.relpath(out)}`; regenerate with `scripts/bench-adapt.sh` (it resumes). "
+         "What the numbers say and why: `docs/synthetic-domains.md`.", ""]
     rows, summary = [], {}
     L += ["## mIoU per arm (target val, 19 classes)", "",
+          "Wall times are per run on the machine that ran the benchmark, including any "
+          "other load on it at the time.", "",
           "| arm | seeds | mIoU mean | spread (sd) | min | max | wall time per run (s) |",
           "|---|---|---|---|---|---|---|"]
     for arm, label in ARMS:
