@@ -162,13 +162,20 @@ impl PseudoLabelCounts {
 }
 
 fn add_accuracy(acc: &mut (u64, u64), predicted: &[u8], truth: &[u8], classes: usize) {
+    let (correct, labelled) = pixel_accuracy(predicted, truth, classes);
+    acc.0 += correct;
+    acc.1 += labelled;
+}
+
+/// `(correct, labelled)` pixels of an arg-max map against its ground truth (train
+/// ids; pixels labelled `classes` or above, e.g. 255, are not counted).
+pub fn pixel_accuracy(predicted: &[u8], truth: &[u8], classes: usize) -> (u64, u64) {
     assert_eq!(predicted.len(), truth.len(), "label size");
-    for (&p, &t) in predicted.iter().zip(truth) {
-        if (t as usize) < classes {
-            acc.0 += u64::from(p == t);
-            acc.1 += 1;
-        }
-    }
+    predicted
+        .iter()
+        .zip(truth)
+        .filter(|&(_, &t)| (t as usize) < classes)
+        .fold((0, 0), |(c, l), (&p, &t)| (c + u64::from(p == t), l + 1))
 }
 
 /// A frequent error among the kept pseudo-labels.

@@ -11,16 +11,8 @@ use image::GrayImage;
 use lse_runtime::imageio;
 
 use super::*;
-use crate::diagnostics::{Mean, Premise, PseudoLabelCounts};
+use crate::diagnostics::{Mean, Premise, PseudoLabelCounts, pixel_accuracy};
 use crate::run::RoundSample;
-
-/// Per target image, gathered while ranking when diagnostics are on.
-#[derive(Debug, Clone, Copy, Default)]
-struct ImageDiag {
-    /// Pixels predicted correctly and pixels with a label.
-    correct: u64,
-    labelled: u64,
-}
 
 /// Per image: its class scores ([`lse::class_scores`]).
 type Scores = Vec<Vec<Option<f64>>>;
@@ -39,18 +31,6 @@ fn to_u8(t: &Tensor) -> Vec<u8> {
             .flatten(0, -1),
     )
     .expect("u8 tensor")
-}
-
-/// Correct and labelled pixels of an arg-max map against a label.
-fn accuracy(pred: &[u8], truth: &[u8], classes: usize) -> ImageDiag {
-    let mut d = ImageDiag::default();
-    for (&p, &t) in pred.iter().zip(truth) {
-        if (t as usize) < classes {
-            d.labelled += 1;
-            d.correct += u64::from(p == t);
-        }
-    }
-    d
 }
 
 impl Trainer {
@@ -129,10 +109,9 @@ impl Trainer {
 
         if diag_on {
             let t3 = Instant::now();
-            for (i, d) in image_diags.iter().enumerate() {
+            for (i, &(correct, labelled)) in image_diags.iter().enumerate() {
                 if sel.confident.binary_search(&i).is_err() {
-                    let (c, l) = (d.correct, d.labelled);
-                    counts.add_other_counts(c, l);
+                    counts.add_other_counts(correct, labelled);
                 }
             }
             let source = self.source_entropy()?;
@@ -166,13 +145,13 @@ impl Trainer {
     }
 
     /// The class scores of every target image (eval mode), and with diagnostics the
-    /// accuracy of each image's prediction.
+    /// `(correct, labelled)` pixels of each image's prediction.
     fn rank(
         &self,
         target: &Arc<Dataset>,
         diag_on: bool,
         diag_seconds: &mut f64,
-    ) -> anyhow::Result<(Scores, Vec<ImageDiag>)> {
+    ) -> anyhow::Result<(Scores, Vec<(u64, u64)>)> {
         let n = target.len();
         let size = self.cfg.target_size;
         let classes = self.model.meta.config.classes as usize;
@@ -189,7 +168,7 @@ impl Trainer {
                 let t = Instant::now();
                 let truth = data::label_at(target, i, size)?.expect("labels checked");
                 let pred = to_u8(&probs.argmax(0, false));
-                diags.push(accuracy(&pred, truth.as_raw(), classes));
+                diags.push(pixel_accuracy(&pred, truth.as_raw(), classes));
                 *diag_seconds += t.elapsed().as_secs_f64();
             }
             pb.inc(1);
