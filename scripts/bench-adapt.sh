@@ -39,7 +39,7 @@ DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN}"
 SRC="${LSE_BENCH_SOURCE:-$root/models/source-synth/checkpoint.safetensors}"
 OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN}"
 RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results.md}"
-BIN="$root/target/release"
+BIN="${LSE_BENCH_BIN:-$root/target/release}"   # a copy keeps a long run on one build
 PY="$root/.venv/bin/python"
 
 if [ -z "${LSE_SKIP_BUILD:-}" ]; then

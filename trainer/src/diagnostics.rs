@@ -197,6 +197,16 @@ pub struct Premise {
     pub source: Option<f64>,
 }
 
+/// Mean normalised entropy `H / ln C` of a `C x H x W` probability map: 0 for one-hot
+/// predictions, 1 for uniform ones.
+pub fn mean_normalized_entropy(probs: &tch::Tensor) -> f64 {
+    let c = probs.size()[0] as f64;
+    crate::lse::entropy(probs)
+        .mean(tch::Kind::Double)
+        .double_value(&[])
+        / c.ln()
+}
+
 /// Running mean of per-image mean entropies.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mean {
@@ -245,6 +255,15 @@ pub struct RoundDiagnostics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalized_entropy_by_hand() {
+        // Two pixels of 4 classes: uniform (H = ln 4) and (0.5, 0.5, 0, 0) (H = ln 2),
+        // so the mean of H / ln 4 is (1 + 0.5) / 2.
+        let probs = tch::Tensor::from_slice(&[0.25f32, 0.5, 0.25, 0.5, 0.25, 0.0, 0.25, 0.0])
+            .view([4, 1, 2]);
+        assert!((mean_normalized_entropy(&probs) - 0.75).abs() < 1e-6);
+    }
 
     #[test]
     fn counts_by_hand() {

@@ -17,6 +17,7 @@ pub mod lse;
 pub mod onnx;
 pub mod optim;
 pub mod plot;
+pub mod premise;
 pub mod pth;
 pub mod report;
 pub mod run;

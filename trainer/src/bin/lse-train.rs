@@ -27,6 +27,9 @@ enum Command {
     Adapt(cli::adapt::Args),
     /// Evaluate a checkpoint on a labelled target split (Cityscapes protocol).
     Eval(cli::eval::Args),
+    /// Measure the paper's premise: entropy and accuracy on full target images vs their
+    /// up-scaled windows, and the model's confident errors (never trains).
+    Premise(cli::premise::Args),
     /// Export a checkpoint to ONNX (with an ONNX Runtime parity check).
     Export(cli::export::Args),
     /// Write a self-contained model folder from a finished run (model.onnx, checkpoint,
@@ -44,6 +47,7 @@ fn main() {
         Command::Train(a) => cli::train::run(a),
         Command::Adapt(a) => cli::adapt::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Premise(a) => cli::premise::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Publish(a) => cli::publish::run(a),
         Command::Report(a) => cli::report::run(a),

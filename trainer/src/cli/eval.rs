@@ -41,6 +41,14 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The size a checkpoint was trained at (`train_size`), else 1024x512.
+pub fn checkpoint_size(model: &Model) -> anyhow::Result<[u32; 2]> {
+    match model.meta.extra.get("train_size") {
+        Some(s) => serde_json::from_str(s).with_context(|| format!("checkpoint train_size `{s}`")),
+        None => Ok([1024, 512]),
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
     if a.target.kind != DatasetKind::Cityscapes {
@@ -52,12 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let model = Model::load(&a.checkpoint, device, None)?;
     let size = match a.size {
         Some(s) => s,
-        None => match model.meta.extra.get("train_size") {
-            Some(s) => {
-                serde_json::from_str(s).with_context(|| format!("checkpoint train_size `{s}`"))?
-            }
-            None => [1024, 512],
-        },
+        None => checkpoint_size(&model)?,
     };
     let subset = match a.classes {
         Some(n) => ClassSubset::from_count(n)

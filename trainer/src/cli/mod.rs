@@ -4,6 +4,7 @@ pub mod adapt;
 pub mod eval;
 pub mod export;
 pub mod init;
+pub mod premise;
 pub mod publish;
 pub mod report;
 pub mod train;

@@ -11,18 +11,15 @@ use image::GrayImage;
 use lse_runtime::imageio;
 
 use super::*;
-use crate::diagnostics::{Mean, Premise, PseudoLabelCounts, pixel_accuracy};
+use crate::diagnostics::{
+    Mean, Premise, PseudoLabelCounts, mean_normalized_entropy, pixel_accuracy,
+};
 use crate::run::RoundSample;
 
 /// Per image: its class scores ([`lse::class_scores`]).
 type Scores = Vec<Vec<Option<f64>>>;
 
 /// Mean normalised entropy `H / ln C` of `C x H x W` probabilities.
-fn mean_entropy(probs: &Tensor) -> f64 {
-    let c = probs.size()[0] as f64;
-    lse::entropy(probs).mean(Kind::Double).double_value(&[]) / c.ln()
-}
-
 fn to_u8(t: &Tensor) -> Vec<u8> {
     Vec::try_from(
         t.to_kind(Kind::Uint8)
@@ -251,9 +248,9 @@ impl Trainer {
                     let pred = to_u8(&probs.argmax(0, false));
                     let kept: Vec<bool> = to_u8(&mask).iter().map(|&m| m != 0).collect();
                     counts.add_confident(&pred, &kept, truth.as_raw());
-                    premise.0.add(mean_entropy(&probs));
+                    premise.0.add(mean_normalized_entropy(&probs));
                     for win in &windows {
-                        premise.1.add(mean_entropy(
+                        premise.1.add(mean_normalized_entropy(
                             &self.model.probs(&lse::window_image(&img, win)),
                         ));
                     }
@@ -289,7 +286,7 @@ impl Trainer {
             let probs = self
                 .model
                 .probs(&data::image_tensor(&img, self.cfg.mean_bgr));
-            m.add(mean_entropy(&probs));
+            m.add(mean_normalized_entropy(&probs));
         }
         Ok(m.get())
     }

@@ -1,0 +1,142 @@
+//! `lse-train premise`: measures the paper's premise for a model on a target split
+//! (entropy and accuracy on full images vs up-scaled windows, confident errors); the
+//! instrument of the regime search in docs/synthetic-domains.md. It never trains.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
+
+use crate::config::Config;
+use crate::premise::{self, PremiseReport, PremiseSettings};
+use crate::train::Model;
+
+/// Arguments of `lse-train premise`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint (.safetensors written by lse-train).
+    pub checkpoint: PathBuf,
+    /// The target: cityscapes:DIR (labels, when present, add accuracies and errors).
+    #[arg(long)]
+    pub target: DatasetSpec,
+    /// The split to measure on (choose settings on a tuning split, never on val).
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// A source dataset (gta5:DIR or synthia:DIR) for the source entropy reference.
+    #[arg(long)]
+    pub source: Option<DatasetSpec>,
+    /// Prediction size WxH (default: the checkpoint's train_size, else 1024x512).
+    #[arg(long, value_parser = super::parse_size)]
+    pub size: Option<[u32; 2]>,
+    /// Window scales, comma-separated (LSE's window_scale; 1.0 is the whole image).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]
+    pub scales: Vec<f64>,
+    /// Windows per image and scale.
+    #[arg(long, default_value_t = 4)]
+    pub patches: usize,
+    /// Seed of the window positions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Measure only the first N images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(s) = a.scales.iter().find(|s| !(**s > 0.0 && **s <= 1.0)) {
+        anyhow::bail!("--scales: {s} is not in (0, 1]");
+    }
+    if a.patches == 0 {
+        anyhow::bail!("--patches must be at least 1");
+    }
+    if a.target.kind != DatasetKind::Cityscapes {
+        anyhow::bail!("the target must be cityscapes:DIR (got {})", a.target);
+    }
+    let device = a.device.resolve()?;
+    let model = Model::load(&a.checkpoint, device, None)?;
+    let size = match a.size {
+        Some(s) => s,
+        None => super::eval::checkpoint_size(&model)?,
+    };
+    let target = Dataset::open_spec(&a.target, &a.split, None)
+        .with_context(|| format!("opening {} (split {})", a.target, a.split))?;
+    let source = a
+        .source
+        .as_ref()
+        .map(|s| Dataset::open_spec(s, "train", None).with_context(|| format!("opening {s}")))
+        .transpose()?;
+    let settings = PremiseSettings {
+        size,
+        scales: a.scales.clone(),
+        patches: a.patches,
+        seed: a.seed,
+        mean_bgr: Config::default().mean_bgr,
+    };
+    let n = if a.limit == 0 {
+        target.len()
+    } else {
+        a.limit.min(target.len())
+    };
+    let bar = crate::train::bar(n as u64, "premise", "images", a.json);
+    let report = premise::measure(&model, &target, source.as_ref(), &settings, a.limit, || {
+        bar.inc(1)
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["checkpoint"] = serde_json::json!(a.checkpoint);
+        v["target"] = serde_json::json!(a.target.to_string());
+        v["split"] = serde_json::json!(a.split);
+        v["size"] = serde_json::json!(size);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.1} %", v * 100.0))
+}
+
+/// The report as a plain-text table.
+fn table(r: &PremiseReport) -> String {
+    let mut s = format!(
+        "{} images; H/ln C: full target {:.4}, source {}\n",
+        r.images,
+        r.target_entropy,
+        r.source_entropy.map_or("–".into(), |v| format!("{v:.4}"))
+    );
+    s += &format!(
+        "accuracy on full images {}; confident errors (p > {}) {} of all errors\n",
+        pct(r.target_accuracy),
+        premise::CONFIDENT,
+        pct(r.confident_error_share)
+    );
+    for c in &r.confident_confusions {
+        s += &format!(
+            "  {} -> {}: {} of errors\n",
+            c.truth,
+            c.predicted,
+            pct(Some(c.share_of_errors))
+        );
+    }
+    s += "scale  H windows  ratio  agree w/ pseudo  window acc  pseudo acc\n";
+    for w in &r.scales {
+        s += &format!(
+            "{:<5}  {:9.4}  {:5.3}  {:>15}  {:>10}  {:>10}\n",
+            w.scale,
+            w.window_entropy,
+            w.entropy_ratio,
+            pct(Some(w.agreement_with_pseudo_labels)),
+            pct(w.window_accuracy),
+            pct(w.pseudo_label_accuracy)
+        );
+    }
+    s
+}
