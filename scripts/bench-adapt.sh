@@ -5,6 +5,10 @@
 #   scripts/bench-adapt.sh              # tune (if not done), then every arm x seed, then the table
 #   scripts/bench-adapt.sh tune         # only the learning-rate choice on the tuning split
 #   scripts/bench-adapt.sh report       # only rewrite docs/results.md from finished arms
+#   LSE_BENCH_REGIME=source-camera scripts/bench-adapt.sh
+#                                       # the same with the target domain of
+#                                       # scripts/regimes/NAME.json (lse synth --domains),
+#                                       # into docs/results-NAME.md
 #
 # Arms, each seed from the same source model and data:
 #   source-only    the source model itself
@@ -34,11 +38,23 @@ ORACLE_LR="${LSE_BENCH_ORACLE_LR:-1e-4}"
 THREADS="${LSE_BENCH_THREADS:-$(nproc)}"
 NTRAIN="${LSE_BENCH_TRAIN:-400}"            # source images and target-train images adapted on
 NVAL="${LSE_BENCH_VAL:-100}"                # target-val images (reported)
+REGIME="${LSE_BENCH_REGIME:-default}"      # default: lse synth's built-in domains
+if [ "$REGIME" = default ]; then
+  sfx=""; domains=(); regen="scripts/bench-adapt.sh"
+else
+  domains_file="$root/scripts/regimes/$REGIME.json"
+  if [ ! -f "$domains_file" ]; then
+    echo "[bench] LSE_BENCH_REGIME=$REGIME: no $domains_file" >&2; exit 2
+  fi
+  sfx="-$REGIME"; domains=(--domains "$domains_file")
+  regen="LSE_BENCH_REGIME=$REGIME scripts/bench-adapt.sh"
+fi
 SRC_DATA="${LSE_BENCH_SOURCE_DATA:-$root/out/bench/data-$SIZE}"   # the source model's data
-DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN}"
+DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN$sfx}"
+TUNE_DATA="$SRC_DATA-tune$sfx"
 SRC="${LSE_BENCH_SOURCE:-$root/models/source-synth/checkpoint.safetensors}"
-OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN}"
-RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results.md}"
+OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN$sfx}"
+RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results$sfx.md}"
 BIN="${LSE_BENCH_BIN:-$root/target/release}"   # a copy keeps a long run on one build
 PY="$root/.venv/bin/python"
 
@@ -55,16 +71,18 @@ fi
 # the split and its index, so these are the same images the source model's data has).
 if [ ! -f "$DATA/synth.json" ]; then
   rm -rf "$DATA"
-  "$BIN/lse" synth --out "$DATA" --train "$NTRAIN" --val "$NVAL" --size "$SIZE" --seed 0
+  "$BIN/lse" synth --out "$DATA" --train "$NTRAIN" --val "$NVAL" --size "$SIZE" --seed 0 \
+    "${domains[@]}"
 fi
 # The tuning split (its own seed, labelled, never reported) joins the target as split
 # `tune` (links, no copies).
-if [ ! -f "$SRC_DATA-tune/synth.json" ]; then
-  "$BIN/lse" synth --out "$SRC_DATA-tune" --train 0 --val 60 --size "$SIZE" --seed 1000
+if [ ! -f "$TUNE_DATA/synth.json" ]; then
+  "$BIN/lse" synth --out "$TUNE_DATA" --train 0 --val 60 --size "$SIZE" --seed 1000 \
+    "${domains[@]}"
 fi
 for sub in leftImg8bit gtFine; do
   if [ ! -e "$DATA/target/$sub/tune" ]; then
-    ln -s "$SRC_DATA-tune/target/$sub/val" "$DATA/target/$sub/tune"
+    ln -s "$TUNE_DATA/target/$sub/val" "$DATA/target/$sub/tune"
   fi
 done
 mkdir -p "$OUT"
@@ -128,7 +146,7 @@ arms() {
         --threads "$THREADS" --quiet --lr "$ORACLE_LR" --iterations "$ORACLE_ITERS"
       first=0
     fi
-    "$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS"
+    "$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS" "$regen"
   done
 }
 
@@ -138,5 +156,5 @@ case "$MODE" in
   all) tune; arms ;;
   *) echo "usage: scripts/bench-adapt.sh [all|tune|report]" >&2; exit 2 ;;
 esac
-"$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS"
+"$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS" "$regen"
 echo "[bench] wrote $RESULTS" >&2

@@ -107,12 +107,12 @@ def svg_bars(rows, path):
     os.replace(path + ".tmp", path)
 
 
-def report(out, results):
+def report(out, results, regen="scripts/bench-adapt.sh"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
     L = ["# Results: LSE on the built-in synthetic domains", "",
          f"Written by `scripts/bench-adapt.sh` on {time.strftime('%Y-%m-%d')} from the runs in "
-         f"`{os.path.relpath(out)}`; regenerate with `scripts/bench-adapt.sh` (it resumes). "
+         f"`{os.path.relpath(out)}`; regenerate with `{regen}` (it resumes). "
          "What the numbers say and why: `docs/synthetic-domains.md`.", ""]
     rows, summary = [], {}
     L += ["## mIoU per arm (target val, 19 classes)", "",
@@ -230,7 +230,7 @@ def main():
     if cmd == "choose":
         choose(sys.argv[2], sys.argv[3])
     elif cmd == "report":
-        report(sys.argv[2], sys.argv[3])
+        report(*sys.argv[2:5])
     else:
         raise SystemExit(f"unknown command {cmd}")
 
