@@ -1239,6 +1239,61 @@ mod tests {
         }
     }
 
+    /// FNV-1a, a hash whose value does not depend on the Rust version.
+    fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        h
+    }
+
+    /// The checksum of the images and labels of seeds 0 and 7, images 0 and 3, of
+    /// one part at one size (default settings otherwise).
+    fn checksum(size: [u32; 2], part: Part) -> u64 {
+        let mut h = 0xCBF2_9CE4_8422_2325;
+        for seed in [0, 7] {
+            let s = SynthSettings {
+                size,
+                seed,
+                ..SynthSettings::default()
+            };
+            for index in [0, 3] {
+                let scene = generate(&s, part, index);
+                h = fnv1a(h, scene.image.as_raw());
+                h = fnv1a(h, scene.train_ids.as_raw());
+            }
+        }
+        h
+    }
+
+    /// The generated images stay byte-identical (refactors must not change them).
+    /// Changing the generator or the defaults of `DomainSettings::source()` /
+    /// `target()` on purpose changes these: replace `GOLDEN` with the table this
+    /// test prints on failure.
+    #[test]
+    fn golden_checksums() {
+        const GOLDEN: [([u32; 2], Part, u64); 6] = [
+            ([64, 32], Part::Source, 0xd7c59fa16bd042b2),
+            ([64, 32], Part::TargetTrain, 0xbc23e8373d6bea47),
+            ([64, 32], Part::TargetVal, 0x66b0b1a5e952a232),
+            ([128, 64], Part::Source, 0x2ef1d9e044863b1f),
+            ([128, 64], Part::TargetTrain, 0xbd0e1bb139501ea5),
+            ([128, 64], Part::TargetVal, 0x743272cee7f6f10c),
+        ];
+        let actual: Vec<u64> = GOLDEN
+            .iter()
+            .map(|&(size, part, _)| checksum(size, part))
+            .collect();
+        if GOLDEN.iter().zip(&actual).any(|(g, &a)| g.2 != a) {
+            let mut table = String::new();
+            for (&(size, part, _), a) in GOLDEN.iter().zip(&actual) {
+                table += &format!("            ({size:?}, Part::{part:?}, {a:#018x}),\n");
+            }
+            panic!("generated scenes changed; the new checksums are:\n{table}");
+        }
+    }
+
     #[test]
     fn layout_sky_on_top_road_at_the_bottom() {
         let s = small();
