@@ -42,6 +42,47 @@ fn default_upsampling() -> String {
     UPSAMPLING.to_string()
 }
 
+/// Floating-point precision of a network's weights and compute (`lse.precision`), and
+/// the precision TensorRT builds an engine in (`--precision`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 everywhere.
+    #[default]
+    Fp32,
+    /// float16 weights and compute; the `image` input, the `scores` output and the
+    /// arg-max stay float32 (Cast nodes at both ends).
+    Fp16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            _ => Err(format!("unknown precision `{s}` (expected fp32 or fp16)")),
+        }
+    }
+}
+
 /// Everything a model carries about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -79,6 +120,10 @@ pub struct ModelMeta {
     /// existed read as [`UPSAMPLING`]).
     #[serde(default = "default_upsampling")]
     pub upsampling: String,
+    /// The network's weights and compute (models written before this key existed are
+    /// float32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// Errors reading a model's metadata.
@@ -112,6 +157,7 @@ impl ModelMeta {
             settings: serde_json::Value::Null,
             evaluation: None,
             upsampling: default_upsampling(),
+            precision: Precision::Fp32,
         }
     }
 
@@ -236,6 +282,29 @@ mod tests {
         props.insert("lse.upsampling".into(), "\"bilinear-half-pixel\"".into());
         let err = ModelMeta::from_props(&props).unwrap_err();
         assert!(err.to_string().contains("lse.upsampling"), "{err}");
+    }
+
+    #[test]
+    fn precision_is_recorded_and_checked() {
+        let mut m = ModelMeta::cityscapes(0.125, [256, 128]);
+        m.precision = Precision::Fp16;
+        let mut props: BTreeMap<_, _> = m.to_props().into_iter().collect();
+        assert_eq!(props["lse.precision"], "\"fp16\"");
+        assert_eq!(
+            ModelMeta::from_props(&props).unwrap().precision,
+            Precision::Fp16
+        );
+        // Models exported before the key existed are float32.
+        props.remove("lse.precision");
+        assert_eq!(
+            ModelMeta::from_props(&props).unwrap().precision,
+            Precision::Fp32
+        );
+        props.insert("lse.precision".into(), "\"int8\"".into());
+        let err = ModelMeta::from_props(&props).unwrap_err();
+        assert!(err.to_string().contains("int8"), "{err}");
+        assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
+        assert!("bf16".parse::<Precision>().unwrap_err().contains("bf16"));
     }
 
     #[test]

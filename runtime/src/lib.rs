@@ -14,7 +14,8 @@
 //! - [`metrics`]: the confusion matrix and (m)IoU of the Cityscapes protocol;
 //! - [`datasets`]: Cityscapes, GTA5 and SYNTHIA layouts;
 //! - [`synth`]: the built-in synthetic source/target domains;
-//! - [`label`]: batch labelling of folder trees.
+//! - [`label`]: batch labelling of folder trees;
+//! - [`trt`]: TensorRT engine and timing caches, shape profiles, the shared build.
 //!
 //! The `lse` binary is a thin CLI over these modules ([`cli`]).
 
@@ -28,6 +29,7 @@ pub mod labels;
 pub mod metrics;
 pub mod predict;
 pub mod synth;
+pub mod trt;
 
 /// The version of this project, recorded in every model and run it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -107,6 +107,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             ort_lib: cfg.ort_lib.clone(),
             threads: cfg.threads_per_worker(),
             device_id: 0,
+            ..Default::default()
         },
     };
     let (pool, meta, provider) = {

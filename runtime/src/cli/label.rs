@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, EngineOptions, Provider};
+use crate::engine::{Engine, EngineOptions, Fetch, Provider};
 use crate::label::{self, LabelSettings, OutputIds, Shard};
 use crate::predict::Upsample;
 
@@ -52,6 +52,8 @@ pub struct Args {
     /// Decoder threads (0: half the cores, 1 to 4).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    #[command(flatten)]
+    pub accel: super::accel::DeviceArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -76,12 +78,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // Plan first, so that an empty or missing input fails before the model loads.
     let (jobs, _) = label::plan(&settings)?;
-    let opts = EngineOptions {
+    let mut opts = EngineOptions {
         provider: args.provider,
         ort_lib: args.ort_lib.clone(),
         threads: args.threads,
+        max_batch: args.batch,
+        fetch: Fetch::for_upsample(settings.upsample),
         ..EngineOptions::default()
     };
+    args.accel.apply(&mut opts);
     let mut engine = Engine::load(&args.model, &opts)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);

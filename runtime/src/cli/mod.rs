@@ -1,6 +1,7 @@
 //! The `lse` subcommands: each module holds one command's arguments (clap) and its
 //! `run` function; `src/bin/lse.rs` only dispatches.
 
+pub mod accel;
 pub mod bench;
 pub mod eval;
 pub mod info;

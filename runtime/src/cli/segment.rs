@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, EngineOptions, Provider};
+use crate::engine::{Engine, EngineOptions, Fetch, Provider};
 use crate::imageio;
 use crate::predict::{self, Upsample};
 
@@ -34,20 +34,23 @@ pub struct Args {
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, the project's .venv, the system).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub accel: super::accel::DeviceArgs,
     /// Print the written paths as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut engine = Engine::load(
-        &a.model,
-        &EngineOptions {
-            provider: a.provider,
-            ort_lib: a.ort_lib.clone(),
-            ..Default::default()
-        },
-    )?;
+    let mut opts = EngineOptions {
+        provider: a.provider,
+        ort_lib: a.ort_lib.clone(),
+        max_batch: 1,
+        fetch: Fetch::for_upsample(a.upsample),
+        ..Default::default()
+    };
+    a.accel.apply(&mut opts);
+    let mut engine = Engine::load(&a.model, &opts)?;
     let lut = engine.meta().label_lut();
     let colors = engine.meta().color_lut();
     let mut written = Vec::new();
