@@ -27,6 +27,15 @@ PSCHED="${LSE_DEMO_P:-0.1,0.15,0.2}"  # adaptation rounds (the paper runs 0.10 .
 SEED="${LSE_DEMO_SEED:-0}"            # the data seed of the source model
 THREADS="${LSE_DEMO_THREADS:-$(nproc)}"
 SRC_MODEL="${LSE_DEMO_SOURCE_MODEL:-$root/models/source-synth}"
+# The target domain: `default` is lse synth's built-in one; NAME uses
+# scripts/regimes/NAME.json (lse synth --domains; see docs/synthetic-domains.md).
+REGIME="${LSE_DEMO_REGIME:-default}"
+domains=()
+if [ "$REGIME" != default ]; then
+  [ -f "$root/scripts/regimes/$REGIME.json" ] || {
+    echo "[demo] error: LSE_DEMO_REGIME=$REGIME: no scripts/regimes/$REGIME.json" >&2; exit 2; }
+  domains=(--domains "$root/scripts/regimes/$REGIME.json")
+fi
 BIN="$root/target/release"
 PY="$root/.venv/bin/python"
 
@@ -39,8 +48,9 @@ fi
 [ -f "$SRC_MODEL/checkpoint.safetensors" ] || {
   echo "[demo] error: no source model in $SRC_MODEL (LSE_DEMO_FROM_SCRATCH=1 trains one)" >&2; exit 1; }
 
-echo "[demo] 1/6 synthetic domains: $TRAIN source, $TRAIN target-train, $VAL target-val at $SIZE (seed $SEED)" >&2
-"$BIN/lse" synth --out "$OUT/data" --train "$TRAIN" --val "$VAL" --size "$SIZE" --seed "$SEED"
+echo "[demo] 1/6 synthetic domains: $TRAIN source, $TRAIN target-train, $VAL target-val at $SIZE (seed $SEED, target $REGIME)" >&2
+"$BIN/lse" synth --out "$OUT/data" --train "$TRAIN" --val "$VAL" --size "$SIZE" --seed "$SEED" \
+  "${domains[@]}"
 
 echo "[demo] 2/6 LSE adaptation of $SRC_MODEL (rounds p = $PSCHED, lr $ADAPT_LR)" >&2
 "$BIN/lse-train" adapt --init "$SRC_MODEL/checkpoint.safetensors" --out "$OUT/lse" \
@@ -69,14 +79,14 @@ if [ "${LSE_DEMO_KEEP_DEFAULT:-0}" != "1" ]; then
 fi
 
 t1=$(date +%s)
-"$PY" - "$OUT" "$VAL" "$SIZE" "$((t1 - t0))" "$root" <<'PY'
+"$PY" - "$OUT" "$VAL" "$SIZE" "$((t1 - t0))" "$root" "$REGIME" <<'PY'
 import json, sys
-out, val, size, secs, root = sys.argv[1:]
+out, val, size, secs, root, regime = sys.argv[1:]
 miou = lambda m: json.load(open(f"{out}/{m}/eval.json"))["miou"] * 100
 rec = json.load(open(f"{out}/lse/run.json"))
 pct = lambda v: "   –" if v is None else f"{v * 100:5.1f}"
 print(f"\nLSE demo: synthetic GTA5-layout source -> synthetic Cityscapes-layout target "
-      f"(val: {val} images at {size})")
+      f"({regime} target; val: {val} images at {size})")
 print("  round   p     |S|  kept %  kept precision %  val mIoU %")
 for r in rec["rounds"]:
     d = r.get("diagnostics") or {}
