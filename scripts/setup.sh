@@ -2,7 +2,9 @@
 # Idempotent set-up of the native libraries this project links and loads:
 #   - PyTorch 2.11.0 (its libtorch is what the `tch` crate links against),
 #   - ONNX Runtime 1.31.1 (loaded at run time by the `ort` crate),
-#   - onnx, numpy, pillow (independent checks in the test suite and benchmarks).
+#   - onnx, numpy, pillow (independent checks in the test suite and benchmarks),
+#   - tritonclient[http,grpc] (the official Open Inference Protocol clients that the
+#     server's v2 and gRPC tests drive; it pins protobuf below 7, which onnx accepts).
 # Everything goes into .venv at the repository root. A second run takes seconds.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ ONNX_VERSION="1.20.0"
 NUMPY_VERSION="2.3.5"
 PILLOW_VERSION="12.0.0"
 SAFETENSORS_VERSION="0.7.0"
+TRITONCLIENT_VERSION="2.73.0"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +51,7 @@ have onnx "$ONNX_VERSION" || need+=("onnx==$ONNX_VERSION")
 have numpy "$NUMPY_VERSION" || need+=("numpy==$NUMPY_VERSION")
 have pillow "$PILLOW_VERSION" || need+=("pillow==$PILLOW_VERSION")
 have safetensors "$SAFETENSORS_VERSION" || need+=("safetensors==$SAFETENSORS_VERSION")
+have tritonclient "$TRITONCLIENT_VERSION" || need+=("tritonclient[http,grpc]==$TRITONCLIENT_VERSION")
 
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing into .venv: ${need[*]} (torch is about 2.7 GB the first time)"

@@ -13,22 +13,21 @@ use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{BoxError, Json, Router};
-use image::{GrayImage, RgbImage};
+use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
-use lse_runtime::engine::Provider;
-use lse_runtime::{imageio, predict};
+use lse_runtime::imageio;
 use serde::Serialize;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::input;
 use crate::metrics::{Gauges, Metrics};
-use crate::pool::{CountGuard, Job, JobOutput, Pool, SubmitError};
+use crate::models::{Registry, Served};
+use crate::pipeline::{self, Predicted, Source, blocking};
 
 /// The web page (self-contained HTML, CSS and JavaScript).
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
@@ -36,44 +35,31 @@ pub const INDEX_HTML: &str = include_str!("../static/index.html");
 /// Weight of the colours in `output=overlay`.
 pub const OVERLAY_ALPHA: f32 = 0.5;
 
-/// What the served model is.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    /// `<name>-<first 16 hex digits of the file's FNV-1a hash>`.
-    pub id: String,
-    pub path: String,
-    pub file_bytes: u64,
-    pub provider: Provider,
-}
-
 /// Shared state of the handlers.
 pub struct AppState {
     pub cfg: Config,
-    pub meta: ModelMeta,
-    pub model: ModelInfo,
-    pub pool: Pool,
+    pub models: Registry,
     pub metrics: Arc<Metrics>,
-    /// One permit per request in progress (`--queue`).
+    /// One permit per image in progress (`--queue`).
     pub admission: Arc<Semaphore>,
-    /// Train id -> Cityscapes label id, from the model's metadata.
-    pub label_lut: [u8; 256],
-    /// Train id -> colour, from the model's metadata.
-    pub color_lut: [[u8; 3]; 256],
 }
 
 impl AppState {
     fn gauges(&self) -> Gauges {
         let cap = self.cfg.queue as usize;
+        let models = self.models.all();
+        let sum = |f: &dyn Fn(&Served) -> usize| models.iter().map(|m| f(m)).sum::<usize>();
         Gauges {
-            queue_depth: self.pool.queue_depth(),
+            queue_depth: sum(&|m| m.pool.queue_depth()),
             queue_capacity: cap,
             in_progress: cap.saturating_sub(self.admission.available_permits()),
-            workers: self.pool.workers(),
-            workers_ready: self
-                .pool
-                .shared
-                .ready
-                .load(std::sync::atomic::Ordering::SeqCst),
+            workers: sum(&|m| m.pool.workers()),
+            workers_ready: sum(&|m| {
+                m.pool
+                    .shared
+                    .ready
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            }),
         }
     }
 }
@@ -112,11 +98,12 @@ impl OutputKind {
     }
 }
 
-/// Builds the router with every layer.
-pub fn router(state: Arc<AppState>) -> Router {
-    let timeout_ms = state.cfg.timeout_ms;
-    let limit = state.cfg.max_body_bytes();
-    let segment_route = post(segment).layer(
+/// Wraps an inference route in the request time limit (`--timeout-ms`, then 504).
+fn with_timeout(
+    route: MethodRouter<Arc<AppState>>,
+    timeout_ms: u64,
+) -> MethodRouter<Arc<AppState>> {
+    route.layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(move |e: BoxError| async move {
                 if e.is::<tower::timeout::error::Elapsed>() {
@@ -126,15 +113,22 @@ pub fn router(state: Arc<AppState>) -> Router {
                 }
             }))
             .timeout(Duration::from_millis(timeout_ms)),
-    );
+    )
+}
+
+/// Builds the router with every layer.
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout_ms = state.cfg.timeout_ms;
+    let limit = state.cfg.max_body_bytes();
     Router::new()
         .route("/", get(index))
-        .route("/v1/segment", segment_route)
+        .route("/v1/segment", with_timeout(post(segment), timeout_ms))
         .route("/v1/model", get(model))
         .route("/v1/sample.png", get(sample))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::v2_http::routes(|r| with_timeout(r, timeout_ms)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -182,7 +176,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route {method} {}: see GET / for the page, POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics",
+            "no route {method} {}: see GET / for the page, POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, and the Open Inference Protocol under /v2",
             uri.path()
         ),
     )
@@ -205,15 +199,17 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let ready = st.gauges().workers_ready;
-    let workers = st.pool.workers();
-    if st.pool.ready() {
-        Json(serde_json::json!({ "status": "ready", "workers": workers })).into_response()
+    let g = st.gauges();
+    if st.models.ready() {
+        Json(serde_json::json!({ "status": "ready", "workers": g.workers })).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("{ready} of {workers} workers have loaded and warmed up the model"),
+            format!(
+                "{} of {} workers have loaded and warmed up their model",
+                g.workers_ready, g.workers
+            ),
         )
         .into_response()
     }
@@ -231,10 +227,22 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn model(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+/// The `?model=NAME` of a request (`None`: the default model).
+#[derive(Debug, serde::Deserialize)]
+struct ModelQuery {
+    model: Option<String>,
+}
+
+async fn model(
+    State(st): State<Arc<AppState>>,
+    query: Result<Query<ModelQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let m = st.models.get(q.model.as_deref())?;
     let c = &st.cfg;
-    Json(serde_json::json!({
-        "model": st.model,
+    Ok(Json(serde_json::json!({
+        "name": m.name,
+        "model": m.info,
         "contract": {
             "input": {
                 "name": contract::INPUT,
@@ -248,7 +256,7 @@ async fn model(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
             ],
             "prediction": "resize to train_size (bicubic), predict, bilinear upsampling of the class probabilities to the image's size, arg-max",
         },
-        "metadata": st.meta,
+        "metadata": m.meta,
         "server": {
             "workers": c.workers,
             "threads_per_worker": c.threads_per_worker(),
@@ -261,7 +269,7 @@ async fn model(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "outputs": OutputKind::NAMES,
             "version": lse_runtime::VERSION,
         },
-    }))
+    })))
 }
 
 async fn sample(
@@ -290,15 +298,6 @@ async fn sample(
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
-}
-
-/// Runs CPU work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("a processing task failed: {e}")))?
 }
 
 /// The image bytes: the raw body, or the (first) file field of a multipart form.
@@ -393,24 +392,21 @@ fn ms(d: Duration) -> f64 {
 
 /// Everything the answer is made from.
 struct Done {
-    image: RgbImage,
-    out: JobOutput,
-    decode: Duration,
+    metrics: Arc<Metrics>,
+    model: Arc<Served>,
+    p: Predicted,
     started: Instant,
 }
 
 /// Upsamples the prediction to the image's size and encodes the answer.
-fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError> {
-    let (w, h) = d.image.dimensions();
+fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
+    let (w, h) = d.p.image.dimensions();
     let post_started = Instant::now();
-    let train = predict::to_train_ids(
-        d.out.scores(),
-        d.out.train_ids(),
-        w,
-        h,
-        predict::Upsample::Probabilities,
-    )
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let train = pipeline::train_ids(&d.p)?;
+    d.metrics
+        .observe_stage("postprocess", post_started.elapsed());
+    let encode_started = Instant::now();
+    let m = &d.model;
     let png = |data: &[u8], channels: u8| {
         imageio::encode_png(data, w, h, channels)
             .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
@@ -420,7 +416,7 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
         train
             .as_raw()
             .iter()
-            .flat_map(|&t| st.color_lut[t as usize])
+            .flat_map(|&t| m.color_lut[t as usize])
             .collect()
     };
     let (body, content_type) = match kind {
@@ -428,7 +424,7 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
             let ids: Vec<u8> = train
                 .as_raw()
                 .iter()
-                .map(|&t| st.label_lut[t as usize])
+                .map(|&t| m.label_lut[t as usize])
                 .collect();
             (png(&ids, 1)?, "image/png")
         }
@@ -436,7 +432,7 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
         OutputKind::Color => (png(&colors(), 3)?, "image/png"),
         OutputKind::Overlay => {
             let mut blended = colors();
-            for (c, &p) in blended.iter_mut().zip(d.image.as_raw()) {
+            for (c, &p) in blended.iter_mut().zip(d.p.image.as_raw()) {
                 *c = (p as f32 * (1.0 - OVERLAY_ALPHA) + *c as f32 * OVERLAY_ALPHA).round() as u8;
             }
             (png(&blended, 3)?, "image/png")
@@ -446,13 +442,13 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
             let v = serde_json::json!({
                 "width": w,
                 "height": h,
-                "model": st.model.id,
-                "classes": class_shares(&st.meta, &train),
-                "batch_size": d.out.batch_size,
+                "model": m.info.id,
+                "classes": class_shares(&m.meta, &train),
+                "batch_size": d.p.out.batch_size,
                 "timings_ms": {
-                    "decode": ms(d.decode),
-                    "queue": ms(d.out.queued),
-                    "inference": ms(d.out.inference),
+                    "decode": ms(d.p.decode),
+                    "queue": ms(d.p.out.queued),
+                    "inference": ms(d.p.out.inference),
                     "postprocess": ms(post),
                     "total": ms(d.started.elapsed()),
                 },
@@ -463,12 +459,13 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
             )
         }
     };
+    d.metrics.observe_stage("encode", encode_started.elapsed());
     let post = post_started.elapsed();
     let timing = format!(
         "decode;dur={}, queue;dur={}, infer;dur={}, post;dur={}",
-        ms(d.decode),
-        ms(d.out.queued),
-        ms(d.out.inference),
+        ms(d.p.decode),
+        ms(d.p.out.queued),
+        ms(d.p.out.inference),
         ms(post)
     );
     let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
@@ -476,14 +473,14 @@ fn render(kind: OutputKind, st: &AppState, d: Done) -> Result<Response, ApiError
     if let Ok(v) = HeaderValue::from_str(&timing) {
         hdrs.insert("server-timing", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&st.model.id) {
+    if let Ok(v) = HeaderValue::from_str(&m.info.id) {
         hdrs.insert("x-lse-model", v);
     }
-    hdrs.insert("x-lse-batch-size", HeaderValue::from(d.out.batch_size));
+    hdrs.insert("x-lse-batch-size", HeaderValue::from(d.p.out.batch_size));
     Ok(resp)
 }
 
-/// `POST /v1/segment?output=...`
+/// `POST /v1/segment?output=...&model=...`
 async fn segment(
     State(st): State<Arc<AppState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -492,48 +489,18 @@ async fn segment(
     let started = Instant::now();
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let kind = OutputKind::parse(q.get("output").map(String::as_str))?;
+    let model = st.models.get(q.get("model").map(String::as_str))?;
     let bytes = read_image_body(req).await?;
-    let _permit = st
-        .admission
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::queue_full(st.cfg.queue))?;
-    let preparing = CountGuard::preparing(&st.pool.shared);
-    let (max_pixels, size) = (st.cfg.max_pixels, st.meta.train_size);
-    let (image, input) = blocking(move || {
-        let image = input::decode(&bytes, max_pixels)?;
-        let input = predict::prepare(&image, size)
-            .map_err(|e| ApiError::internal(format!("cannot prepare the image: {e}")))?;
-        Ok((image, input))
-    })
-    .await?;
-    let decode = started.elapsed();
-    let (tx, rx) = oneshot::channel();
-    st.pool
-        .submit(Job {
-            input,
-            enqueued: Instant::now(),
-            reply: tx,
-        })
-        .map_err(|e| match e {
-            SubmitError::Full => ApiError::queue_full(st.cfg.queue),
-            SubmitError::Closed => ApiError::shutting_down(),
-        })?;
-    // Only now: a worker that sees no request in preparation finds this one queued.
-    drop(preparing);
-    let out = rx
-        .await
-        .map_err(|_| ApiError::internal("the inference worker stopped"))?
-        .map_err(|e| ApiError::internal(format!("inference failed: {e}")))?;
-    let st2 = st.clone();
+    let _permit = pipeline::admit(&st, 1)?;
+    let p = pipeline::predict(&st, &model, Source::Encoded(bytes)).await?;
+    let metrics = st.metrics.clone();
     blocking(move || {
         render(
             kind,
-            &st2,
             Done {
-                image,
-                out,
-                decode,
+                metrics,
+                model,
+                p,
                 started,
             },
         )

@@ -21,6 +21,11 @@ pub struct Config {
     /// `listening on ADDR` on standard output.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Address of the Open Inference Protocol's gRPC service
+    /// (inference.GRPCInferenceService), e.g. 127.0.0.1:8001; none: no gRPC. Port 0 picks
+    /// a free port, printed as `grpc listening on ADDR` on standard output.
+    #[arg(long)]
+    pub grpc_addr: Option<String>,
     /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
     #[arg(long, value_enum, default_value_t = Provider::Auto)]
     pub provider: Provider,

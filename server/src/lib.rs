@@ -21,10 +21,15 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod input;
 pub mod metrics;
+pub mod models;
+pub mod pipeline;
 pub mod pool;
 pub mod sample;
+pub mod v2;
+pub mod v2_http;
 
 use std::io::Write;
 use std::path::Path;
@@ -89,15 +94,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Loads the model into the worker pool, listens, and serves until SIGTERM/SIGINT;
-/// then finishes the requests in progress and returns.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
-    cfg.validate()?;
-    let model_path = cfg.model_path()?;
-    let (id, file_bytes) = model_id(&model_path)
-        .with_context(|| format!("cannot read model {}", model_path.display()))?;
-    let metrics = Arc::new(metrics::Metrics::default());
-    let opts = pool::PoolOptions {
+/// The settings of each model's worker pool.
+fn pool_options(cfg: &Config) -> pool::PoolOptions {
+    pool::PoolOptions {
         workers: cfg.workers as usize,
         max_batch: cfg.max_batch as usize,
         batch_wait: Duration::from_millis(cfg.batch_wait_ms),
@@ -109,10 +108,57 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             device_id: 0,
             ..Default::default()
         },
-    };
-    let (pool, meta, provider) = {
-        let (path, metrics) = (model_path.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || pool::Pool::start(&path, &opts, metrics))
+    }
+}
+
+/// Loads the served models (blocking): `--model` (or the default model) as `default`.
+fn load_models(
+    cfg: &Config,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<Vec<models::Served>> {
+    let path = cfg.model_path()?;
+    let served = models::Served::load(
+        models::DEFAULT_NAME,
+        &path,
+        &pool_options(cfg),
+        metrics.clone(),
+    )?;
+    Ok(vec![served])
+}
+
+/// Starts the gRPC service on `listener` until `stop` turns true; prints its address.
+fn spawn_grpc(
+    state: Arc<app::AppState>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving the Open Inference Protocol over gRPC");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "grpc listening on {addr}");
+        let _ = out.flush();
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    Ok(tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(grpc::server(state))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("the gRPC server failed")
+    }))
+}
+
+/// Loads the models into their worker pools, listens, and serves until SIGTERM/SIGINT;
+/// then finishes the requests in progress and returns.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let loaded = {
+        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || load_models(&cfg, &metrics))
             .await
             .context("the model loader failed")??
     };
@@ -120,36 +166,56 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.addr))?;
     let addr = listener.local_addr()?;
+    let grpc_listener = match &cfg.grpc_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on --grpc-addr {a}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(app::AppState {
         admission: Arc::new(tokio::sync::Semaphore::new(cfg.queue as usize)),
-        model: app::ModelInfo {
-            id,
-            path: model_path.display().to_string(),
-            file_bytes,
-            provider,
-        },
-        label_lut: meta.label_lut(),
-        color_lut: meta.color_lut(),
-        meta,
-        pool,
+        models: models::Registry::new(loaded),
         metrics,
         cfg,
     });
-    tracing::info!(%addr, model = %state.model.id, provider = %provider, workers = state.cfg.workers, "serving");
+    for m in state.models.all() {
+        tracing::info!(%addr, name = %m.name, model = %m.info.id, provider = %m.info.provider, workers = state.cfg.workers, "serving");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let grpc = match grpc_listener {
+        Some(l) => Some(spawn_grpc(state.clone(), l, stop_rx.clone())?),
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
     }
     let app = app::router(state.clone());
+    let mut stop = stop_rx;
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .await
         .context("the server failed")?;
+    if let Some(g) = grpc {
+        g.await.context("the gRPC server failed")??;
+    }
     tracing::info!("stopped accepting connections; finishing the queued work");
-    tokio::task::spawn_blocking(move || state.pool.close())
-        .await
-        .context("stopping the workers failed")?;
+    tokio::task::spawn_blocking(move || {
+        for m in state.models.all() {
+            m.pool.close();
+        }
+    })
+    .await
+    .context("stopping the workers failed")?;
     tracing::info!("stopped");
     Ok(())
 }

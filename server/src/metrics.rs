@@ -64,6 +64,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     batch_size: Histogram,
     inference: Histogram,
+    stages: BTreeMap<&'static str, Histogram>,
 }
 
 /// The server's metrics. Gauges (queue depth, readiness) are read at scrape time.
@@ -80,6 +81,7 @@ impl Default for Metrics {
                 latency: BTreeMap::new(),
                 batch_size: Histogram::new(&BATCH_BOUNDS),
                 inference: Histogram::new(&LATENCY_BOUNDS),
+                stages: BTreeMap::new(),
             }),
         }
     }
@@ -126,6 +128,15 @@ impl Metrics {
         g.inference.observe(inference.as_secs_f64());
     }
 
+    /// Records the time of one stage of one image (decode, queue, postprocess, encode).
+    pub fn observe_stage(&self, stage: &'static str, elapsed: Duration) {
+        self.lock()
+            .stages
+            .entry(stage)
+            .or_insert_with(|| Histogram::new(&LATENCY_BOUNDS))
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The exposition text.
     pub fn render(&self, gauges: Gauges) -> String {
         let g = self.lock();
@@ -157,6 +168,15 @@ impl Metrics {
         out.push_str("# HELP lse_inference_seconds Time of one session run (a whole batch).\n");
         out.push_str("# TYPE lse_inference_seconds histogram\n");
         g.inference.write(&mut out, "lse_inference_seconds", "");
+        out.push_str("# HELP lse_stage_seconds Time of one image in one stage of the pipeline.\n");
+        out.push_str("# TYPE lse_stage_seconds histogram\n");
+        for (stage, h) in &g.stages {
+            h.write(
+                &mut out,
+                "lse_stage_seconds",
+                &format!("stage=\"{stage}\","),
+            );
+        }
         let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };

@@ -97,6 +97,8 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The gRPC address, when started with `--grpc-addr`.
+    pub grpc: Option<SocketAddr>,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -140,24 +142,31 @@ impl Server {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(a) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(a.trim().to_string());
+                    let _ = tx.send((false, a.trim().to_string()));
+                } else if let Some(a) = line.strip_prefix("grpc listening on ") {
+                    let _ = tx.send((true, a.trim().to_string()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().expect("a socket address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "lse-serve did not print `listening on ADDR`; its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+        let mut grpc = None;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((true, a)) => grpc = Some(a.parse().expect("a socket address")),
+                Ok((false, a)) => break a.parse().expect("a socket address"),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "lse-serve did not print `listening on ADDR`; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
             }
         };
         let server = Self {
             child,
             addr,
+            grpc,
             log,
             _dir: dir,
         };

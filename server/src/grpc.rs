@@ -1,0 +1,232 @@
+//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, from
+//! proto/inference.proto): the same models and the same inference as `/v2` over HTTP
+//! ([`crate::v2`]), on its own address (`--grpc-addr`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use tonic::{Request, Response, Status};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::models::VERSION;
+use crate::v2::{self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputRequest};
+
+/// The code generated from proto/inference.proto.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::infer_parameter::ParameterChoice;
+use proto::model_infer_response::InferOutputTensor;
+use proto::model_metadata_response::TensorMetadata;
+use proto::*;
+
+/// The service, sharing the HTTP server's state.
+pub struct Service {
+    pub st: Arc<AppState>,
+}
+
+/// The tonic service with message limits: requests up to the body limit, answers
+/// unbounded (their size follows from the request's).
+pub fn server(st: Arc<AppState>) -> GrpcInferenceServiceServer<Service> {
+    let limit = st.cfg.max_body_bytes();
+    GrpcInferenceServiceServer::new(Service { st })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// An HTTP-style error as a gRPC status with the same sentence.
+pub fn status(e: ApiError) -> Status {
+    let msg = format!("{}: {}", e.code, e.detail);
+    match e.status {
+        StatusCode::NOT_FOUND => Status::not_found(msg),
+        StatusCode::SERVICE_UNAVAILABLE => Status::unavailable(msg),
+        StatusCode::GATEWAY_TIMEOUT => Status::deadline_exceeded(msg),
+        StatusCode::PAYLOAD_TOO_LARGE => Status::resource_exhausted(msg),
+        s if s.is_client_error() => Status::invalid_argument(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn string_param(
+    p: &HashMap<String, InferParameter>,
+    key: &str,
+) -> Result<Option<String>, ApiError> {
+    match p.get(key).and_then(|v| v.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(v2::bad(format!(
+            "parameter `{key}` must be a string, got {other:?}"
+        ))),
+    }
+}
+
+fn ids_param(p: &HashMap<String, InferParameter>) -> Result<Option<Ids>, ApiError> {
+    string_param(p, IDS_PARAMETER)?
+        .map(|s| Ids::parse(&s))
+        .transpose()
+}
+
+/// Translates a gRPC inference request; `raw_input_contents`, when given, holds one
+/// entry per input.
+fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(v2::bad(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut raw = r.raw_input_contents.into_iter();
+    let inputs = r
+        .inputs
+        .into_iter()
+        .map(|i| {
+            let data = match raw.next() {
+                Some(bytes) => InputData::Raw(Bytes::from(bytes)),
+                None => contents(&i.datatype, i.contents.unwrap_or_default()),
+            };
+            InputTensor {
+                name: i.name,
+                datatype: i.datatype,
+                shape: i.shape,
+                data,
+            }
+        })
+        .collect();
+    let outputs = r
+        .outputs
+        .into_iter()
+        .map(|o| {
+            Ok(OutputRequest {
+                ids: ids_param(&o.parameters)?,
+                binary: true,
+                name: o.name,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(InferRequest {
+        id: Some(r.id).filter(|s| !s.is_empty()),
+        inputs,
+        outputs,
+        ids: ids_param(&r.parameters)?.unwrap_or(Ids::Label),
+        binary_default: true,
+    })
+}
+
+/// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in.
+fn contents(datatype: &str, c: InferTensorContents) -> InputData {
+    if datatype == "BYTES" {
+        return InputData::Elements(c.bytes_contents.into_iter().map(Bytes::from).collect());
+    }
+    InputData::Numbers(c.uint_contents.into_iter().map(u64::from).collect())
+}
+
+fn tensor_meta(t: v2::TensorMeta) -> TensorMetadata {
+    TensorMetadata {
+        name: t.name.into(),
+        datatype: t.datatype.into(),
+        shape: t.shape,
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        let ready = self.st.models.ready();
+        Ok(Response::new(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        r: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        v2::check_version(&r.version).map_err(status)?;
+        let m = self.st.models.get(Some(&r.name)).map_err(status)?;
+        Ok(Response::new(ModelReadyResponse {
+            ready: m.pool.ready(),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "lse-serve".into(),
+            version: lse_runtime::VERSION.into(),
+            extensions: vec!["binary_tensor_data".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        v2::check_version(&r.version).map_err(status)?;
+        let m = self.st.models.get(Some(&r.name)).map_err(status)?;
+        let (inputs, outputs) = v2::model_tensors(&m);
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name.clone(),
+            versions: vec![VERSION.into()],
+            platform: v2::PLATFORM.into(),
+            inputs: inputs.into_iter().map(tensor_meta).collect(),
+            outputs: outputs.into_iter().map(tensor_meta).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        r: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let r = r.into_inner();
+        v2::check_version(&r.model_version).map_err(status)?;
+        let m = self.st.models.get(Some(&r.model_name)).map_err(status)?;
+        let id = r.id.clone();
+        let req = to_request(r).map_err(status)?;
+        let ms = self.st.cfg.timeout_ms;
+        let outputs = tokio::time::timeout(Duration::from_millis(ms), v2::infer(&self.st, &m, req))
+            .await
+            .map_err(|_| status(ApiError::timeout(ms)))?
+            .map_err(status)?;
+        let mut raw = Vec::with_capacity(outputs.len());
+        let tensors = outputs
+            .into_iter()
+            .map(|t| {
+                raw.push(t.data.to_le_bytes());
+                InferOutputTensor {
+                    name: t.name.into(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(Response::new(ModelInferResponse {
+            model_name: m.name.clone(),
+            model_version: VERSION.into(),
+            id,
+            outputs: tensors,
+            raw_output_contents: raw,
+            ..Default::default()
+        }))
+    }
+}
