@@ -140,7 +140,9 @@ arms() {
     run_arm self-training "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" \
       --focal true --window-scale 1.0
     run_arm lse-nofocal "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" --focal false
-    if [ "$first" = 1 ]; then # the oracle once, after the first seed's arms
+    # The oracle once, after the first seed's arms (LSE_BENCH_ORACLE=0 skips it, e.g.
+    # in a second instance running other seeds beside the first).
+    if [ "$first" = 1 ] && [ "${LSE_BENCH_ORACLE:-1}" = 1 ]; then
       run_arm oracle 0 train --source "cityscapes:$DATA/target" --target "cityscapes:$DATA/target" \
         --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH" --device cpu \
         --threads "$THREADS" --quiet --lr "$ORACLE_LR" --iterations "$ORACLE_ITERS"
