@@ -139,7 +139,9 @@ arms() {
       --iterations "$(adapt_iterations "$OUT/lse-s$seed")"
     run_arm self-training "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" \
       --focal true --window-scale 1.0
-    run_arm lse-nofocal "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" --focal false
+    if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then # the ablation; LSE_BENCH_NOFOCAL=0 skips it
+      run_arm lse-nofocal "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" --focal false
+    fi
     # The oracle once, after the first seed's arms (LSE_BENCH_ORACLE=0 skips it, e.g.
     # in a second instance running other seeds beside the first).
     if [ "$first" = 1 ] && [ "${LSE_BENCH_ORACLE:-1}" = 1 ]; then
