@@ -31,6 +31,8 @@ enum Command {
     Synth(cli::synth::Args),
     /// Measure inference throughput of a model.
     Bench(cli::bench::Args),
+    /// Write a model into a Triton Inference Server model repository (ONNX Runtime backend).
+    ExportTriton(cli::export_triton::Args),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::ExportTriton(a) => cli::export_triton::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

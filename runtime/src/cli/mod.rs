@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod bench;
 pub mod eval;
+pub mod export_triton;
 pub mod info;
 pub mod label;
 pub mod segment;
