@@ -528,96 +528,159 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
         Part::Source => &settings.source,
         _ => &settings.target,
     };
-    let [w, h] = settings.size;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let cam = &dom.camera;
     let ap = &dom.appearance;
-    let jit = ap.jitter;
-    let geo = Geometry {
-        f: cam.focal * w as f32,
-        cx: w as f32 * (0.5 + rng.random_range(-0.08..0.08)),
-        yh: h as f32 * (cam.horizon + rng.random_range(-0.03..0.03)),
-        cam_h: cam.height_m,
-    };
-    let road_half = rng.random_range(3.5..6.0);
-    let terrain_left = rng.random_bool(0.5);
-    let terrain_right = !terrain_left || rng.random_bool(0.5);
-    let sides = [
-        make_side(&mut rng, road_half, terrain_left, jit, &geo, geo.cx),
-        make_side(
-            &mut rng,
-            road_half,
-            terrain_right,
-            jit,
-            &geo,
-            w as f32 - geo.cx,
-        ),
-    ];
-    let road_c = jitter(&mut rng, 0, jit);
-    let side_c = jitter(&mut rng, 1, jit);
-    let terr_c = jitter(&mut rng, 9, jit);
-    let sky_c = jitter(&mut rng, 10, jit);
-    let far_c = jitter(&mut rng, 2, jit);
-    // Far skyline: building heights (metres at 150 m) in blocks of ~1/24 of the width.
-    let far_blocks: Vec<f32> = (0..32).map(|_| rng.random_range(5.0..40.0)).collect();
-    let mut cv = Canvas::new(w, h);
+    let street = Street::draw(&mut rng, &dom.camera, ap.jitter, settings.size);
+    let mut cv = Canvas::new(settings.size[0], settings.size[1]);
+    paint_background(&mut cv, &street);
+    for (d, obj) in place_objects(&mut rng, &street, &dom.camera) {
+        paint_object(&mut cv, &mut rng, &street.geo, d, obj, ap);
+    }
+    render(&cv, ap, &mut rng, index as u32 ^ (settings.seed as u32))
+}
 
-    // Background: ground, street front, sky, far skyline; the street front's segment
-    // and the far skyline are found once per column.
-    for x in 0..w as i32 {
-        let px = x as f32 + 0.5;
-        let u = px - geo.cx;
-        let side = &sides[usize::from(u >= 0.0)];
-        let au = u.abs().max(1e-3);
-        // Distance of the street front in this column, and its ground row.
-        let d_front = geo.f * side.front_m / au;
-        let y_front = geo.yh + geo.f * geo.cam_h / d_front;
-        let seg = side
-            .segments
-            .iter()
-            .find(|s| s.d_end >= d_front)
-            .copied()
-            .filter(|_| d_front < 180.0);
-        let top = seg.map_or(f32::INFINITY, |s| {
-            geo.yh - geo.f * (s.height_m - geo.cam_h) / d_front
-        });
-        let bi = ((px / w as f32) * 24.0) as usize % far_blocks.len();
-        let far_top = if (px - geo.cx).abs() < w as f32 * 0.45 {
-            geo.yh - geo.f * far_blocks[bi] / 150.0
-        } else {
-            f32::INFINITY
+/// The random layout of one street: where the camera looks, the road, the two
+/// sides and the colours of the background.
+struct Street {
+    geo: Geometry,
+    w: u32,
+    h: u32,
+    road_half: f32,
+    sides: [Side; 2],
+    road_c: [f32; 3],
+    side_c: [f32; 3],
+    terr_c: [f32; 3],
+    sky_c: [f32; 3],
+    far_c: [f32; 3],
+    /// Far skyline: building heights (metres at 150 m) in blocks of ~1/24 of the width.
+    far_blocks: Vec<f32>,
+}
+
+impl Street {
+    /// Draws the street (the order of the draws fixes the generated images).
+    fn draw(rng: &mut ChaCha8Rng, cam: &Camera, jit: f32, [w, h]: [u32; 2]) -> Self {
+        let geo = Geometry {
+            f: cam.focal * w as f32,
+            cx: w as f32 * (0.5 + rng.random_range(-0.08..0.08)),
+            yh: h as f32 * (cam.horizon + rng.random_range(-0.03..0.03)),
+            cam_h: cam.height_m,
         };
-        for y in 0..h as i32 {
-            let py = y as f32 + 0.5;
-            let (class, color) = if py > y_front {
-                // Ground in front of the street front.
-                let lat = (u * geo.cam_h / (py - geo.yh)).abs();
-                if lat < road_half {
-                    (0, road_c)
-                } else if lat < side.kerb_out_m || !side.terrain {
-                    (1, side_c)
-                } else {
-                    (9, terr_c)
-                }
-            } else {
-                match seg {
-                    Some(s) if py >= top => (s.class, s.color),
-                    _ if py > geo.yh => (9, terr_c),
-                    _ if py >= far_top => (2, far_c),
-                    _ => (10, sky_c),
-                }
-            };
-            cv.put(x, y, class, color);
+        let road_half = rng.random_range(3.5..6.0);
+        let terrain_left = rng.random_bool(0.5);
+        let terrain_right = !terrain_left || rng.random_bool(0.5);
+        let sides = [
+            make_side(rng, road_half, terrain_left, jit, &geo, geo.cx),
+            make_side(rng, road_half, terrain_right, jit, &geo, w as f32 - geo.cx),
+        ];
+        let road_c = jitter(rng, 0, jit);
+        let side_c = jitter(rng, 1, jit);
+        let terr_c = jitter(rng, 9, jit);
+        let sky_c = jitter(rng, 10, jit);
+        let far_c = jitter(rng, 2, jit);
+        let far_blocks: Vec<f32> = (0..32).map(|_| rng.random_range(5.0..40.0)).collect();
+        Self {
+            geo,
+            w,
+            h,
+            road_half,
+            sides,
+            road_c,
+            side_c,
+            terr_c,
+            sky_c,
+            far_c,
+            far_blocks,
         }
     }
 
-    // Objects, each placed at a distance; the first of each kind nearer, so that it
-    // is visible even in small images.
-    let [dmin, dmax] = cam.distance_m;
-    // Distance of an object at lateral `x_m`: at least far enough to be on screen.
-    let (cx, fw) = (geo.cx, geo.f);
-    let (yh, cam_h) = (geo.yh, geo.cam_h);
-    let near = |rng: &mut ChaCha8Rng, x_m: f32, height_m: f32, first: bool| {
+    /// Class and colour of a ground pixel (row `py`, `u` pixels right of the
+    /// centre) in front of the street front of `side`.
+    fn ground(&self, side: &Side, u: f32, py: f32) -> (u8, [f32; 3]) {
+        let lat = (u * self.geo.cam_h / (py - self.geo.yh)).abs();
+        if lat < self.road_half {
+            (0, self.road_c)
+        } else if lat < side.kerb_out_m || !side.terrain {
+            (1, self.side_c)
+        } else {
+            (9, self.terr_c)
+        }
+    }
+}
+
+/// Background: ground, street front, sky, far skyline, column by column.
+fn paint_background(cv: &mut Canvas, st: &Street) {
+    for x in 0..st.w as i32 {
+        paint_column(cv, st, x);
+    }
+}
+
+/// One column of the background; the street front's segment and the far skyline
+/// are found once per column.
+fn paint_column(cv: &mut Canvas, st: &Street, x: i32) {
+    let (geo, w) = (&st.geo, st.w);
+    let px = x as f32 + 0.5;
+    let u = px - geo.cx;
+    let side = &st.sides[usize::from(u >= 0.0)];
+    let au = u.abs().max(1e-3);
+    // Distance of the street front in this column, and its ground row.
+    let d_front = geo.f * side.front_m / au;
+    let y_front = geo.yh + geo.f * geo.cam_h / d_front;
+    let seg = side
+        .segments
+        .iter()
+        .find(|s| s.d_end >= d_front)
+        .copied()
+        .filter(|_| d_front < 180.0);
+    let top = seg.map_or(f32::INFINITY, |s| {
+        geo.yh - geo.f * (s.height_m - geo.cam_h) / d_front
+    });
+    let bi = ((px / w as f32) * 24.0) as usize % st.far_blocks.len();
+    let far_top = if (px - geo.cx).abs() < w as f32 * 0.45 {
+        geo.yh - geo.f * st.far_blocks[bi] / 150.0
+    } else {
+        f32::INFINITY
+    };
+    for y in 0..st.h as i32 {
+        let py = y as f32 + 0.5;
+        let (class, color) = if py > y_front {
+            // Ground in front of the street front.
+            st.ground(side, u, py)
+        } else {
+            match seg {
+                Some(s) if py >= top => (s.class, s.color),
+                _ if py > geo.yh => (9, st.terr_c),
+                _ if py >= far_top => (2, st.far_c),
+                _ => (10, st.sky_c),
+            }
+        };
+        cv.put(x, y, class, color);
+    }
+}
+
+/// An object standing on the ground at lateral position `x` (metres).
+enum Obj {
+    Car { x: f32, kind: u8 },
+    Person { x: f32 },
+    Cyclist { x: f32 },
+    Pole { x: f32, light: bool },
+    Tree { x: f32 },
+}
+
+/// Chooses the distances objects stand at.
+struct Placement<'a> {
+    geo: &'a Geometry,
+    w: u32,
+    /// The camera's range of distances, metres.
+    range: [f32; 2],
+}
+
+impl Placement<'_> {
+    /// Distance of an object at lateral `x_m`: at least far enough to be on screen;
+    /// the `first` of each kind nearer, so that it is visible even in small images.
+    fn near(&self, rng: &mut ChaCha8Rng, x_m: f32, height_m: f32, first: bool) -> f32 {
+        let [dmin, dmax] = self.range;
+        let (cx, fw, w) = (self.geo.cx, self.geo.f, self.w);
+        let (yh, cam_h) = (self.geo.yh, self.geo.cam_h);
         let room = if x_m < 0.0 { cx } else { w as f32 - cx } - 2.0;
         let d_vis = (fw * (x_m.abs() + 1.0) / room.max(1.0))
             .max(fw * (height_m - cam_h) / (yh - 2.0).max(1.0));
@@ -628,15 +691,32 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
         } else {
             rng.random_range(lo..hi)
         }
-    };
-    enum Obj {
-        Car { x: f32, kind: u8 },
-        Person { x: f32 },
-        Cyclist { x: f32 },
-        Pole { x: f32, light: bool },
-        Tree { x: f32 },
     }
+}
+
+/// The objects of a scene with their distances, far to near (the order they are
+/// painted in).
+fn place_objects(rng: &mut ChaCha8Rng, st: &Street, cam: &Camera) -> Vec<(f32, Obj)> {
+    let at = Placement {
+        geo: &st.geo,
+        w: st.w,
+        range: cam.distance_m,
+    };
     let mut objs: Vec<(f32, Obj)> = Vec::new();
+    place_vehicles(rng, st, &at, &mut objs);
+    place_persons(rng, st, &at, &mut objs);
+    let cyc_s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+    let cyc_x = cyc_s * (st.road_half - 0.8);
+    objs.push((at.near(rng, cyc_x, 1.9, true), Obj::Cyclist { x: cyc_x }));
+    place_poles(rng, st, &at, &mut objs);
+    place_trees(rng, st, &at, &mut objs);
+    objs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    objs
+}
+
+/// One to four cars on the road, some of the later ones a bus or a truck.
+fn place_vehicles(rng: &mut ChaCha8Rng, st: &Street, at: &Placement, objs: &mut Vec<(f32, Obj)>) {
+    let road_half = st.road_half;
     let n_cars = rng.random_range(1..=4);
     for i in 0..n_cars {
         let lane = rng.random_range(-road_half + 1.2..road_half - 1.2);
@@ -646,354 +726,380 @@ fn generate_with(settings: &SynthSettings, part: Part, index: usize, seed: u64) 
             13
         };
         objs.push((
-            near(&mut rng, lane, if kind == 13 { 1.6 } else { 3.3 }, i == 0),
+            at.near(rng, lane, if kind == 13 { 1.6 } else { 3.3 }, i == 0),
             Obj::Car { x: lane, kind },
         ));
     }
+}
+
+/// One to four persons on the sidewalks.
+fn place_persons(rng: &mut ChaCha8Rng, st: &Street, at: &Placement, objs: &mut Vec<(f32, Obj)>) {
     let n_persons = rng.random_range(1..=4);
     for i in 0..n_persons {
         let s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-        let sd = &sides[usize::from(s > 0.0)];
-        let lat = rng.random_range(road_half + 0.5..sd.kerb_out_m - 0.3);
+        let sd = &st.sides[usize::from(s > 0.0)];
+        let lat = rng.random_range(st.road_half + 0.5..sd.kerb_out_m - 0.3);
         objs.push((
-            near(&mut rng, s * lat, 1.9, i == 0),
+            at.near(rng, s * lat, 1.9, i == 0),
             Obj::Person { x: s * lat },
         ));
     }
-    let cyc_s = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-    let cyc_x = cyc_s * (road_half - 0.8);
-    objs.push((near(&mut rng, cyc_x, 1.9, true), Obj::Cyclist { x: cyc_x }));
+}
+
+/// Two to four poles at the kerbs, alternating sides; the first carries a traffic
+/// light, the second a sign.
+fn place_poles(rng: &mut ChaCha8Rng, st: &Street, at: &Placement, objs: &mut Vec<(f32, Obj)>) {
+    let road_half = st.road_half;
     let n_poles = rng.random_range(2..=4);
     for i in 0..n_poles {
         let s = if i % 2 == 0 { -1.0 } else { 1.0 };
         objs.push((
-            near(&mut rng, s * (road_half + 0.4), 5.6, i < 2),
+            at.near(rng, s * (road_half + 0.4), 5.6, i < 2),
             Obj::Pole {
                 x: s * (road_half + 0.4),
                 light: if i < 2 { i == 0 } else { rng.random_bool(0.5) },
             },
         ));
     }
-    for (k, sd) in sides.iter().enumerate() {
+}
+
+/// One to three trees on each terrain strip.
+fn place_trees(rng: &mut ChaCha8Rng, st: &Street, at: &Placement, objs: &mut Vec<(f32, Obj)>) {
+    for (k, sd) in st.sides.iter().enumerate() {
         if sd.terrain {
             let s = if k == 0 { -1.0 } else { 1.0 };
             for i in 0..rng.random_range(1..=3) {
                 let lat = rng.random_range(sd.kerb_out_m + 0.6..sd.front_m - 0.4);
-                let d = near(&mut rng, s * lat, 4.0, i == 0);
+                let d = at.near(rng, s * lat, 4.0, i == 0);
                 objs.push((d, Obj::Tree { x: s * lat }));
             }
         }
     }
-    objs.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let shadow = ap.shadows;
-    for (d, obj) in objs {
-        let k = geo.ppm(d);
-        match obj {
-            Obj::Car { x, kind } => {
-                let (gx, gy) = geo.ground(x, d);
-                let (wm, hm) = match kind {
-                    13 => (1.8, rng.random_range(1.35..1.6)),
-                    15 => (2.5, 3.2),
-                    _ => (2.4, 3.0),
-                };
-                let c = jitter(&mut rng, kind, jit);
-                let hw = 0.5 * wm * k;
-                if shadow > 0.0 {
-                    cv.shadow(gx, gy, hw * 1.3, 0.25 * k, shadow);
-                }
-                match kind {
-                    13 => {
-                        cv.rect(
-                            gx - hw,
-                            gy - 0.95 * hm * k * 0.62,
-                            gx + hw,
-                            gy - 0.25 * k,
-                            13,
-                            c,
-                        );
-                        cv.rect(
-                            gx - hw * 0.75,
-                            gy - hm * k,
-                            gx + hw * 0.75,
-                            gy - 0.55 * hm * k,
-                            13,
-                            c,
-                        );
-                        let glass = [c[0] * 0.4 + 60.0, c[1] * 0.4 + 70.0, c[2] * 0.4 + 90.0];
-                        cv.rect(
-                            gx - hw * 0.62,
-                            gy - 0.93 * hm * k,
-                            gx + hw * 0.62,
-                            gy - 0.64 * hm * k,
-                            13,
-                            glass,
-                        );
-                    }
-                    15 => {
-                        cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 15, c);
-                        let glass = [60.0, 70.0, 90.0];
-                        cv.rect(
-                            gx - hw * 0.9,
-                            gy - 0.9 * hm * k,
-                            gx + hw * 0.9,
-                            gy - 0.55 * hm * k,
-                            15,
-                            glass,
-                        );
-                    }
-                    _ => {
-                        cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 14, c);
-                        let cab = [c[0] * 0.7, c[1] * 0.7, c[2] * 0.7];
-                        cv.rect(
-                            gx - hw * 0.95,
-                            gy - 0.45 * hm * k,
-                            gx + hw * 0.95,
-                            gy - 0.25 * k,
-                            14,
-                            cab,
-                        );
-                    }
-                }
-                let wheel = [28.0, 28.0, 30.0];
-                for sx in [-0.7f32, 0.7] {
-                    cv.ellipse(gx + sx * hw, gy - 0.25 * k, 0.3 * k, 0.25 * k, kind, wheel);
-                }
-            }
-            Obj::Person { x } => {
-                let (gx, gy) = geo.ground(x, d);
-                let hm = rng.random_range(1.55..1.9);
-                let c = jitter(&mut rng, 11, jit * 2.0);
-                let legs = [c[0] * 0.4, c[1] * 0.4, c[2] * 0.5 + 30.0];
-                let skin = [220.0, 180.0, 150.0];
-                cv.rect(
-                    gx - 0.18 * k,
-                    gy - 0.48 * hm * k,
-                    gx - 0.02 * k,
-                    gy,
-                    11,
-                    legs,
-                );
-                cv.rect(
-                    gx + 0.02 * k,
-                    gy - 0.48 * hm * k,
-                    gx + 0.18 * k,
-                    gy,
-                    11,
-                    legs,
-                );
-                cv.rect(
-                    gx - 0.25 * k,
-                    gy - 0.85 * hm * k,
-                    gx + 0.25 * k,
-                    gy - 0.46 * hm * k,
-                    11,
-                    c,
-                );
-                cv.ellipse(gx, gy - 0.92 * hm * k, 0.11 * k, 0.12 * k, 11, skin);
-            }
-            Obj::Cyclist { x } => {
-                let (gx, gy) = geo.ground(x, d);
-                let bc = jitter(&mut rng, 18, jit);
-                let r = 0.34 * k;
-                let (w0, w1) = (gx - 0.55 * k, gx + 0.55 * k);
-                cv.ring(w0, gy - r, r, 0.08 * k, 18, bc);
-                cv.ring(w1, gy - r, r, 0.08 * k, 18, bc);
-                let t = 0.07 * k;
-                cv.line([w0, gy - r, gx, gy - 2.0 * r], t, 18, bc);
-                cv.line([gx, gy - 2.0 * r, w1, gy - r], t, 18, bc);
-                cv.line([w0, gy - r, gx - 0.1 * k, gy - 2.3 * r], t, 18, bc);
-                let rc = jitter(&mut rng, 12, jit);
-                let skin = [220.0, 180.0, 150.0];
-                cv.rect(
-                    gx - 0.25 * k,
-                    gy - 1.65 * k,
-                    gx + 0.15 * k,
-                    gy - 2.2 * r,
-                    12,
-                    rc,
-                );
-                cv.line(
-                    [gx - 0.05 * k, gy - 2.2 * r, gx + 0.1 * k, gy - r],
-                    0.12 * k,
-                    12,
-                    rc,
-                );
-                cv.ellipse(gx - 0.02 * k, gy - 1.75 * k, 0.11 * k, 0.12 * k, 12, skin);
-            }
-            Obj::Pole { x, light } => {
-                let (gx, gy) = geo.ground(x, d);
-                let hm = rng.random_range(3.2..4.5);
-                let pc = jitter(&mut rng, 5, jit);
-                cv.rect(gx - 0.07 * k, gy - hm * k, gx + 0.07 * k, gy, 5, pc);
-                if light {
-                    let lc = jitter(&mut rng, 6, jit * 0.5);
-                    let (bx0, bx1) = (gx - 0.18 * k, gx + 0.18 * k);
-                    let (by0, by1) = (gy - (hm + 0.9) * k, gy - hm * k);
-                    cv.rect(bx0, by0, bx1, by1, 6, lc);
-                    let lamp = match rng.random_range(0..3) {
-                        0 => ([230.0, 40.0, 30.0], 0.2),
-                        1 => ([240.0, 180.0, 20.0], 0.5),
-                        _ => ([40.0, 220.0, 90.0], 0.8),
-                    };
-                    cv.ellipse(gx, by0 + (by1 - by0) * lamp.1, 0.1 * k, 0.1 * k, 6, lamp.0);
-                } else {
-                    let sc = jitter(&mut rng, 7, jit);
-                    let cy = gy - (hm + 0.25) * k;
-                    if rng.random_bool(0.5) {
-                        cv.rect(
-                            gx - 0.35 * k,
-                            cy - 0.35 * k,
-                            gx + 0.35 * k,
-                            cy + 0.35 * k,
-                            7,
-                            sc,
-                        );
-                    } else {
-                        cv.ellipse(gx, cy, 0.35 * k, 0.35 * k, 7, sc);
-                    }
-                }
-            }
-            Obj::Tree { x } => {
-                let (gx, gy) = geo.ground(x, d);
-                let hm = rng.random_range(4.0..8.0);
-                let vc = jitter(&mut rng, 8, jit);
-                let trunk = [vc[0] * 0.5 + 50.0, vc[1] * 0.45 + 20.0, vc[2] * 0.4];
-                cv.rect(
-                    gx - 0.15 * k,
-                    gy - 0.6 * hm * k,
-                    gx + 0.15 * k,
-                    gy,
-                    8,
-                    trunk,
-                );
-                let r = rng.random_range(1.2..2.2);
-                cv.ellipse(gx, gy - (hm - r) * k, r * k, r * 0.9 * k, 8, vc);
-            }
+}
+
+/// Where an object stands on screen: its ground point and pixels per metre.
+#[derive(Clone, Copy)]
+struct Spot {
+    gx: f32,
+    gy: f32,
+    k: f32,
+}
+
+/// Paints one object at distance `d`.
+fn paint_object(
+    cv: &mut Canvas,
+    rng: &mut ChaCha8Rng,
+    geo: &Geometry,
+    d: f32,
+    obj: Obj,
+    ap: &Appearance,
+) {
+    let jit = ap.jitter;
+    let spot = |x: f32| {
+        let (gx, gy) = geo.ground(x, d);
+        Spot {
+            gx,
+            gy,
+            k: geo.ppm(d),
+        }
+    };
+    match obj {
+        Obj::Car { x, kind } => paint_vehicle(cv, rng, spot(x), kind, jit, ap.shadows),
+        Obj::Person { x } => paint_person(cv, rng, spot(x), jit),
+        Obj::Cyclist { x } => paint_cyclist(cv, rng, spot(x), jit),
+        Obj::Pole { x, light } => paint_pole(cv, rng, spot(x), light, jit),
+        Obj::Tree { x } => paint_tree(cv, rng, spot(x), jit),
+    }
+}
+
+/// A car (13), truck (14) or bus (15) with its shadow and wheels.
+fn paint_vehicle(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, kind: u8, jit: f32, shadow: f32) {
+    let Spot { gx, gy, k } = at;
+    let (wm, hm) = match kind {
+        13 => (1.8, rng.random_range(1.35..1.6)),
+        15 => (2.5, 3.2),
+        _ => (2.4, 3.0),
+    };
+    let c = jitter(rng, kind, jit);
+    let hw = 0.5 * wm * k;
+    if shadow > 0.0 {
+        cv.shadow(gx, gy, hw * 1.3, 0.25 * k, shadow);
+    }
+    match kind {
+        13 => paint_car_body(cv, at, hw, hm, c),
+        15 => paint_bus_body(cv, at, hw, hm, c),
+        _ => paint_truck_body(cv, at, hw, hm, c),
+    }
+    let wheel = [28.0, 28.0, 30.0];
+    for sx in [-0.7f32, 0.7] {
+        cv.ellipse(gx + sx * hw, gy - 0.25 * k, 0.3 * k, 0.25 * k, kind, wheel);
+    }
+}
+
+/// A car's body, cabin and windows (half width `hw` pixels, height `hm` metres).
+fn paint_car_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
+    let Spot { gx, gy, k } = at;
+    cv.rect(
+        gx - hw,
+        gy - 0.95 * hm * k * 0.62,
+        gx + hw,
+        gy - 0.25 * k,
+        13,
+        c,
+    );
+    cv.rect(
+        gx - hw * 0.75,
+        gy - hm * k,
+        gx + hw * 0.75,
+        gy - 0.55 * hm * k,
+        13,
+        c,
+    );
+    let glass = [c[0] * 0.4 + 60.0, c[1] * 0.4 + 70.0, c[2] * 0.4 + 90.0];
+    cv.rect(
+        gx - hw * 0.62,
+        gy - 0.93 * hm * k,
+        gx + hw * 0.62,
+        gy - 0.64 * hm * k,
+        13,
+        glass,
+    );
+}
+
+/// A bus's body and its band of windows.
+fn paint_bus_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
+    let Spot { gx, gy, k } = at;
+    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 15, c);
+    let glass = [60.0, 70.0, 90.0];
+    cv.rect(
+        gx - hw * 0.9,
+        gy - 0.9 * hm * k,
+        gx + hw * 0.9,
+        gy - 0.55 * hm * k,
+        15,
+        glass,
+    );
+}
+
+/// A truck's body and its darker lower part.
+fn paint_truck_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
+    let Spot { gx, gy, k } = at;
+    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 14, c);
+    let cab = [c[0] * 0.7, c[1] * 0.7, c[2] * 0.7];
+    cv.rect(
+        gx - hw * 0.95,
+        gy - 0.45 * hm * k,
+        gx + hw * 0.95,
+        gy - 0.25 * k,
+        14,
+        cab,
+    );
+}
+
+/// A person: legs, torso, head.
+fn paint_person(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let hm = rng.random_range(1.55..1.9);
+    let c = jitter(rng, 11, jit * 2.0);
+    let legs = [c[0] * 0.4, c[1] * 0.4, c[2] * 0.5 + 30.0];
+    let skin = [220.0, 180.0, 150.0];
+    cv.rect(
+        gx - 0.18 * k,
+        gy - 0.48 * hm * k,
+        gx - 0.02 * k,
+        gy,
+        11,
+        legs,
+    );
+    cv.rect(
+        gx + 0.02 * k,
+        gy - 0.48 * hm * k,
+        gx + 0.18 * k,
+        gy,
+        11,
+        legs,
+    );
+    cv.rect(
+        gx - 0.25 * k,
+        gy - 0.85 * hm * k,
+        gx + 0.25 * k,
+        gy - 0.46 * hm * k,
+        11,
+        c,
+    );
+    cv.ellipse(gx, gy - 0.92 * hm * k, 0.11 * k, 0.12 * k, 11, skin);
+}
+
+/// A bicycle (18) and its rider (12).
+fn paint_cyclist(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let bc = jitter(rng, 18, jit);
+    let r = 0.34 * k;
+    let (w0, w1) = (gx - 0.55 * k, gx + 0.55 * k);
+    cv.ring(w0, gy - r, r, 0.08 * k, 18, bc);
+    cv.ring(w1, gy - r, r, 0.08 * k, 18, bc);
+    let t = 0.07 * k;
+    cv.line([w0, gy - r, gx, gy - 2.0 * r], t, 18, bc);
+    cv.line([gx, gy - 2.0 * r, w1, gy - r], t, 18, bc);
+    cv.line([w0, gy - r, gx - 0.1 * k, gy - 2.3 * r], t, 18, bc);
+    let rc = jitter(rng, 12, jit);
+    let skin = [220.0, 180.0, 150.0];
+    cv.rect(
+        gx - 0.25 * k,
+        gy - 1.65 * k,
+        gx + 0.15 * k,
+        gy - 2.2 * r,
+        12,
+        rc,
+    );
+    cv.line(
+        [gx - 0.05 * k, gy - 2.2 * r, gx + 0.1 * k, gy - r],
+        0.12 * k,
+        12,
+        rc,
+    );
+    cv.ellipse(gx - 0.02 * k, gy - 1.75 * k, 0.11 * k, 0.12 * k, 12, skin);
+}
+
+/// A pole (5) carrying a traffic light (6) or a traffic sign (7).
+fn paint_pole(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, light: bool, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let hm = rng.random_range(3.2..4.5);
+    let pc = jitter(rng, 5, jit);
+    cv.rect(gx - 0.07 * k, gy - hm * k, gx + 0.07 * k, gy, 5, pc);
+    if light {
+        paint_traffic_light(cv, rng, at, hm, jit);
+    } else {
+        paint_traffic_sign(cv, rng, at, hm, jit);
+    }
+}
+
+/// A traffic light's box and its lit lamp on top of a pole `hm` metres high.
+fn paint_traffic_light(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let lc = jitter(rng, 6, jit * 0.5);
+    let (bx0, bx1) = (gx - 0.18 * k, gx + 0.18 * k);
+    let (by0, by1) = (gy - (hm + 0.9) * k, gy - hm * k);
+    cv.rect(bx0, by0, bx1, by1, 6, lc);
+    let lamp = match rng.random_range(0..3) {
+        0 => ([230.0, 40.0, 30.0], 0.2),
+        1 => ([240.0, 180.0, 20.0], 0.5),
+        _ => ([40.0, 220.0, 90.0], 0.8),
+    };
+    cv.ellipse(gx, by0 + (by1 - by0) * lamp.1, 0.1 * k, 0.1 * k, 6, lamp.0);
+}
+
+/// A square or round traffic sign on top of a pole `hm` metres high.
+fn paint_traffic_sign(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let sc = jitter(rng, 7, jit);
+    let cy = gy - (hm + 0.25) * k;
+    if rng.random_bool(0.5) {
+        cv.rect(
+            gx - 0.35 * k,
+            cy - 0.35 * k,
+            gx + 0.35 * k,
+            cy + 0.35 * k,
+            7,
+            sc,
+        );
+    } else {
+        cv.ellipse(gx, cy, 0.35 * k, 0.35 * k, 7, sc);
+    }
+}
+
+/// A tree: trunk and crown.
+fn paint_tree(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
+    let Spot { gx, gy, k } = at;
+    let hm = rng.random_range(4.0..8.0);
+    let vc = jitter(rng, 8, jit);
+    let trunk = [vc[0] * 0.5 + 50.0, vc[1] * 0.45 + 20.0, vc[2] * 0.4];
+    cv.rect(
+        gx - 0.15 * k,
+        gy - 0.6 * hm * k,
+        gx + 0.15 * k,
+        gy,
+        8,
+        trunk,
+    );
+    let r = rng.random_range(1.2..2.2);
+    cv.ellipse(gx, gy - (hm - r) * k, r * k, r * 0.9 * k, 8, vc);
+}
+
+/// One image's draws of the appearance, each effect scaled by the image's strength.
+struct Look {
+    tex: f32,
+    noise: f32,
+    blur: f32,
+    desat: f32,
+    light: f32,
+    blocks: f32,
+    cast_dir: [f32; 3],
+    cast: f32,
+    light_dir: f32,
+    /// Window grid spacing, pixels.
+    win: f32,
+    /// Seed of the texture and noise hashes.
+    seed: u32,
+}
+
+impl Look {
+    /// Draws the look (the order of the draws fixes the generated images).
+    fn draw(ap: &Appearance, rng: &mut ChaCha8Rng, salt: u32) -> Self {
+        let s = if ap.strength[1] > ap.strength[0] {
+            rng.random_range(ap.strength[0]..=ap.strength[1])
+        } else {
+            ap.strength[0]
+        };
+        let cast_dir: [f32; 3] = match rng.random_range(0..3) {
+            0 => [1.0, 0.45, -0.6], // warm
+            1 => [-0.5, 0.1, 0.9],  // cool
+            _ => [-0.2, 0.7, -0.3], // green-ish fluorescent
+        };
+        let cast = ap.cast * s * rng.random_range(0.6..1.0);
+        let light_dir = rng.random_range(-1.0f32..1.0);
+        let win = rng.random_range(7.0f32..12.0);
+        let seed = rng.random::<u32>() ^ salt;
+        Self {
+            tex: ap.texture * s,
+            noise: ap.noise * s,
+            blur: (ap.blur * s).min(1.0),
+            desat: (ap.desaturate * s).min(1.0),
+            light: ap.lighting * s,
+            blocks: (ap.blocks * s).min(1.0),
+            cast_dir,
+            cast,
+            light_dir,
+            win,
+            seed,
         }
     }
-    render(&cv, ap, &mut rng, index as u32 ^ (settings.seed as u32))
 }
 
 /// Turns the painted canvas into the domain's image.
 fn render(cv: &Canvas, ap: &Appearance, rng: &mut ChaCha8Rng, salt: u32) -> Scene {
     let (w, h) = (cv.w as usize, cv.h as usize);
-    let s = if ap.strength[1] > ap.strength[0] {
-        rng.random_range(ap.strength[0]..=ap.strength[1])
-    } else {
-        ap.strength[0]
-    };
-    let tex = ap.texture * s;
-    let noise = ap.noise * s;
-    let blur = (ap.blur * s).min(1.0);
-    let desat = (ap.desaturate * s).min(1.0);
-    let light = ap.lighting * s;
-    let blocks = (ap.blocks * s).min(1.0);
-    let cast_dir: [f32; 3] = match rng.random_range(0..3) {
-        0 => [1.0, 0.45, -0.6], // warm
-        1 => [-0.5, 0.1, 0.9],  // cool
-        _ => [-0.2, 0.7, -0.3], // green-ish fluorescent
-    };
-    let cast = ap.cast * s * rng.random_range(0.6..1.0);
-    let light_dir = rng.random_range(-1.0f32..1.0);
-    let win = rng.random_range(7.0f32..12.0);
-    let seed = rng.random::<u32>() ^ salt;
-    let mut img = vec![0f32; w * h * 3];
-    img.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
-        let fy = y as f32 + 0.5;
-        for x in 0..w {
-            let i = y * w + x;
-            let class = cv.label[i];
-            let mut c = cv.color[i];
-            let fx = x as f32 + 0.5;
-            if tex > 0.0 {
-                let m = match class {
-                    2 => {
-                        // window grid with per-block brightness
-                        let gx = (fx / win).fract();
-                        let gy = (fy / (win * 1.3)).fract();
-                        let window = gx > 0.3 && gx < 0.8 && gy > 0.25 && gy < 0.75;
-                        let b = 0.85 + 0.3 * value_noise(fx, fy, 30.0, seed);
-                        if window { b * (1.0 - 0.5 * tex) } else { b }
-                    }
-                    8 => {
-                        let n = 0.6 * value_noise(fx, fy, 3.0, seed ^ 1)
-                            + 0.4 * value_noise(fx, fy, 9.0, seed ^ 2);
-                        1.0 + tex * 0.9 * (n - 0.5)
-                    }
-                    9 => {
-                        let n = value_noise(fx, fy, 5.0, seed ^ 3);
-                        c = mix(c, [150.0, 125.0, 80.0], tex * 0.5 * n);
-                        1.0 + tex * 0.3 * (value_noise(fx, fy, 2.0, seed ^ 4) - 0.5)
-                    }
-                    10 => {
-                        let n = 0.65 * value_noise(fx, fy, 40.0, seed ^ 5)
-                            + 0.35 * value_noise(fx, fy, 12.0, seed ^ 6);
-                        let cloud = ((n - 0.45) * 2.5).clamp(0.0, 1.0) * tex;
-                        c = mix(c, [235.0, 235.0, 240.0], cloud * 0.85);
-                        1.0 - 0.1 * tex * (fy / h as f32)
-                    }
-                    0 => {
-                        let n = value_noise(fx, fy, 2.0, seed ^ 7) - 0.5;
-                        let patch = value_noise(fx, fy, 25.0, seed ^ 8) - 0.5;
-                        1.0 + tex * (0.25 * n + 0.35 * patch)
-                    }
-                    1 => {
-                        let line = (fx % 12.0) < 1.2 || (fy % 6.0) < 1.0;
-                        let n = value_noise(fx, fy, 3.0, seed ^ 9) - 0.5;
-                        (if line { 1.0 - 0.3 * tex } else { 1.0 }) + 0.2 * tex * n
-                    }
-                    3 | 4 => {
-                        let n = value_noise(fx, fy, 4.0, seed ^ 10) - 0.5;
-                        let slat = if class == 4 && (fx % 4.0) < 1.0 {
-                            1.0 - 0.35 * tex
-                        } else {
-                            1.0
-                        };
-                        slat + 0.3 * tex * n
-                    }
-                    13..=15 => {
-                        // specular sheen: brighter toward the top of each pixel row band
-                        1.0 + tex * 0.25 * (value_noise(fx, fy, 6.0, seed ^ 11) - 0.5)
-                    }
-                    _ => 1.0 + tex * 0.3 * (value_noise(fx, fy, 3.0, seed ^ 12) - 0.5),
-                };
-                c = [c[0] * m, c[1] * m, c[2] * m];
-            }
-            let sh = cv.shade[i];
-            let lx = fx / w as f32 - 0.5;
-            let ly = fy / h as f32 - 0.5;
-            let l = 1.0 + light * (light_dir * lx - 0.8 * (lx * lx + ly * ly));
-            for k in 0..3 {
-                row[x * 3 + k] = c[k] * sh * l;
-            }
-        }
-    });
-    if desat > 0.0 || cast > 0.0 {
+    let look = Look::draw(ap, rng, salt);
+    let mut img = shade(cv, &look);
+    if look.desat > 0.0 || look.cast > 0.0 {
         for p in img.chunks_exact_mut(3) {
             let g = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
-            for k in 0..3 {
-                p[k] = p[k] + (g - p[k]) * desat + cast * cast_dir[k];
+            for (v, dir) in p.iter_mut().zip(look.cast_dir) {
+                *v = *v + (g - *v) * look.desat + look.cast * dir;
             }
         }
     }
-    if blur > 0.0 {
+    if look.blur > 0.0 {
         let blurred = blur3(&img, w, h);
         for (p, b) in img.iter_mut().zip(&blurred) {
-            *p += (*b - *p) * blur;
+            *p += (*b - *p) * look.blur;
         }
     }
-    if noise > 0.0 {
-        img.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
-            for (x, p) in row.iter_mut().enumerate() {
-                // approximately Gaussian: sum of two uniforms, variance 1/6 -> scale
-                let a = hash01(x as i32, y as i32, seed ^ 0xA5A5);
-                let b = hash01(x as i32, y as i32, seed ^ 0x5A5A);
-                *p += noise * (a + b - 1.0) * 2.449;
-            }
-        });
+    if look.noise > 0.0 {
+        add_noise(&mut img, w, look.noise, look.seed);
     }
-    if blocks > 0.0 {
-        block_artefacts(&mut img, w, h, blocks);
+    if look.blocks > 0.0 {
+        block_artefacts(&mut img, w, h, look.blocks);
     }
     let rgb: Vec<u8> = img
         .iter()
@@ -1004,6 +1110,101 @@ fn render(cv: &Canvas, ap: &Appearance, rng: &mut ChaCha8Rng, salt: u32) -> Scen
         train_ids: image::GrayImage::from_raw(w as u32, h as u32, cv.label.clone())
             .expect("buffer size matches"),
     }
+}
+
+/// The canvas's colours with texture, shadows and lighting, as RGB floats.
+fn shade(cv: &Canvas, look: &Look) -> Vec<f32> {
+    let (w, h) = (cv.w as usize, cv.h as usize);
+    let mut img = vec![0f32; w * h * 3];
+    img.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        let fy = y as f32 + 0.5;
+        for x in 0..w {
+            let i = y * w + x;
+            let mut c = cv.color[i];
+            let fx = x as f32 + 0.5;
+            if look.tex > 0.0 {
+                let m = texture(&mut c, cv.label[i], fx, fy, look, h);
+                c = [c[0] * m, c[1] * m, c[2] * m];
+            }
+            let sh = cv.shade[i];
+            let lx = fx / w as f32 - 0.5;
+            let ly = fy / h as f32 - 0.5;
+            let l = 1.0 + look.light * (look.light_dir * lx - 0.8 * (lx * lx + ly * ly));
+            for k in 0..3 {
+                row[x * 3 + k] = c[k] * sh * l;
+            }
+        }
+    });
+    img
+}
+
+/// The texture of a pixel of `class` at (fx, fy): a brightness factor, after
+/// blending `c` toward a texture colour for terrain and clouds.
+fn texture(c: &mut [f32; 3], class: u8, fx: f32, fy: f32, look: &Look, h: usize) -> f32 {
+    let (tex, win, seed) = (look.tex, look.win, look.seed);
+    match class {
+        2 => {
+            // window grid with per-block brightness
+            let gx = (fx / win).fract();
+            let gy = (fy / (win * 1.3)).fract();
+            let window = gx > 0.3 && gx < 0.8 && gy > 0.25 && gy < 0.75;
+            let b = 0.85 + 0.3 * value_noise(fx, fy, 30.0, seed);
+            if window { b * (1.0 - 0.5 * tex) } else { b }
+        }
+        8 => {
+            let n =
+                0.6 * value_noise(fx, fy, 3.0, seed ^ 1) + 0.4 * value_noise(fx, fy, 9.0, seed ^ 2);
+            1.0 + tex * 0.9 * (n - 0.5)
+        }
+        9 => {
+            let n = value_noise(fx, fy, 5.0, seed ^ 3);
+            *c = mix(*c, [150.0, 125.0, 80.0], tex * 0.5 * n);
+            1.0 + tex * 0.3 * (value_noise(fx, fy, 2.0, seed ^ 4) - 0.5)
+        }
+        10 => {
+            let n = 0.65 * value_noise(fx, fy, 40.0, seed ^ 5)
+                + 0.35 * value_noise(fx, fy, 12.0, seed ^ 6);
+            let cloud = ((n - 0.45) * 2.5).clamp(0.0, 1.0) * tex;
+            *c = mix(*c, [235.0, 235.0, 240.0], cloud * 0.85);
+            1.0 - 0.1 * tex * (fy / h as f32)
+        }
+        0 => {
+            let n = value_noise(fx, fy, 2.0, seed ^ 7) - 0.5;
+            let patch = value_noise(fx, fy, 25.0, seed ^ 8) - 0.5;
+            1.0 + tex * (0.25 * n + 0.35 * patch)
+        }
+        1 => {
+            let line = (fx % 12.0) < 1.2 || (fy % 6.0) < 1.0;
+            let n = value_noise(fx, fy, 3.0, seed ^ 9) - 0.5;
+            (if line { 1.0 - 0.3 * tex } else { 1.0 }) + 0.2 * tex * n
+        }
+        3 | 4 => {
+            let n = value_noise(fx, fy, 4.0, seed ^ 10) - 0.5;
+            let slat = if class == 4 && (fx % 4.0) < 1.0 {
+                1.0 - 0.35 * tex
+            } else {
+                1.0
+            };
+            slat + 0.3 * tex * n
+        }
+        13..=15 => {
+            // specular sheen: brighter toward the top of each pixel row band
+            1.0 + tex * 0.25 * (value_noise(fx, fy, 6.0, seed ^ 11) - 0.5)
+        }
+        _ => 1.0 + tex * 0.3 * (value_noise(fx, fy, 3.0, seed ^ 12) - 0.5),
+    }
+}
+
+/// Approximately Gaussian sensor noise of standard deviation `noise`.
+fn add_noise(img: &mut [f32], w: usize, noise: f32, seed: u32) {
+    img.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        for (x, p) in row.iter_mut().enumerate() {
+            // approximately Gaussian: sum of two uniforms, variance 1/6 -> scale
+            let a = hash01(x as i32, y as i32, seed ^ 0xA5A5);
+            let b = hash01(x as i32, y as i32, seed ^ 0x5A5A);
+            *p += noise * (a + b - 1.0) * 2.449;
+        }
+    });
 }
 
 fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
