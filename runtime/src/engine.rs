@@ -731,7 +731,10 @@ mod tests {
         assert_eq!(order(Auto, "cpu"), Ok((vec![Cpu], 5)));
         assert_eq!(order(Tensorrt, "auto"), Ok((vec![Tensorrt], 5)));
         let e = order(Cuda, "cpu").unwrap_err();
-        assert!(e.contains("--device cpu conflicts with --provider cuda"), "{e}");
+        assert!(
+            e.contains("--device cpu conflicts with --provider cuda"),
+            "{e}"
+        );
         assert!(order(Cpu, "cuda:0").is_err());
     }
 
@@ -743,10 +746,7 @@ mod tests {
             vec![("session.intra_op.allow_spinning", "0".to_string())]
         );
         assert_eq!(o.max_batch(), DEFAULT_MAX_BATCH);
-        let o = EngineOptions {
-            max_batch: 3,
-            ..o
-        };
+        let o = EngineOptions { max_batch: 3, ..o };
         assert_eq!(o.max_batch(), 3);
         assert_eq!(
             EngineOptions::cuda_options(2),

@@ -104,7 +104,11 @@ fn slug(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let c = c.to_ascii_lowercase();
-        out.push(if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' });
+        out.push(if c.is_ascii_alphanumeric() || c == '.' {
+            c
+        } else {
+            '-'
+        });
     }
     out.trim_matches('-').to_string()
 }
@@ -288,9 +292,15 @@ pub fn provider_options(
         ("device_id", device_id.to_string()),
         ("trt_fp16_enable", flag(key.precision == Precision::Fp16)),
         ("trt_engine_cache_enable", flag(true)),
-        ("trt_engine_cache_path", paths.engine_dir.display().to_string()),
+        (
+            "trt_engine_cache_path",
+            paths.engine_dir.display().to_string(),
+        ),
         ("trt_timing_cache_enable", flag(true)),
-        ("trt_timing_cache_path", paths.timing_dir.display().to_string()),
+        (
+            "trt_timing_cache_path",
+            paths.timing_dir.display().to_string(),
+        ),
         ("trt_profile_min_shapes", Profile::shape(input, p.min)),
         ("trt_profile_opt_shapes", Profile::shape(input, p.opt)),
         ("trt_profile_max_shapes", Profile::shape(input, p.max)),
@@ -365,9 +375,7 @@ mod probe {
     fn open(names: &[&str]) -> Option<Library> {
         // SAFETY: loading NVIDIA's libraries runs their initialisers, which have no
         // preconditions; the same libraries ONNX Runtime's providers load.
-        names
-            .iter()
-            .find_map(|n| unsafe { Library::new(*n) }.ok())
+        names.iter().find_map(|n| unsafe { Library::new(*n) }.ok())
     }
 
     /// `getInferLibVersion()` of libnvinfer: major * 10000 + minor * 100 + patch.
@@ -497,7 +505,10 @@ mod tests {
         let a = read_model(&p).unwrap();
         assert_eq!(a.sha256, sha256_hex(&ld(6, b"first")));
         std::fs::write(&p, ld(6, b"second, longer")).unwrap();
-        assert_eq!(read_model(&p).unwrap().sha256, sha256_hex(&ld(6, b"second, longer")));
+        assert_eq!(
+            read_model(&p).unwrap().sha256,
+            sha256_hex(&ld(6, b"second, longer"))
+        );
         let err = read_model(&dir.path().join("missing.onnx")).unwrap_err();
         assert!(err.to_string().contains("missing.onnx"), "{err}");
     }
@@ -556,6 +567,9 @@ mod tests {
 
     #[test]
     fn slug_keeps_keys_path_safe() {
-        assert_eq!(slug("NVIDIA GeForce RTX 4090/x sm89"), "nvidia-geforce-rtx-4090-x-sm89");
+        assert_eq!(
+            slug("NVIDIA GeForce RTX 4090/x sm89"),
+            "nvidia-geforce-rtx-4090-x-sm89"
+        );
     }
 }

@@ -8,10 +8,17 @@
 //! skips scaled (Mul) and cropped by `Shape` → `Add` → `Slice`, so the crops follow the
 //! input size → `scores` (logits) and `train_ids` (ArgMax, Cast to uint8).
 //! Opset 17, IR version 8; weights are little-endian `raw_data` initialisers.
+//!
+//! A float16 model (`lse.precision` = `fp16`, [`Precision::Fp16`]) keeps the contract's
+//! types at both ends: the float32 input is cast to float16 after the mean is
+//! subtracted, every weight and every layer is float16, and the cropped logits are cast
+//! back to float32 before they become `scores` and before the ArgMax, so the arg-max
+//! and the runtime's softmax run in float32. Its check is the arg-max agreement with
+//! the float32 network ([`check_agreement`]).
 
 use std::path::{Path, PathBuf};
 
-use lse_runtime::contract::{self, ModelMeta};
+use lse_runtime::contract::{self, ModelMeta, Precision};
 use onnx_protobuf::{
     AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
@@ -55,6 +62,20 @@ pub enum ExportError {
     },
     #[error("parity check of {path} could not run: {message}")]
     ParityRun { path: PathBuf, message: String },
+    #[error(
+        "agreement check failed for {path}: the {precision} model's arg-max agrees with the \
+         float32 network on {agreement:.2} % of the pixels of a {shape:?} probe ({flips} of \
+         {pixels} differ); at least {min:.2} % is required"
+    )]
+    Agreement {
+        path: PathBuf,
+        precision: Precision,
+        shape: Vec<i64>,
+        agreement: f64,
+        min: f64,
+        flips: usize,
+        pixels: usize,
+    },
 }
 
 /// Builds the graph node by node; names stay unique through a counter.
@@ -62,6 +83,8 @@ struct Builder {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     n: usize,
+    /// The type of the weights and of every layer between the two casts.
+    float: DataType,
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -129,11 +152,11 @@ impl Builder {
         out
     }
 
-    fn init_f32(&mut self, name: &str, dims: &[i64], bytes: Vec<u8>) -> String {
+    fn init(&mut self, name: &str, dims: &[i64], elem: DataType, bytes: Vec<u8>) -> String {
         let mut t = TensorProto::new();
         t.name = name.into();
         t.dims = dims.to_vec();
-        t.data_type = DataType::FLOAT as i32;
+        t.data_type = elem as i32;
         t.raw_data = bytes;
         self.inits.push(t);
         name.to_string()
@@ -141,7 +164,27 @@ impl Builder {
 
     fn const_f32(&mut self, name: &str, dims: &[i64], v: &[f32]) -> String {
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.init_f32(name, dims, bytes)
+        self.init(name, dims, DataType::FLOAT, bytes)
+    }
+
+    /// A constant in the layers' type (float16 rounds to nearest even, as libtorch does).
+    fn const_float(&mut self, name: &str, dims: &[i64], v: &[f32]) -> String {
+        let t = Tensor::from_slice(v).to_kind(self.kind());
+        self.init(name, dims, self.float, tensor_bytes(&t))
+    }
+
+    /// The libtorch kind of [`Builder::float`].
+    fn kind(&self) -> tch::Kind {
+        if self.float == DataType::FLOAT16 {
+            tch::Kind::Half
+        } else {
+            tch::Kind::Float
+        }
+    }
+
+    /// `x` cast to `to`.
+    fn cast(&mut self, name: &str, x: &str, to: DataType) -> String {
+        self.node("Cast", name, &[x], vec![attr_int("to", to as i64)])
     }
 
     fn const_i64(&mut self, name: &str, v: &[i64]) -> String {
@@ -162,8 +205,8 @@ impl Builder {
         let t = vars
             .get(name)
             .ok_or_else(|| ExportError::MissingParameter(name.into()))?
-            .to_kind(tch::Kind::Float);
-        Ok(self.init_f32(name, &t.size(), tensor_bytes(&t)))
+            .to_kind(self.kind());
+        Ok(self.init(name, &t.size(), self.float, tensor_bytes(&t)))
     }
 
     fn conv(
@@ -222,33 +265,18 @@ impl Builder {
     }
 }
 
-/// Builds the ONNX model of `net` with `meta` as its metadata.
-pub fn build_model(
-    net: &Fcn8s,
-    vs: &tch::nn::VarStore,
-    meta: &ModelMeta,
-) -> Result<ModelProto, ExportError> {
-    let s = &net.spec;
-    let vars = vs.variables();
-    let mut b = Builder {
-        nodes: Vec::new(),
-        inits: Vec::new(),
-        n: 0,
-    };
-    // Preprocessing inside the graph: RGB -> BGR, minus the mean.
-    let order = b.const_i64("preprocess.bgr_order", &[2, 1, 0]);
-    let bgr = b.node(
-        "Gather",
-        "preprocess",
-        &[contract::INPUT, &order],
-        vec![attr_int("axis", 1)],
-    );
-    let mean = b.const_f32("preprocess.mean_bgr", &[1, 3, 1, 1], &meta.mean_bgr);
-    let mut x = b.node("Sub", "preprocess", &[&bgr, &mean], vec![]);
+/// The network's nodes from the preprocessed input `x` to the cropped logits (in the
+/// layers' type).
+fn network(
+    b: &mut Builder,
+    vars: &std::collections::HashMap<String, Tensor>,
+    s: &crate::fcn8s::Fcn8sSpec,
+    mut x: String,
+) -> Result<String, ExportError> {
     let mut pools = Vec::new();
     for (i, stage) in s.stages.iter().enumerate() {
         for c in stage {
-            let y = b.conv(&vars, c, &x)?;
+            let y = b.conv(vars, c, &x)?;
             x = b.node("Relu", c.name, &[&y], vec![]);
         }
         x = b.node(
@@ -264,41 +292,32 @@ pub fn build_model(
         );
         pools.push(x.clone());
     }
-    let y = b.conv(&vars, &s.fc6, &x)?;
+    let y = b.conv(vars, &s.fc6, &x)?;
     x = b.node("Relu", "fc6", &[&y], vec![]);
-    let y = b.conv(&vars, &s.fc7, &x)?;
+    let y = b.conv(vars, &s.fc7, &x)?;
     x = b.node("Relu", "fc7", &[&y], vec![]);
-    let score_fr = b.conv(&vars, &s.score_fr, &x)?;
-    let upscore2 = b.up(&vars, &s.upscore2, &score_fr)?;
+    let score_fr = b.conv(vars, &s.score_fr, &x)?;
+    let upscore2 = b.up(vars, &s.upscore2, &score_fr)?;
 
-    let k4 = b.const_f32("score_pool4.scale", &[], &[s.pool4_scale as f32]);
+    let k4 = b.const_float("score_pool4.scale", &[], &[s.pool4_scale as f32]);
     let p4 = b.node("Mul", "score_pool4", &[&pools[3], &k4], vec![]);
-    let sp4 = b.conv(&vars, &s.score_pool4, &p4)?;
+    let sp4 = b.conv(vars, &s.score_pool4, &p4)?;
     let sp4 = b.crop("score_pool4c", &sp4, s.crop_pool4, &upscore2);
     let fuse4 = b.node("Add", "fuse_pool4", &[&upscore2, &sp4], vec![]);
-    let upscore_pool4 = b.up(&vars, &s.upscore_pool4, &fuse4)?;
+    let upscore_pool4 = b.up(vars, &s.upscore_pool4, &fuse4)?;
 
-    let k3 = b.const_f32("score_pool3.scale", &[], &[s.pool3_scale as f32]);
+    let k3 = b.const_float("score_pool3.scale", &[], &[s.pool3_scale as f32]);
     let p3 = b.node("Mul", "score_pool3", &[&pools[2], &k3], vec![]);
-    let sp3 = b.conv(&vars, &s.score_pool3, &p3)?;
+    let sp3 = b.conv(vars, &s.score_pool3, &p3)?;
     let sp3 = b.crop("score_pool3c", &sp3, s.crop_pool3, &upscore_pool4);
     let fuse3 = b.node("Add", "fuse_pool3", &[&upscore_pool4, &sp3], vec![]);
-    let upscore8 = b.up(&vars, &s.upscore8, &fuse3)?;
-    let scores = b.crop("score", &upscore8, s.crop_out, contract::INPUT);
-    let argmax = b.node(
-        "ArgMax",
-        "train_ids",
-        &[&scores],
-        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
-    );
-    let ids = b.node(
-        "Cast",
-        "train_ids",
-        &[&argmax],
-        vec![attr_int("to", DataType::UINT8 as i64)],
-    );
-    // Name the two graph outputs as the contract says.
-    for n in b.nodes.iter_mut() {
+    let upscore8 = b.up(vars, &s.upscore8, &fuse3)?;
+    Ok(b.crop("score", &upscore8, s.crop_out, contract::INPUT))
+}
+
+/// Renames the node outputs `scores` and `ids` to the contract's output names.
+fn name_outputs(nodes: &mut [NodeProto], scores: &str, ids: &str) {
+    for n in nodes.iter_mut() {
         for o in n.output.iter_mut() {
             if *o == scores {
                 *o = contract::OUTPUT_SCORES.into();
@@ -312,8 +331,52 @@ pub fn build_model(
             }
         }
     }
+}
 
-    let c = s.config.classes;
+/// The graph of `net`: preprocessing, the network in `meta.precision`, float32
+/// `scores` and the uint8 arg-max `train_ids`.
+fn build_graph(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+) -> Result<GraphProto, ExportError> {
+    let vars = vs.variables();
+    let mut b = Builder {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        n: 0,
+        float: match meta.precision {
+            Precision::Fp32 => DataType::FLOAT,
+            Precision::Fp16 => DataType::FLOAT16,
+        },
+    };
+    // Preprocessing inside the graph: RGB -> BGR, minus the mean (in float32).
+    let order = b.const_i64("preprocess.bgr_order", &[2, 1, 0]);
+    let bgr = b.node(
+        "Gather",
+        "preprocess",
+        &[contract::INPUT, &order],
+        vec![attr_int("axis", 1)],
+    );
+    let mean = b.const_f32("preprocess.mean_bgr", &[1, 3, 1, 1], &meta.mean_bgr);
+    let mut x = b.node("Sub", "preprocess", &[&bgr, &mean], vec![]);
+    if b.float != DataType::FLOAT {
+        x = b.cast("preprocess", &x, b.float);
+    }
+    let mut scores = network(&mut b, &vars, &net.spec, x)?;
+    if b.float != DataType::FLOAT {
+        scores = b.cast("score", &scores, DataType::FLOAT);
+    }
+    let argmax = b.node(
+        "ArgMax",
+        "train_ids",
+        &[&scores],
+        vec![attr_int("axis", 1), attr_int("keepdims", 0)],
+    );
+    let ids = b.cast("train_ids", &argmax, DataType::UINT8);
+    name_outputs(&mut b.nodes, &scores, &ids);
+
+    let c = net.spec.config.classes;
     let mut graph = GraphProto::new();
     graph.name = "vgg16_fcn8s".into();
     graph.node = b.nodes;
@@ -332,6 +395,16 @@ pub fn build_model(
             tensor_type(DataType::FLOAT, &[Err("N"), Ok(c), Err("H"), Err("W")]),
         ),
     ];
+    Ok(graph)
+}
+
+/// Builds the ONNX model of `net` with `meta` as its metadata (and its precision).
+pub fn build_model(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+) -> Result<ModelProto, ExportError> {
+    let graph = build_graph(net, vs, meta)?;
     let mut model = ModelProto::new();
     model.ir_version = IR_VERSION;
     let mut opset = OperatorSetIdProto::new();
@@ -564,6 +637,38 @@ pub fn check_parity(
             atol: tol.atol,
             flips: p.argmax_disagreements,
             unexplained,
+            pixels: p.pixels,
+        });
+    }
+    Ok(p)
+}
+
+/// The least arg-max agreement with the float32 network, in percent, that a float16
+/// export must reach.
+pub const MIN_AGREEMENT: f64 = 99.5;
+
+/// The check of a reduced-precision export: its arg-max agrees with the float32
+/// network `net` on at least `min` percent of the probe's pixels, and every logit it
+/// returns is finite (float16 overflows to infinity).
+pub fn check_agreement(
+    net: &Fcn8s,
+    path: &Path,
+    rgb: &Tensor,
+    engine_opts: &lse_runtime::engine::EngineOptions,
+    precision: Precision,
+    min: f64,
+) -> Result<Parity, ExportError> {
+    let p = parity(net, path, rgb, engine_opts)?;
+    let finite = p.max_abs_diff.is_finite() && p.max_abs_logit.is_finite();
+    // NaN logits make every comparison false: `!(a >= min)` refuses them too.
+    if !finite || !(p.argmax_agreement >= min) {
+        return Err(ExportError::Agreement {
+            path: path.to_path_buf(),
+            precision,
+            shape: p.shape,
+            agreement: if finite { p.argmax_agreement } else { 0.0 },
+            min,
+            flips: p.argmax_disagreements,
             pixels: p.pixels,
         });
     }

@@ -1,0 +1,216 @@
+//! `lse-train export --precision fp16`: float16 weights and layers behind a float32
+//! input, float32 scores and arg-max, uint8 train ids; the contract records the
+//! precision; ONNX Runtime's CPU provider runs the file; the export's check refuses a
+//! model whose arg-max agrees with the float32 network on less than 99.5 % of pixels.
+//!
+//! On an x86 CPU, ONNX Runtime has no float16 kernels for Conv, ConvTranspose, MaxPool,
+//! Relu, Add or Mul: it casts the float16 weights to float32 when the session is
+//! created and computes in float32. These tests therefore check the graph, the weight
+//! rounding and the casts; float16 arithmetic itself runs on a GPU
+//! (`scripts/gpu-check.sh`).
+
+use std::path::{Path, PathBuf};
+
+use lse_runtime::contract::{self, Precision};
+use lse_runtime::engine::{Engine, EngineOptions, Provider};
+use lse_trainer::checkpoint::{self, CheckpointMeta};
+use lse_trainer::cli::export::{ExportOptions, export_checked_as};
+use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
+use onnx_protobuf::{Message, ModelProto, tensor_proto::DataType};
+use tch::{Device, nn};
+
+const CONFIG: Fcn8sConfig = Fcn8sConfig {
+    width: 0.125,
+    classes: 19,
+};
+
+/// A fresh small network, its score layers multiplied by `score_scale`, saved as a
+/// checkpoint in `dir`.
+fn checkpoint(dir: &Path, score_scale: f64) -> PathBuf {
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = Fcn8s::new(&vs.root(), CONFIG, InitScheme::Scratch);
+    for (name, var) in vs.variables() {
+        if name.starts_with("score_") {
+            let mut v = var.shallow_clone();
+            tch::no_grad(|| {
+                let _ = v.f_mul_scalar_(score_scale).unwrap();
+            });
+        }
+    }
+    let path = dir.join("net.safetensors");
+    let meta = CheckpointMeta::new(CONFIG, InitScheme::Scratch);
+    checkpoint::save_network(&path, &vs, &meta).unwrap();
+    path
+}
+
+fn options() -> ExportOptions {
+    ExportOptions {
+        train_size: Some([64, 32]),
+        check: true,
+        tolerance: Default::default(),
+        ort_lib: None,
+    }
+}
+
+fn elem_type(v: &onnx_protobuf::ValueInfoProto) -> i32 {
+    match &v.type_.value {
+        Some(onnx_protobuf::type_proto::Value::TensorType(t)) => t.elem_type,
+        other => panic!("{} is not a tensor: {other:?}", v.name),
+    }
+}
+
+/// Every weight is float16; the input, `scores` and the mean are float32; the three
+/// casts sit where the precision changes; the arg-max reads the float32 scores.
+fn assert_fp16_graph(path: &Path) {
+    let m = ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    for t in &g.initializer {
+        let want = if t.name.ends_with(".weight") || t.name.ends_with(".bias") {
+            DataType::FLOAT16
+        } else if t.name == "preprocess.mean_bgr" {
+            DataType::FLOAT
+        } else if t.name.ends_with(".scale") {
+            DataType::FLOAT16
+        } else {
+            DataType::INT64
+        };
+        assert_eq!(t.data_type, want as i32, "initializer {}", t.name);
+    }
+    assert_eq!(elem_type(&g.input[0]), DataType::FLOAT as i32);
+    let outs: Vec<(String, i32)> = g
+        .output
+        .iter()
+        .map(|o| (o.name.clone(), elem_type(o)))
+        .collect();
+    assert_eq!(
+        outs,
+        vec![
+            (
+                contract::OUTPUT_TRAIN_IDS.to_string(),
+                DataType::UINT8 as i32
+            ),
+            (contract::OUTPUT_SCORES.to_string(), DataType::FLOAT as i32),
+        ]
+    );
+    let casts: Vec<i64> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Cast")
+        .map(|n| n.attribute[0].i)
+        .collect();
+    let want = [DataType::FLOAT16, DataType::FLOAT, DataType::UINT8].map(|d| d as i64);
+    assert_eq!(casts, want);
+    let argmax = g.node.iter().find(|n| n.op_type == "ArgMax").unwrap();
+    assert_eq!(argmax.input, vec![contract::OUTPUT_SCORES.to_string()]);
+    let producer = g
+        .node
+        .iter()
+        .find(|n| n.output.contains(&contract::OUTPUT_SCORES.to_string()))
+        .unwrap();
+    assert_eq!(producer.op_type, "Cast");
+    assert_eq!(producer.attribute[0].i, DataType::FLOAT as i64);
+}
+
+/// The `onnx` package's full check, from the project's .venv (scripts/setup.sh).
+fn onnx_checker(path: &Path) {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let out = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import onnx, sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)",
+        ])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", py.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Train ids of both models on a few synthetic target images at the training size.
+fn agreement(fp32: &Path, fp16: &Path) -> f64 {
+    let opts = EngineOptions {
+        provider: Provider::Cpu,
+        threads: 1,
+        ..Default::default()
+    };
+    let mut a = Engine::load(fp32, &opts).unwrap();
+    let mut b = Engine::load(fp16, &opts).unwrap();
+    assert_eq!(a.meta().precision, Precision::Fp32);
+    assert_eq!(b.meta().precision, Precision::Fp16);
+    let settings = lse_runtime::synth::SynthSettings::default();
+    let (mut same, mut total) = (0usize, 0usize);
+    for i in 0..3 {
+        let scene = lse_runtime::synth::generate(&settings, lse_runtime::synth::Part::TargetVal, i);
+        let input = lse_runtime::predict::prepare(&scene.image, [64, 32]).unwrap();
+        let x = ndarray::Array4::from_shape_vec((1, 3, 32, 64), input).unwrap();
+        let (ya, yb) = (a.run(x.view()).unwrap(), b.run(x.view()).unwrap());
+        assert!(yb.scores.iter().all(|v| v.is_finite()));
+        same += ya
+            .train_ids
+            .iter()
+            .zip(yb.train_ids.iter())
+            .filter(|(p, q)| p == q)
+            .count();
+        total += ya.train_ids.shape().iter().product::<usize>();
+    }
+    100.0 * same as f64 / total as f64
+}
+
+#[test]
+fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = checkpoint(dir.path(), 1.0);
+    let (m16, m32) = (dir.path().join("m16.onnx"), dir.path().join("m32.onnx"));
+    let report = export_checked_as(&ckpt, &m16, &options(), Precision::Fp16).unwrap();
+    assert_eq!(report["precision"], "fp16");
+    let parity = &report["parity"];
+    assert_eq!(parity["min_agreement"], 99.5);
+    assert!(
+        parity["argmax_agreement"].as_f64().unwrap() >= 99.5,
+        "{parity}"
+    );
+    assert_eq!(parity["provider"], "cpu");
+    assert_fp16_graph(&m16);
+    onnx_checker(&m16);
+    export_checked_as(&ckpt, &m32, &options(), Precision::Fp32).unwrap();
+    // Half the weight bytes of the float32 file.
+    let (s16, s32) = (
+        std::fs::metadata(&m16).unwrap().len(),
+        std::fs::metadata(&m32).unwrap().len(),
+    );
+    assert!(s16 * 10 < s32 * 6, "{s16} vs {s32} bytes");
+    // The runtime reads the metadata (precision included) from the bytes, before any
+    // session exists, as ONNX Runtime does (the TensorRT cache key needs it).
+    let props = lse_runtime::trt::metadata_props(&std::fs::read(&m16).unwrap()).unwrap();
+    let meta = contract::ModelMeta::from_props(&props).unwrap();
+    assert_eq!(meta.precision, Precision::Fp16);
+    assert_eq!(meta.train_size, [64, 32]);
+    let agree = agreement(&m32, &m16);
+    assert!(
+        agree >= 99.5,
+        "arg-max agreement on synthetic images {agree:.3} %"
+    );
+}
+
+#[test]
+fn fp16_export_under_the_agreement_is_refused_and_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    // Score weights near 1e-7 underflow in float16: the logits collapse, the arg-max
+    // no longer follows the float32 network.
+    let ckpt = checkpoint(dir.path(), 1e-6);
+    let out = dir.path().join("m16.onnx");
+    let err = export_checked_as(&ckpt, &out, &options(), Precision::Fp16).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("agreement check failed"), "{msg}");
+    assert!(msg.contains("at least 99.50 % is required"), "{msg}");
+    assert!(msg.contains("m16.onnx.failed"), "{msg}");
+    assert!(!out.exists());
+    assert!(dir.path().join("m16.onnx.failed").is_file());
+    // The same network in float32 passes its parity check.
+    let out32 = dir.path().join("m32.onnx");
+    export_checked_as(&ckpt, &out32, &options(), Precision::Fp32).unwrap();
+}
