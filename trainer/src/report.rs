@@ -20,7 +20,7 @@ use anyhow::Context;
 use base64::Engine;
 use lse_runtime::labels;
 
-use crate::run::{self, RoundStats, RunDir, RunRecord};
+use crate::run::{self, Phase, RoundStats, RunDir, RunRecord};
 
 /// File names of one pictured confident image in `samples/round-NN/`.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +132,7 @@ fn header(h: &mut String, title: &str, record: &RunRecord) -> anyhow::Result<()>
     let miou = |e: &Option<serde_json::Value>| pct(e.as_ref().and_then(|e| e["miou"].as_f64()));
     writeln!(h, "<h1>{}</h1><table>", esc(title))?;
     let rows = [
-        ("status", record.status.clone()),
+        ("status", record.status.to_string()),
         ("source", record.source.clone()),
         (
             "target",
@@ -170,18 +170,11 @@ fn rounds_table(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
     );
     for r in &record.rounds {
         let d = r.diagnostics.as_ref();
-        let secs = [
-            "rank",
-            "thresholds",
-            "generate",
-            "diagnostics",
-            "train",
-            "eval",
-        ]
-        .iter()
-        .map(|k| r.seconds.get(*k).map_or("–".into(), |s| format!("{s:.0}")))
-        .collect::<Vec<_>>()
-        .join(" / ");
+        let secs = Phase::ROUND
+            .iter()
+            .map(|k| r.seconds.get(k).map_or("–".into(), |s| format!("{s:.0}")))
+            .collect::<Vec<_>>()
+            .join(" / ");
         writeln!(
             h,
             "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\

@@ -44,6 +44,90 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What a run does: `lse-train train` (source-only) or `lse-train adapt` (LSE); in
+/// `run.json` as `"train"` / `"adapt"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunCommand {
+    Train,
+    Adapt,
+}
+
+impl RunCommand {
+    /// The subcommand's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunCommand::Train => "train",
+            RunCommand::Adapt => "adapt",
+        }
+    }
+
+    /// The method recorded in `run.json` and in the model's metadata.
+    pub fn method(self) -> &'static str {
+        match self {
+            RunCommand::Train => "source-only",
+            RunCommand::Adapt => "lse",
+        }
+    }
+}
+
+impl std::fmt::Display for RunCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a run stands; in `run.json` as `"running"` / `"finished"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Finished,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Running => "running",
+            RunStatus::Finished => "finished",
+        })
+    }
+}
+
+/// A phase of a run whose wall time is recorded (`phase_seconds` of the run, `seconds`
+/// of a round). The variants are declared in alphabetical order so that the maps keyed
+/// by them keep the order `run.json` always had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Diagnostics,
+    Eval,
+    Generate,
+    Rank,
+    Thresholds,
+    Train,
+}
+
+impl Phase {
+    /// The phases of a round in the order they run.
+    pub const ROUND: [Phase; 6] = [
+        Phase::Rank,
+        Phase::Thresholds,
+        Phase::Generate,
+        Phase::Diagnostics,
+        Phase::Train,
+        Phase::Eval,
+    ];
+
+    /// The phases of a round's preparation ([`Phase::ROUND`] before training).
+    pub const PREPARATION: [Phase; 4] = [
+        Phase::Rank,
+        Phase::Thresholds,
+        Phase::Generate,
+        Phase::Diagnostics,
+    ];
+}
+
 /// Statistics of one adaptation round.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundStats {
@@ -76,7 +160,7 @@ pub struct RoundStats {
     /// Target val mIoU after the round (when val labels exist).
     pub miou: Option<f64>,
     /// Wall seconds per phase (rank, thresholds, generate, diagnostics, train, eval).
-    pub seconds: BTreeMap<String, f64>,
+    pub seconds: BTreeMap<Phase, f64>,
     /// Classes whose threshold is NaN (a degenerate group in the boundary image, kept
     /// whole under `degenerate_groups = "keep"`; NaN is written as null above).
     #[serde(default)]
@@ -134,7 +218,7 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// `train` (source-only) or `adapt` (LSE).
-    pub command: String,
+    pub command: RunCommand,
     /// `source-only` or `lse`.
     pub method: String,
     pub init: PathBuf,
@@ -143,10 +227,10 @@ pub struct RunRecord {
     pub versions: BTreeMap<String, String>,
     pub started: f64,
     pub ended: Option<f64>,
-    pub status: String,
+    pub status: RunStatus,
     pub sessions: Vec<Session>,
     /// Total wall seconds per phase over all sessions.
-    pub phase_seconds: BTreeMap<String, f64>,
+    pub phase_seconds: BTreeMap<Phase, f64>,
     pub rounds: Vec<RoundStats>,
     /// The final evaluation (report JSON), when val labels exist.
     pub evaluation: Option<serde_json::Value>,
@@ -383,6 +467,27 @@ target val mIoU in percent after each evaluation (green); x axis: iteration.";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_json_names_are_unchanged() {
+        let names = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for (c, n) in [(RunCommand::Train, "train"), (RunCommand::Adapt, "adapt")] {
+            assert_eq!(names(serde_json::to_value(c).unwrap()), n);
+            assert_eq!(c.to_string(), n);
+        }
+        for (s, n) in [
+            (RunStatus::Running, "running"),
+            (RunStatus::Finished, "finished"),
+        ] {
+            assert_eq!(names(serde_json::to_value(s).unwrap()), n);
+            assert_eq!(s.to_string(), n);
+        }
+        let seconds: BTreeMap<Phase, f64> = Phase::ROUND.iter().map(|&p| (p, 1.0)).collect();
+        assert_eq!(
+            serde_json::to_string(&seconds).unwrap(),
+            r#"{"diagnostics":1.0,"eval":1.0,"generate":1.0,"rank":1.0,"thresholds":1.0,"train":1.0}"#
+        );
+    }
 
     #[test]
     fn metrics_are_truncated_to_the_checkpoint() {

@@ -40,7 +40,9 @@ use crate::config::Config;
 use crate::data::{self, Batch, Order};
 use crate::fcn8s::Fcn8s;
 use crate::optim::Adam;
-use crate::run::{self, LoopState, RoundStats, RunDir, RunRecord, Session};
+use crate::run::{
+    self, LoopState, Phase, RoundStats, RunCommand, RunDir, RunRecord, RunStatus, Session,
+};
 use crate::{losses, lse};
 
 mod round;
@@ -57,6 +59,30 @@ struct RoundExamples {
 }
 
 impl RoundExamples {
+    /// The batch of examples `picks` (`(image, window)`), their target images taken in
+    /// order from `targets`.
+    fn batch(
+        &self,
+        picks: &[(usize, i64)],
+        targets: &mut data::Prefetch<(usize, Tensor)>,
+    ) -> anyhow::Result<Batch> {
+        let mut imgs = Vec::with_capacity(picks.len());
+        for &(i, w) in picks {
+            let (_, img) = targets.recv()?;
+            imgs.push(lse::window_image(&img, &self.windows[i][w as usize]));
+        }
+        Ok(Batch {
+            images: Tensor::stack(&imgs, 0),
+            labels: Tensor::stack(
+                &picks
+                    .iter()
+                    .map(|&(i, w)| self.labels[i].get(w).to_kind(Kind::Int64))
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+        })
+    }
+
     /// The windows as one `|S| x K x 4` tensor of `(y, x, h, w)`.
     fn windows_tensor(&self) -> Tensor {
         let wins: Vec<i64> = self
@@ -332,10 +358,229 @@ fn check_classes(model: &Model, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The datasets a run reads.
+struct RunData {
+    source: Arc<Dataset>,
+    target: Option<Arc<Dataset>>,
+    val: Option<Arc<Dataset>>,
+}
+
+/// The run directory, configuration and record of a run to continue.
+fn resumed_run(command: RunCommand, out: &Path) -> anyhow::Result<(RunDir, Config, RunRecord)> {
+    let run = RunDir::open(out)?;
+    let cfg = run.read_config()?;
+    let record = run.read_record()?;
+    if record.command != command {
+        anyhow::bail!(
+            "{} is a `{}` run; resume it with `lse-train {} --resume {}`",
+            out.display(),
+            record.command,
+            record.command,
+            out.display()
+        );
+    }
+    Ok((run, cfg, record))
+}
+
+/// The run directory (not created yet), configuration and record of a new run.
+fn new_run(
+    command: RunCommand,
+    cfg: Config,
+    inputs: &RunInputs,
+    out: &Path,
+) -> anyhow::Result<(RunDir, Config, RunRecord)> {
+    cfg.validate()?;
+    // The folder is created only once every input is checked (in `Trainer::open`),
+    // so a bad input leaves nothing behind.
+    let run = RunDir::new(out);
+    run.refuse_existing()?;
+    let record = RunRecord {
+        command,
+        method: command.method().into(),
+        init: inputs.init.clone(),
+        source: inputs.source.to_string(),
+        target: inputs.target.as_ref().map(|t| t.to_string()),
+        versions: run::versions(),
+        started: run::now_unix(),
+        ended: None,
+        status: RunStatus::Running,
+        sessions: Vec::new(),
+        phase_seconds: BTreeMap::new(),
+        rounds: Vec::new(),
+        evaluation: None,
+        initial_evaluation: None,
+        miou_curve: Vec::new(),
+        plot_legend: run::PLOT_LEGEND.into(),
+        train_size: cfg.target_size,
+        width: 0.0,
+        classes: 0,
+        init_scheme: String::new(),
+    };
+    Ok((run, cfg, record))
+}
+
+/// Checks the record's datasets and opens them: the source (train split, labelled),
+/// the target's `target_split` (adaptation only) and its `val_split` (when it has
+/// labels and evaluation is on).
+fn open_datasets(
+    command: RunCommand,
+    cfg: &Config,
+    record: &RunRecord,
+    source_list: Option<&Path>,
+) -> anyhow::Result<(DatasetSpec, RunData)> {
+    let source: DatasetSpec = record.source.parse()?;
+    let target: Option<DatasetSpec> = record.target.as_deref().map(str::parse).transpose()?;
+    if source.kind == DatasetKind::Cityscapes && command == RunCommand::Adapt {
+        anyhow::bail!("the adaptation source must be gta5:DIR or synthia:DIR (got {source})");
+    }
+    if let Some(t) = &target
+        && t.kind != DatasetKind::Cityscapes
+    {
+        anyhow::bail!("the target must be cityscapes:DIR (got {t})");
+    }
+    let source_ds = Arc::new(
+        Dataset::open_spec(&source, "train", source_list)
+            .with_context(|| format!("opening the source {source}"))?,
+    );
+    if !source_ds.has_labels() {
+        anyhow::bail!("the source {source} has no labels (source training needs them)");
+    }
+    let target_ds = match (&target, command) {
+        (Some(t), RunCommand::Adapt) => Some(Arc::new(
+            Dataset::open_spec(t, &cfg.target_split, None)
+                .with_context(|| format!("opening the target {t} (split {})", cfg.target_split))?,
+        )),
+        _ => None,
+    };
+    let data = RunData {
+        source: source_ds,
+        target: target_ds,
+        val: open_val(target.as_ref(), cfg),
+    };
+    Ok((source, data))
+}
+
+/// The target's labelled `val_split` when evaluation is on; `None` (logged) when it
+/// cannot be opened or has no labels.
+fn open_val(target: Option<&DatasetSpec>, cfg: &Config) -> Option<Arc<Dataset>> {
+    match target {
+        Some(t) if cfg.evaluate => match Dataset::open_spec(t, &cfg.val_split, None) {
+            Ok(d) if d.has_labels() => Some(Arc::new(d)),
+            Ok(_) => {
+                tracing::info!(
+                    "target split {} has no labels: no evaluation",
+                    cfg.val_split
+                );
+                None
+            }
+            Err(e) => {
+                tracing::info!("no evaluation: {e}");
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
+/// The optimiser state saved in a resumable checkpoint.
+type SavedTensors = HashMap<String, Tensor>;
+
+/// The network: the last resumable checkpoint of a resumed run (with its loop state
+/// and saved tensors), else `--init`.
+fn load_model(
+    run: &RunDir,
+    record: &RunRecord,
+    cfg: &Config,
+    device: Device,
+    resume: bool,
+) -> anyhow::Result<(Model, LoopState, Option<SavedTensors>)> {
+    let last = run.last_path();
+    if resume && last.is_file() {
+        let model = Model::load(&last, device, None)?;
+        let (tensors, state) = run::load_state(&last)?;
+        Ok((model, state, Some(tensors)))
+    } else {
+        let model = Model::load(&record.init, device, Some(cfg))
+            .with_context(|| format!("loading --init {}", record.init.display()))?;
+        Ok((model, LoopState::default(), None))
+    }
+}
+
+/// Checks that the network's classes are those of the source.
+fn check_model(model: &Model, source: &DatasetSpec) -> anyhow::Result<()> {
+    check_classes(model, &format!("source {source}"))?;
+    // A run's checkpoint names its source as `kind:DIR`, a published one by its
+    // summary; both tell the kind.
+    if let Some(src) = model.meta.extra.get("source")
+        && let Some(trained) = DatasetSummary::describe(src)
+        && subset_for(trained.kind) != subset_for(source.kind)
+    {
+        anyhow::bail!(
+            "class sets differ: the checkpoint was trained on a {} source ({} classes), \
+             the source given is {} ({} classes)",
+            trained.kind,
+            subset_for(trained.kind).count(),
+            source.kind,
+            subset_for(source.kind).count()
+        );
+    }
+    Ok(())
+}
+
+/// Adam over the model's weights and biases, restored from the checkpoint `last`'s
+/// `tensors` and loop `state` when resuming.
+fn optimiser(
+    model: &Model,
+    cfg: &Config,
+    tensors: Option<&SavedTensors>,
+    state: &LoopState,
+    last: &Path,
+) -> anyhow::Result<Adam> {
+    let (ws, bs) = model.param_groups();
+    let mut adam = Adam::new(ws, bs, cfg.adam_betas, cfg.adam_eps);
+    if cfg.mixed_precision {
+        adam.loss_scale = Some(65536.0);
+    }
+    if let Some(t) = tensors {
+        adam.load_state(t)
+            .with_context(|| format!("restoring the optimiser from {}", last.display()))?;
+        adam.step = state.adam_step;
+        adam.loss_scale = state.loss_scale;
+        adam.good_steps = state.good_steps;
+    }
+    Ok(adam)
+}
+
+/// Records the model and a new session of this process in the run record.
+fn start_session(record: &mut RunRecord, model: &Model, device: Device, state: &LoopState) {
+    record.width = model.meta.config.width;
+    record.classes = model.meta.config.classes;
+    record.init_scheme = format!("{:?}", model.meta.init).to_lowercase();
+    record.sessions.push(Session {
+        started: run::now_unix(),
+        ended: None,
+        device: format!("{device:?}"),
+        threads: tch::get_num_threads(),
+        start_iteration: state.iteration,
+    });
+    record.status = RunStatus::Running;
+}
+
+/// The losses of one training iteration, with the dropout seed and the learning
+/// rates `(weights, biases)` it ran with.
+struct Step {
+    source_loss: f64,
+    /// Adaptation: the loss on the generated target examples.
+    target_loss: Option<f64>,
+    seed: i64,
+    lr: (f64, f64),
+}
+
 impl Trainer {
-    /// Starts a new run (`resume = false`) or continues the one in `out`.
+    /// Starts a new run (`inputs` given) or continues the one in `out` (`inputs`
+    /// `None`; `cfg` is then the run's own).
     pub fn open(
-        command: &str,
+        command: RunCommand,
         cfg: Option<Config>,
         inputs: Option<RunInputs>,
         out: &Path,
@@ -343,144 +588,18 @@ impl Trainer {
         opts: RunOptions,
     ) -> anyhow::Result<Self> {
         let resume = inputs.is_none();
-        let (run, cfg, record) = if resume {
-            let run = RunDir::open(out)?;
-            let cfg = run.read_config()?;
-            let record = run.read_record()?;
-            if record.command != command {
-                anyhow::bail!(
-                    "{} is a `{}` run; resume it with `lse-train {} --resume {}`",
-                    out.display(),
-                    record.command,
-                    record.command,
-                    out.display()
-                );
-            }
-            (run, cfg, record)
-        } else {
-            let cfg = cfg.expect("a new run has a config");
-            cfg.validate()?;
-            let inputs = inputs.as_ref().expect("checked");
-            // The folder is created only once every input is checked (below), so a
-            // bad input leaves nothing behind.
-            let run = RunDir::new(out);
-            run.refuse_existing()?;
-            let record = RunRecord {
-                command: command.into(),
-                method: if command == "adapt" {
-                    "lse"
-                } else {
-                    "source-only"
-                }
-                .into(),
-                init: inputs.init.clone(),
-                source: inputs.source.to_string(),
-                target: inputs.target.as_ref().map(|t| t.to_string()),
-                versions: run::versions(),
-                started: run::now_unix(),
-                ended: None,
-                status: "running".into(),
-                sessions: Vec::new(),
-                phase_seconds: BTreeMap::new(),
-                rounds: Vec::new(),
-                evaluation: None,
-                initial_evaluation: None,
-                miou_curve: Vec::new(),
-                plot_legend: run::PLOT_LEGEND.into(),
-                train_size: cfg.target_size,
-                width: 0.0,
-                classes: 0,
-                init_scheme: String::new(),
-            };
-            (run, cfg, record)
+        let (run, cfg, mut record) = match &inputs {
+            None => resumed_run(command, out)?,
+            Some(i) => new_run(command, cfg.expect("a new run has a config"), i, out)?,
         };
-        let mut record = record;
         if cfg.mixed_precision && !device.is_cuda() {
             anyhow::bail!("mixed_precision = true needs a CUDA device (running on {device:?})");
         }
-        let source: DatasetSpec = record.source.parse()?;
-        let target: Option<DatasetSpec> = record.target.as_deref().map(str::parse).transpose()?;
-        if source.kind == DatasetKind::Cityscapes && command == "adapt" {
-            anyhow::bail!("the adaptation source must be gta5:DIR or synthia:DIR (got {source})");
-        }
-        if let Some(t) = &target
-            && t.kind != DatasetKind::Cityscapes
-        {
-            anyhow::bail!("the target must be cityscapes:DIR (got {t})");
-        }
         let source_list = inputs.as_ref().and_then(|i| i.source_list.clone());
-        let source_ds = Arc::new(
-            Dataset::open_spec(&source, "train", source_list.as_deref())
-                .with_context(|| format!("opening the source {source}"))?,
-        );
-        if !source_ds.has_labels() {
-            anyhow::bail!("the source {source} has no labels (source training needs them)");
-        }
-        let target_ds = match (&target, command) {
-            (Some(t), "adapt") => Some(Arc::new(
-                Dataset::open_spec(t, &cfg.target_split, None).with_context(|| {
-                    format!("opening the target {t} (split {})", cfg.target_split)
-                })?,
-            )),
-            _ => None,
-        };
-        let val_ds = match &target {
-            Some(t) if cfg.evaluate => match Dataset::open_spec(t, &cfg.val_split, None) {
-                Ok(d) if d.has_labels() => Some(Arc::new(d)),
-                Ok(_) => {
-                    tracing::info!(
-                        "target split {} has no labels: no evaluation",
-                        cfg.val_split
-                    );
-                    None
-                }
-                Err(e) => {
-                    tracing::info!("no evaluation: {e}");
-                    None
-                }
-            },
-            _ => None,
-        };
-
-        // The network: the last resumable checkpoint, else --init.
-        let last = run.last_path();
-        let (model, state, tensors) = if resume && last.is_file() {
-            let model = Model::load(&last, device, None)?;
-            let (tensors, state) = run::load_state(&last)?;
-            (model, state, Some(tensors))
-        } else {
-            let model = Model::load(&record.init, device, Some(&cfg))
-                .with_context(|| format!("loading --init {}", record.init.display()))?;
-            (model, LoopState::default(), None)
-        };
-        check_classes(&model, &format!("source {source}"))?;
-        // A run's checkpoint names its source as `kind:DIR`, a published one by its
-        // summary; both tell the kind.
-        if let Some(src) = model.meta.extra.get("source")
-            && let Some(trained) = DatasetSummary::describe(src)
-            && subset_for(trained.kind) != subset_for(source.kind)
-        {
-            anyhow::bail!(
-                "class sets differ: the checkpoint was trained on a {} source ({} classes), \
-                 the source given is {} ({} classes)",
-                trained.kind,
-                subset_for(trained.kind).count(),
-                source.kind,
-                subset_for(source.kind).count()
-            );
-        }
-        let (ws, bs) = model.param_groups();
-        let mut adam = Adam::new(ws, bs, cfg.adam_betas, cfg.adam_eps);
-        if cfg.mixed_precision {
-            adam.loss_scale = Some(65536.0);
-        }
-        if let Some(t) = &tensors {
-            adam.load_state(t)
-                .with_context(|| format!("restoring the optimiser from {}", last.display()))?;
-            adam.step = state.adam_step;
-            adam.loss_scale = state.loss_scale;
-            adam.good_steps = state.good_steps;
-        }
+        let (source, data) = open_datasets(command, &cfg, &record, source_list.as_deref())?;
+        let (model, state, tensors) = load_model(&run, &record, &cfg, device, resume)?;
+        check_model(&model, &source)?;
+        let adam = optimiser(&model, &cfg, tensors.as_ref(), &state, &run.last_path())?;
         if state.finished {
             anyhow::bail!("the run in {} is already finished", out.display());
         }
@@ -492,17 +611,7 @@ impl Trainer {
             RunDir::create(&run.root)?;
             run.write_config(&cfg)?;
         }
-        record.width = model.meta.config.width;
-        record.classes = model.meta.config.classes;
-        record.init_scheme = format!("{:?}", model.meta.init).to_lowercase();
-        record.sessions.push(Session {
-            started: run::now_unix(),
-            ended: None,
-            device: format!("{device:?}"),
-            threads: tch::get_num_threads(),
-            start_iteration: state.iteration,
-        });
-        record.status = "running".into();
+        start_session(&mut record, &model, device, &state);
         run.write_record(&record)?;
         Ok(Self {
             cfg,
@@ -511,17 +620,17 @@ impl Trainer {
             state,
             run,
             record,
-            source: source_ds,
-            target: target_ds,
-            val: val_ds,
+            source: data.source,
+            target: data.target,
+            val: data.val,
             opts,
             session_iterations: 0,
             last_checkpoint: Instant::now(),
         })
     }
 
-    fn add_phase_time(&mut self, phase: &str, secs: f64) {
-        *self.record.phase_seconds.entry(phase.into()).or_default() += secs;
+    fn add_phase_time(&mut self, phase: Phase, secs: f64) {
+        *self.record.phase_seconds.entry(phase).or_default() += secs;
     }
 
     /// Writes the resumable checkpoint (and the run record).
@@ -607,10 +716,59 @@ impl Trainer {
         )
     }
 
-    /// One optimiser step at the current iteration's learning rates.
-    fn optimiser_step(&mut self) {
-        let (lw, lb) = self.cfg.lr_at(self.state.iteration);
-        self.adam.step([lw, lb]);
+    /// The training step of source training (`tgt` `None`) and of the rounds: seeds
+    /// dropout, forward + backward of the source batch (and of the generated target
+    /// examples), then one optimiser step at the current iteration's learning rates.
+    /// A loss that is not finite stops the run before the step.
+    fn step(&mut self, src: &Batch, tgt: Option<&Batch>) -> anyhow::Result<Step> {
+        let seed = self.seed_iteration(if tgt.is_some() { 2 } else { 1 });
+        self.adam.zero_grad();
+        let ls = self.forward_backward(src, false);
+        let lt = tgt.map(|t| self.forward_backward(t, true));
+        match lt {
+            None if !ls.is_finite() => anyhow::bail!(
+                "the source loss is {ls} at iteration {} (lower lr_weights?)",
+                self.state.iteration + 1
+            ),
+            Some(lt) if !ls.is_finite() || !lt.is_finite() => anyhow::bail!(
+                "round {}: loss is not finite (source {ls}, target {lt}) at iteration {} (lower lr_weights?)",
+                self.state.round + 1,
+                self.state.iteration + 1
+            ),
+            _ => {}
+        }
+        let lr = self.cfg.lr_at(self.state.iteration);
+        self.adam.step([lr.0, lr.1]);
+        Ok(Step {
+            source_loss: ls,
+            target_loss: lt,
+            seed,
+            lr,
+        })
+    }
+
+    /// Counts a step done: the round's loss sums, the log, the progress bar, then
+    /// [`Self::after_iteration`].
+    fn end_iteration(&mut self, step: &Step, pb: &ProgressBar) -> anyhow::Result<()> {
+        self.state.iteration += 1;
+        let ls = step.source_loss;
+        match step.target_loss {
+            None => {
+                self.log_iteration("source", ls, None)?;
+                pb.inc(1);
+                pb.set_message(format!("loss {ls:.4}"));
+            }
+            Some(lt) => {
+                let cur = self.state.current.as_mut().expect("prepared");
+                cur.iterations_done += 1;
+                cur.source_loss_sum += ls;
+                cur.target_loss_sum += lt;
+                self.log_iteration("adapt", ls, Some(lt))?;
+                pb.inc(1);
+                pb.set_message(format!("loss {ls:.3} / {lt:.3}"));
+            }
+        }
+        self.after_iteration()
     }
 
     fn log_iteration(&self, phase: &str, src: f64, tgt: Option<f64>) -> anyhow::Result<()> {
@@ -647,7 +805,7 @@ impl Trainer {
             self.cfg.val_limit,
             self.opts.quiet,
         )?;
-        self.add_phase_time("eval", t0.elapsed().as_secs_f64());
+        self.add_phase_time(Phase::Eval, t0.elapsed().as_secs_f64());
         let subset = subset_for(self.source.kind());
         let ev = evaluation_json(&cm, subset, &self.cfg.val_split, n);
         if let Some(m) = ev["miou"].as_f64() {
@@ -659,44 +817,36 @@ impl Trainer {
         Ok(Some(ev))
     }
 
-    /// Source-only training for `source_iterations` iterations.
-    pub fn train_source(&mut self) -> anyhow::Result<()> {
-        let total = self.cfg.source_iterations;
-        let start = self.state.iteration;
-        let mut stream = data::source_stream(
+    /// The source batches from the current iteration on.
+    fn source_batches(&self) -> data::Prefetch<Batch> {
+        data::source_stream(
             self.source.clone(),
             self.cfg.source_size_for(self.source.kind()),
             self.cfg.batch_size,
             self.cfg.mean_bgr,
             data::mix_seed(&[self.cfg.seed, 1]),
-            start,
-        );
+            self.state.iteration,
+        )
+    }
+
+    /// Source-only training for `source_iterations` iterations.
+    pub fn train_source(&mut self) -> anyhow::Result<()> {
+        let total = self.cfg.source_iterations;
+        let start = self.state.iteration;
+        let mut stream = self.source_batches();
         let pb = bar(total, "source", "it", self.opts.quiet);
         pb.set_position(start);
         let t0 = Instant::now();
         while self.state.iteration < total {
             let batch = stream.recv()?;
-            self.seed_iteration(1);
-            self.adam.zero_grad();
-            let l = self.forward_backward(&batch, false);
-            if !l.is_finite() {
-                anyhow::bail!(
-                    "the source loss is {l} at iteration {} (lower lr_weights?)",
-                    self.state.iteration + 1
-                );
-            }
-            self.optimiser_step();
-            self.state.iteration += 1;
-            self.log_iteration("source", l, None)?;
-            pb.inc(1);
-            pb.set_message(format!("loss {l:.4}"));
-            self.after_iteration()?;
+            let step = self.step(&batch, None)?;
+            self.end_iteration(&step, &pb)?;
         }
         pb.finish_and_clear();
-        self.add_phase_time("train", t0.elapsed().as_secs_f64());
+        self.add_phase_time(Phase::Train, t0.elapsed().as_secs_f64());
         drop(stream);
         let ev = self.eval_val()?;
-        self.finish("source-only", ev)
+        self.finish(ev)
     }
 
     fn save_cache(&self, r: usize, ex: &RoundExamples) -> anyhow::Result<()> {
@@ -760,160 +910,143 @@ impl Trainer {
         }
         while self.state.round < rounds {
             let r = self.state.round;
-            let ex = if self.state.examples_ready {
-                self.load_cache(r)?
-            } else {
-                let ex = self.prepare_round(r)?;
-                self.save_cache(r, &ex)?;
-                self.state.examples_ready = true;
-                self.checkpoint()?;
-                ex
-            };
-            // Flat list of examples: (image index, window index).
-            let k = self.cfg.patches as i64;
-            let examples: Vec<(usize, i64)> = (0..ex.sources.len())
-                .flat_map(|i| (0..k).map(move |j| (i, j)))
-                .collect();
-            let stats = self.state.current.clone().expect("prepared");
-            let total = stats.iterations;
-            let b = self.cfg.batch_size as u64;
-            let mut order = Order::new(
-                examples.len(),
-                data::mix_seed(&[self.cfg.seed, 3]),
-                r as u64,
-            );
-            let start_it = self.state.iteration;
-            let done = stats.iterations_done;
-            let mut stream = data::source_stream(
-                self.source.clone(),
-                self.cfg.source_size_for(self.source.kind()),
-                self.cfg.batch_size,
-                self.cfg.mean_bgr,
-                data::mix_seed(&[self.cfg.seed, 1]),
-                start_it,
-            );
-            // The target images of every remaining iteration, in order, loaded and
-            // resized in the background.
-            let all_picks: Vec<Vec<(usize, i64)>> = (done..total)
-                .map(|j| (0..b).map(|q| examples[order.index(j * b + q)]).collect())
-                .collect();
-            let image_order: Vec<usize> = all_picks
-                .iter()
-                .flatten()
-                .map(|&(i, _)| ex.sources[i])
-                .collect();
-            let mut targets = data::image_stream(
-                self.target.clone().expect("adapt has a target"),
-                image_order,
-                self.cfg.target_size,
-                self.cfg.mean_bgr,
-            );
-            let pb = bar(total, &format!("round {}", r + 1), "it", self.opts.quiet);
-            pb.set_position(done);
-            let t0 = Instant::now();
-            for j in done..total {
-                let src = stream.recv()?;
-                let picks = &all_picks[(j - done) as usize];
-                let mut imgs = Vec::with_capacity(picks.len());
-                for &(i, w) in picks {
-                    let (_, img) = targets.recv()?;
-                    imgs.push(lse::window_image(&img, &ex.windows[i][w as usize]));
-                }
-                let tgt = Batch {
-                    images: Tensor::stack(&imgs, 0),
-                    labels: Tensor::stack(
-                        &picks
-                            .iter()
-                            .map(|&(i, w)| ex.labels[i].get(w).to_kind(Kind::Int64))
-                            .collect::<Vec<_>>(),
-                        0,
-                    ),
-                };
-                let seed = self.seed_iteration(2);
-                self.adam.zero_grad();
-                let ls = self.forward_backward(&src, false);
-                let lt = self.forward_backward(&tgt, true);
-                if !ls.is_finite() || !lt.is_finite() {
-                    anyhow::bail!(
-                        "round {}: loss is not finite (source {ls}, target {lt}) at iteration {} (lower lr_weights?)",
-                        r + 1,
-                        self.state.iteration + 1
-                    );
-                }
-                let lr = self.cfg.lr_at(self.state.iteration);
-                self.optimiser_step();
-                if j == 0
-                    && let Some(dir) = &self.opts.dump_dir
-                {
-                    self.dump_step(dir, r, &src, picks, seed, lr)?;
-                }
-                self.state.iteration += 1;
-                let cur = self.state.current.as_mut().expect("prepared");
-                cur.iterations_done += 1;
-                cur.source_loss_sum += ls;
-                cur.target_loss_sum += lt;
-                self.log_iteration("adapt", ls, Some(lt))?;
-                pb.inc(1);
-                pb.set_message(format!("loss {ls:.3} / {lt:.3}"));
-                self.after_iteration()?;
-            }
-            pb.finish_and_clear();
-            drop(stream);
-            drop(targets);
-            self.add_phase_time("train", t0.elapsed().as_secs_f64());
-            let mut stats = self.state.current.take().expect("prepared");
-            stats
-                .seconds
-                .entry("train".into())
-                .and_modify(|s| *s += t0.elapsed().as_secs_f64())
-                .or_insert(t0.elapsed().as_secs_f64());
-            let n = stats.iterations_done.max(1) as f64;
-            stats.source_loss = (stats.iterations_done > 0).then(|| stats.source_loss_sum / n);
-            stats.target_loss = (stats.iterations_done > 0).then(|| stats.target_loss_sum / n);
-            let t1 = Instant::now();
-            let ev = self.eval_val()?;
-            stats
-                .seconds
-                .insert("eval".into(), t1.elapsed().as_secs_f64());
-            stats.miou = ev.as_ref().and_then(|e| e["miou"].as_f64());
-            last_eval = ev;
-            self.run.log(&serde_json::json!({
-                "phase": "round", "iteration": self.state.iteration, "round": r + 1,
-                "confident": stats.confident, "examples": stats.examples,
-                "ignored_share": stats.ignored_share, "source_loss": stats.source_loss,
-                "target_loss": stats.target_loss, "miou": stats.miou,
-            }))?;
-            self.record.rounds.push(stats);
-            self.state.round += 1;
-            self.state.examples_ready = false;
-            self.checkpoint()?;
-            // The round's network on its own, and the cache is no longer needed.
-            checkpoint::save_network(
-                &self.run.round_path(r + 1),
-                &self.model.vs,
-                &self.model.meta,
-            )?;
-            let _ = std::fs::remove_file(self.run.cache_path(r + 1));
-            let _ = crate::plot::curves_png(
-                &self.run.plot_path(),
-                &self.run.read_metrics(),
-                &self.record.miou_curve,
-            );
+            let ex = self.round_examples(r)?;
+            let train_seconds = self.train_round(r, &ex)?;
+            last_eval = self.end_round(r, train_seconds)?;
         }
         if last_eval.is_none() {
             last_eval = self.record.evaluation.clone();
         }
-        self.finish("lse", last_eval)
+        self.finish(last_eval)
+    }
+
+    /// Round `r`'s examples: from the cache of a resumed round, else prepared (and
+    /// cached, with a checkpoint).
+    fn round_examples(&mut self, r: usize) -> anyhow::Result<RoundExamples> {
+        if self.state.examples_ready {
+            return self.load_cache(r);
+        }
+        let ex = self.prepare_round(r)?;
+        self.save_cache(r, &ex)?;
+        self.state.examples_ready = true;
+        self.checkpoint()?;
+        Ok(ex)
+    }
+
+    /// The examples `(image, window)` of each remaining iteration of round `r`
+    /// (iterations `done..total`), in the round's seeded order.
+    fn round_picks(
+        &self,
+        r: usize,
+        ex: &RoundExamples,
+        done: u64,
+        total: u64,
+    ) -> Vec<Vec<(usize, i64)>> {
+        // Flat list of examples: (image index, window index).
+        let k = self.cfg.patches as i64;
+        let examples: Vec<(usize, i64)> = (0..ex.sources.len())
+            .flat_map(|i| (0..k).map(move |j| (i, j)))
+            .collect();
+        let b = self.cfg.batch_size as u64;
+        let mut order = Order::new(
+            examples.len(),
+            data::mix_seed(&[self.cfg.seed, 3]),
+            r as u64,
+        );
+        (done..total)
+            .map(|j| (0..b).map(|q| examples[order.index(j * b + q)]).collect())
+            .collect()
+    }
+
+    /// The remaining iterations of round `r` on its examples; returns the seconds.
+    fn train_round(&mut self, r: usize, ex: &RoundExamples) -> anyhow::Result<f64> {
+        let stats = self.state.current.as_ref().expect("prepared");
+        let (total, done) = (stats.iterations, stats.iterations_done);
+        let all_picks = self.round_picks(r, ex, done, total);
+        let mut stream = self.source_batches();
+        // The target images of every remaining iteration, in order, loaded and
+        // resized in the background.
+        let image_order: Vec<usize> = all_picks
+            .iter()
+            .flatten()
+            .map(|&(i, _)| ex.sources[i])
+            .collect();
+        let mut targets = data::image_stream(
+            self.target.clone().expect("adapt has a target"),
+            image_order,
+            self.cfg.target_size,
+            self.cfg.mean_bgr,
+        );
+        let pb = bar(total, &format!("round {}", r + 1), "it", self.opts.quiet);
+        pb.set_position(done);
+        let t0 = Instant::now();
+        for j in done..total {
+            let src = stream.recv()?;
+            let picks = &all_picks[(j - done) as usize];
+            let tgt = ex.batch(picks, &mut targets)?;
+            let step = self.step(&src, Some(&tgt))?;
+            if j == 0
+                && let Some(dir) = &self.opts.dump_dir
+            {
+                self.dump_step(dir, r, &src, picks, step.seed, step.lr)?;
+            }
+            self.end_iteration(&step, &pb)?;
+        }
+        pb.finish_and_clear();
+        drop(stream);
+        drop(targets);
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// Closes round `r`: its statistics and evaluation, the checkpoint and the round's
+    /// network, the plot; returns the evaluation.
+    fn end_round(
+        &mut self,
+        r: usize,
+        train_seconds: f64,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        self.add_phase_time(Phase::Train, train_seconds);
+        let mut stats = self.state.current.take().expect("prepared");
+        *stats.seconds.entry(Phase::Train).or_default() += train_seconds;
+        let n = stats.iterations_done.max(1) as f64;
+        stats.source_loss = (stats.iterations_done > 0).then(|| stats.source_loss_sum / n);
+        stats.target_loss = (stats.iterations_done > 0).then(|| stats.target_loss_sum / n);
+        let t1 = Instant::now();
+        let ev = self.eval_val()?;
+        stats
+            .seconds
+            .insert(Phase::Eval, t1.elapsed().as_secs_f64());
+        stats.miou = ev.as_ref().and_then(|e| e["miou"].as_f64());
+        self.run.log(&serde_json::json!({
+            "phase": "round", "iteration": self.state.iteration, "round": r + 1,
+            "confident": stats.confident, "examples": stats.examples,
+            "ignored_share": stats.ignored_share, "source_loss": stats.source_loss,
+            "target_loss": stats.target_loss, "miou": stats.miou,
+        }))?;
+        self.record.rounds.push(stats);
+        self.state.round += 1;
+        self.state.examples_ready = false;
+        self.checkpoint()?;
+        // The round's network on its own, and the cache is no longer needed.
+        checkpoint::save_network(
+            &self.run.round_path(r + 1),
+            &self.model.vs,
+            &self.model.meta,
+        )?;
+        let _ = std::fs::remove_file(self.run.cache_path(r + 1));
+        let _ = crate::plot::curves_png(
+            &self.run.plot_path(),
+            &self.run.read_metrics(),
+            &self.record.miou_curve,
+        );
+        Ok(ev)
     }
 
     /// Writes the final model (with its run in the metadata), the record and the plot.
-    fn finish(
-        &mut self,
-        method: &str,
-        evaluation: Option<serde_json::Value>,
-    ) -> anyhow::Result<()> {
+    fn finish(&mut self, evaluation: Option<serde_json::Value>) -> anyhow::Result<()> {
         let mut meta = self.model.meta.clone();
         meta.extra.retain(|k, _| k == "backbone" || k == "weights");
+        let method = self.record.command.method();
         meta.extra.insert("method".into(), method.into());
         meta.extra
             .insert("source".into(), self.record.source.clone());
@@ -937,7 +1070,7 @@ impl Trainer {
         if let Some(s) = self.record.sessions.last_mut() {
             s.ended = Some(now);
         }
-        self.record.status = "finished".into();
+        self.record.status = RunStatus::Finished;
         self.checkpoint()?;
         crate::plot::curves_png(
             &self.run.plot_path(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use lse_runtime::datasets::DatasetSpec;
 
 use crate::config::Config;
+use crate::run::RunCommand;
 use crate::train::{RunInputs, RunOptions, Trainer};
 
 /// Settings and process options shared by `train` and `adapt`.
@@ -111,7 +112,11 @@ impl RunArgs {
     }
 
     /// Opens the run (new or resumed) for `command`.
-    pub fn open(&self, command: &str, target: Option<DatasetSpec>) -> anyhow::Result<Trainer> {
+    pub fn open(
+        &self,
+        command: RunCommand,
+        target: Option<DatasetSpec>,
+    ) -> anyhow::Result<Trainer> {
         let device = self.device.resolve()?;
         let opts = RunOptions {
             stop_after: self.stop_after_iterations,
@@ -164,7 +169,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut t = a.run.open("train", a.target.clone())?;
+    let mut t = a.run.open(RunCommand::Train, a.target.clone())?;
     t.train_source()?;
     print_summary(&t);
     Ok(())

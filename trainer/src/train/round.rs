@@ -19,7 +19,10 @@ use crate::run::RoundSample;
 /// Per image: its class scores ([`lse::class_scores`]).
 type Scores = Vec<Vec<Option<f64>>>;
 
-/// Mean normalised entropy `H / ln C` of `C x H x W` probabilities.
+/// Per image (diagnostics): the `(correct, labelled)` pixels of its prediction.
+type ImageAccuracy = Vec<(u64, u64)>;
+
+/// The values of a tensor as bytes on the CPU.
 fn to_u8(t: &Tensor) -> Vec<u8> {
     Vec::try_from(
         t.to_kind(Kind::Uint8)
@@ -43,40 +46,14 @@ impl Trainer {
             ..Default::default()
         };
         let mut diag_seconds = 0.0;
-
-        // 1. Rank.
-        let t0 = Instant::now();
-        let (scores, image_diags) = self.rank(&target, diag_on, &mut diag_seconds)?;
-        let classes = self.model.meta.config.classes as usize;
-        let skip = lse::skip_mask(classes, &skipped_classes(self.source.kind()));
-        let sel = lse::select(&scores, p, &skip);
-        stats.confident = sel.confident.len();
-        stats.kept_per_class = sel.kept.clone();
-        stats
-            .seconds
-            .insert("rank".into(), t0.elapsed().as_secs_f64());
-        if sel.confident.is_empty() {
-            anyhow::bail!(
-                "round {}: no confident target image (p = {p}, {} target images): the model predicts \
-                 too few images per class for floor(N_c * p / C) >= 1; use more target images or a larger p",
-                r + 1,
-                target.len()
-            );
-        }
-
-        // 2. Thresholds from the boundary images (each predicted once).
-        let t1 = Instant::now();
-        let thresholds = self.boundary_thresholds(&target, &sel)?;
-        stats.degenerate_thresholds = (0..classes)
-            .filter(|&c| thresholds[c].is_some_and(f64::is_nan))
-            .collect();
-        stats.thresholds = thresholds.clone();
-        stats
-            .seconds
-            .insert("thresholds".into(), t1.elapsed().as_secs_f64());
+        // 1. Rank, 2. thresholds from the boundary images.
+        let (scores, image_diags, sel) =
+            self.rank_and_select(r, &target, p, diag_on, &mut stats, &mut diag_seconds)?;
+        let thresholds = self.round_thresholds(&target, &sel, &mut stats)?;
 
         // 3. Generate.
         let t2 = Instant::now();
+        let classes = self.model.meta.config.classes as usize;
         let mut counts = PseudoLabelCounts::new(classes);
         let mut premise = (Mean::default(), Mean::default());
         let ex = self.generate_examples(
@@ -91,37 +68,17 @@ impl Trainer {
         stats.examples = sel.confident.len() * self.cfg.patches;
         stats
             .seconds
-            .insert("generate".into(), t2.elapsed().as_secs_f64() - diag_seconds);
-        let full = lse::iterations_per_round(
-            sel.confident.len(),
-            self.cfg.patches,
-            self.cfg.epochs_per_round,
-            self.cfg.batch_size,
-        ) as u64;
-        stats.iterations = if self.cfg.max_round_iterations > 0 {
-            full.min(self.cfg.max_round_iterations)
-        } else {
-            full
-        };
+            .insert(Phase::Generate, t2.elapsed().as_secs_f64() - diag_seconds);
+        let full = self.round_iterations(&sel, &mut stats);
 
         if diag_on {
             let t3 = Instant::now();
-            for (i, &(correct, labelled)) in image_diags.iter().enumerate() {
-                if sel.confident.binary_search(&i).is_err() {
-                    counts.add_other_counts(correct, labelled);
-                }
-            }
-            let source = self.source_entropy()?;
-            stats.diagnostics = Some(counts.summary(Premise {
-                target_full: premise.0.get(),
-                target_windows: premise.1.get(),
-                source,
-            }));
+            self.round_diagnostics(&sel, &image_diags, counts, premise, &mut stats)?;
             diag_seconds += t3.elapsed().as_secs_f64();
-            stats.seconds.insert("diagnostics".into(), diag_seconds);
+            stats.seconds.insert(Phase::Diagnostics, diag_seconds);
         }
-        for ph in ["rank", "thresholds", "generate", "diagnostics"] {
-            if let Some(&s) = stats.seconds.get(ph) {
+        for ph in Phase::PREPARATION {
+            if let Some(&s) = stats.seconds.get(&ph) {
                 self.add_phase_time(ph, s);
             }
         }
@@ -141,6 +98,100 @@ impl Trainer {
         Ok(ex)
     }
 
+    /// Step 1: ranks the target set and selects the confident images (an error when
+    /// there is none); with diagnostics also each image's `(correct, labelled)` pixels.
+    fn rank_and_select(
+        &self,
+        r: usize,
+        target: &Arc<Dataset>,
+        p: f64,
+        diag_on: bool,
+        stats: &mut RoundStats,
+        diag_seconds: &mut f64,
+    ) -> anyhow::Result<(Scores, ImageAccuracy, lse::Selection)> {
+        let t0 = Instant::now();
+        let (scores, image_diags) = self.rank(target, diag_on, diag_seconds)?;
+        let classes = self.model.meta.config.classes as usize;
+        let skip = lse::skip_mask(classes, &skipped_classes(self.source.kind()));
+        let sel = lse::select(&scores, p, &skip);
+        stats.confident = sel.confident.len();
+        stats.kept_per_class = sel.kept.clone();
+        stats
+            .seconds
+            .insert(Phase::Rank, t0.elapsed().as_secs_f64());
+        if sel.confident.is_empty() {
+            anyhow::bail!(
+                "round {}: no confident target image (p = {p}, {} target images): the model predicts \
+                 too few images per class for floor(N_c * p / C) >= 1; use more target images or a larger p",
+                r + 1,
+                target.len()
+            );
+        }
+        Ok((scores, image_diags, sel))
+    }
+
+    /// Step 2: the class thresholds from the boundary images (each predicted once).
+    fn round_thresholds(
+        &self,
+        target: &Arc<Dataset>,
+        sel: &lse::Selection,
+        stats: &mut RoundStats,
+    ) -> anyhow::Result<Vec<Option<f64>>> {
+        let t1 = Instant::now();
+        let classes = self.model.meta.config.classes as usize;
+        let thresholds = self.boundary_thresholds(target, sel)?;
+        stats.degenerate_thresholds = (0..classes)
+            .filter(|&c| thresholds[c].is_some_and(f64::is_nan))
+            .collect();
+        stats.thresholds = thresholds.clone();
+        stats
+            .seconds
+            .insert(Phase::Thresholds, t1.elapsed().as_secs_f64());
+        Ok(thresholds)
+    }
+
+    /// The round's iterations (every example `epochs_per_round` times, capped by
+    /// `max_round_iterations` when set) into `stats`; returns the uncapped count.
+    fn round_iterations(&self, sel: &lse::Selection, stats: &mut RoundStats) -> u64 {
+        let full = lse::iterations_per_round(
+            sel.confident.len(),
+            self.cfg.patches,
+            self.cfg.epochs_per_round,
+            self.cfg.batch_size,
+        ) as u64;
+        stats.iterations = if self.cfg.max_round_iterations > 0 {
+            full.min(self.cfg.max_round_iterations)
+        } else {
+            full
+        };
+        full
+    }
+
+    /// The round's pseudo-label diagnostics: the confident images' `counts` plus the
+    /// other images' accuracy, and the premise's entropies (target full images and
+    /// windows, and the source).
+    fn round_diagnostics(
+        &self,
+        sel: &lse::Selection,
+        image_diags: &[(u64, u64)],
+        mut counts: PseudoLabelCounts,
+        premise: (Mean, Mean),
+        stats: &mut RoundStats,
+    ) -> anyhow::Result<()> {
+        for (i, &(correct, labelled)) in image_diags.iter().enumerate() {
+            if sel.confident.binary_search(&i).is_err() {
+                counts.add_other_counts(correct, labelled);
+            }
+        }
+        let source = self.source_entropy()?;
+        stats.diagnostics = Some(counts.summary(Premise {
+            target_full: premise.0.get(),
+            target_windows: premise.1.get(),
+            source,
+        }));
+        Ok(())
+    }
+
     /// The class scores of every target image (eval mode), and with diagnostics the
     /// `(correct, labelled)` pixels of each image's prediction.
     fn rank(
@@ -148,7 +199,7 @@ impl Trainer {
         target: &Arc<Dataset>,
         diag_on: bool,
         diag_seconds: &mut f64,
-    ) -> anyhow::Result<(Scores, Vec<(u64, u64)>)> {
+    ) -> anyhow::Result<(Scores, ImageAccuracy)> {
         let n = target.len();
         let size = self.cfg.target_size;
         let classes = self.model.meta.config.classes as usize;
