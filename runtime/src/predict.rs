@@ -180,6 +180,49 @@ pub fn upsample_argmax_full(scores: ArrayView3<'_, f32>, width: u32, height: u32
     GrayImage::from_raw(width, height, out).expect("buffer size matches")
 }
 
+/// Confidence (the largest class probability) and normalised entropy
+/// (`-sum p ln p / ln C`) of the class probabilities at `width x height`, upsampled as
+/// [`upsample_argmax_full`] upsamples them (softmax at the model's resolution, bilinear
+/// with aligned corners), each as an 8-bit image of `round(255 x value)`.
+pub fn confidence_entropy(
+    scores: ArrayView3<'_, f32>,
+    width: u32,
+    height: u32,
+) -> (GrayImage, GrayImage) {
+    let (c, h, w) = scores.dim();
+    let (ow, oh) = (width as usize, height as usize);
+    let (mut conf, mut ent) = (vec![0u8; ow * oh], vec![0u8; ow * oh]);
+    if ow > 0 && oh > 0 && c > 0 && h > 0 && w > 0 {
+        let probs = softmax_hwc(scores);
+        let (xs, ys) = (axis_taps(ow, w), axis_taps(oh, h));
+        let px = |y: usize, x: usize| &probs[(y * w + x) * c..(y * w + x + 1) * c];
+        let norm = if c > 1 { (c as f32).ln() } else { 1.0 };
+        let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        conf.par_chunks_mut(ow)
+            .zip(ent.par_chunks_mut(ow))
+            .zip(ys.par_iter())
+            .for_each(|((crow, erow), &ty)| {
+                for ((co, eo), &tx) in crow.iter_mut().zip(erow.iter_mut()).zip(&xs) {
+                    let (a, b) = (px(ty.i0, tx.i0), px(ty.i0, tx.i1));
+                    let (d, e) = (px(ty.i1, tx.i0), px(ty.i1, tx.i1));
+                    let (mut best, mut entropy) = (0f32, 0f32);
+                    for (((&pa, &pb), &pd), &pe) in a.iter().zip(b).zip(d).zip(e) {
+                        let top = pa * tx.w0 + pb * tx.w1;
+                        let p = top * ty.w0 + (pd * tx.w0 + pe * tx.w1) * ty.w1;
+                        best = best.max(p);
+                        if p > 0.0 {
+                            entropy -= p * p.ln();
+                        }
+                    }
+                    *co = to_u8(best);
+                    *eo = to_u8(entropy / norm);
+                }
+            });
+    }
+    let img = |v| GrayImage::from_raw(width, height, v).expect("buffer size matches");
+    (img(conf), img(ent))
+}
+
 /// Marks a source pixel whose class is not certain enough for the shortcut.
 const UNSURE: u8 = u8::MAX;
 
@@ -485,6 +528,28 @@ mod tests {
             }
         }
         (ids, margins)
+    }
+
+    #[test]
+    fn confidence_and_entropy_of_sure_and_unsure_pixels() {
+        // Pixel (0, 0): one class far ahead; pixel (0, 1): all classes equal.
+        let scores = Array3::from_shape_fn(
+            (4, 1, 2),
+            |(k, _, x)| {
+                if x == 0 && k == 2 { 50.0 } else { 0.0 }
+            },
+        );
+        let (conf, ent) = confidence_entropy(scores.view(), 2, 1);
+        assert_eq!(conf.as_raw(), &vec![255, 64]);
+        assert_eq!(ent.as_raw(), &vec![0, 255]);
+        // Upsampled: the middle of the two pixels mixes them.
+        let (conf, ent) = confidence_entropy(scores.view(), 3, 1);
+        assert_eq!(conf.as_raw()[1], (255.0f32 * (0.5 + 0.125)).round() as u8);
+        assert!(
+            ent.as_raw()[1] > 0 && ent.as_raw()[1] < 255,
+            "{:?}",
+            ent.as_raw()
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{BoxError, Json, Router};
 use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
-use lse_runtime::imageio;
+use lse_runtime::{imageio, predict};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -72,10 +72,12 @@ pub enum OutputKind {
     Color,
     Overlay,
     Json,
+    Confidence,
+    Entropy,
 }
 
 impl OutputKind {
-    pub const NAMES: &'static str = "labelids, trainids, color, overlay, json";
+    pub const NAMES: &'static str = "labelids, trainids, color, overlay, json, confidence, entropy";
 
     pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
         Ok(match v {
@@ -84,6 +86,8 @@ impl OutputKind {
             Some("color") => Self::Color,
             Some("overlay") => Self::Overlay,
             Some("json") => Self::Json,
+            Some("confidence") => Self::Confidence,
+            Some("entropy") => Self::Entropy,
             Some(other) => {
                 return Err(ApiError::bad_request(
                     "bad_output",
@@ -124,6 +128,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/v1/segment", with_timeout(post(segment), timeout_ms))
         .route("/v1/model", get(model))
+        .route("/v1/models", get(crate::swap::list))
+        .route("/v1/models/{name}/load", post(crate::swap::load_route))
         .route("/v1/sample.png", get(sample))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -429,6 +435,15 @@ fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
             (png(&ids, 1)?, "image/png")
         }
         OutputKind::TrainIds => (png(train.as_raw(), 1)?, "image/png"),
+        OutputKind::Confidence | OutputKind::Entropy => {
+            let (conf, ent) = predict::confidence_entropy(d.p.out.scores(), w, h);
+            let map = if kind == OutputKind::Confidence {
+                conf
+            } else {
+                ent
+            };
+            (png(map.as_raw(), 1)?, "image/png")
+        }
         OutputKind::Color => (png(&colors(), 3)?, "image/png"),
         OutputKind::Overlay => {
             let mut blended = colors();

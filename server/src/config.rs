@@ -15,8 +15,13 @@ use lse_runtime::engine::Provider;
 pub struct Config {
     /// The model (an ONNX file exported by lse-train). Default: models/default/model.onnx,
     /// looked up above the executable, then above the current folder, then in the source tree.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model_dir")]
     pub model: Option<PathBuf>,
+    /// Serve every model folder of DIR (`DIR/NAME/model.onnx`) under its folder name;
+    /// requests without `model=` use `default` (else the first name). POST
+    /// /v1/models/NAME/load and SIGHUP (re)load models from here.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
     /// Address to listen on. Port 0 picks a free port; the bound address is printed as
     /// `listening on ADDR` on standard output.
     #[arg(long, default_value = "127.0.0.1:8080")]

@@ -28,6 +28,7 @@ pub mod models;
 pub mod pipeline;
 pub mod pool;
 pub mod sample;
+pub mod swap;
 pub mod v2;
 pub mod v2_http;
 
@@ -95,7 +96,7 @@ pub async fn shutdown_signal() {
 }
 
 /// The settings of each model's worker pool.
-fn pool_options(cfg: &Config) -> pool::PoolOptions {
+pub fn pool_options(cfg: &Config) -> pool::PoolOptions {
     pool::PoolOptions {
         workers: cfg.workers as usize,
         max_batch: cfg.max_batch as usize,
@@ -111,19 +112,28 @@ fn pool_options(cfg: &Config) -> pool::PoolOptions {
     }
 }
 
-/// Loads the served models (blocking): `--model` (or the default model) as `default`.
+/// Loads the served models (blocking): every folder of `--model-dir` under its name,
+/// or `--model` (else the default model) as `default`.
 fn load_models(
     cfg: &Config,
     metrics: &Arc<metrics::Metrics>,
 ) -> anyhow::Result<Vec<models::Served>> {
-    let path = cfg.model_path()?;
-    let served = models::Served::load(
-        models::DEFAULT_NAME,
-        &path,
-        &pool_options(cfg),
-        metrics.clone(),
-    )?;
-    Ok(vec![served])
+    let opts = pool_options(cfg);
+    let Some(dir) = &cfg.model_dir else {
+        let path = cfg.model_path()?;
+        let served = models::Served::load(models::DEFAULT_NAME, &path, &opts, metrics.clone())?;
+        return Ok(vec![served]);
+    };
+    let found = models::scan(dir)?;
+    anyhow::ensure!(
+        !found.is_empty(),
+        "--model-dir {} has no model folder (NAME/model.onnx)",
+        dir.display()
+    );
+    found
+        .iter()
+        .map(|(name, path)| models::Served::load(name, path, &opts, metrics.clone()))
+        .collect()
 }
 
 /// Starts the gRPC service on `listener` until `stop` turns true; prints its address.
@@ -188,6 +198,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    tokio::spawn(swap::on_sighup(state.clone()));
     let grpc = match grpc_listener {
         Some(l) => Some(spawn_grpc(state.clone(), l, stop_rx.clone())?),
         None => None,

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use lse_runtime::contract::ModelMeta;
@@ -81,22 +82,37 @@ impl Served {
 /// The models the server answers with, by name.
 pub struct Registry {
     map: RwLock<BTreeMap<String, Arc<Served>>>,
+    /// The name of the model requests without a name get.
+    pub default: String,
+    /// Held while a model loads, so two loads of one name cannot race.
+    pub loading: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
+    /// The registry of `models`; the default is `default`, else the first name.
     pub fn new(models: Vec<Served>) -> Self {
-        let map = models
+        let map: BTreeMap<String, Arc<Served>> = models
             .into_iter()
             .map(|m| (m.name.clone(), Arc::new(m)))
             .collect();
+        let default = if map.contains_key(DEFAULT_NAME) {
+            DEFAULT_NAME.to_string()
+        } else {
+            map.keys()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_NAME.into())
+        };
         Self {
             map: RwLock::new(map),
+            default,
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The model called `name`, or the default model when `name` is `None`.
     pub fn get(&self, name: Option<&str>) -> Result<Arc<Served>, ApiError> {
-        let name = name.unwrap_or(DEFAULT_NAME);
+        let name = name.unwrap_or(&self.default);
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         map.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = map.keys().map(String::as_str).collect();
@@ -133,4 +149,58 @@ impl Registry {
 /// Where a model's file lies: `DIR/NAME/model.onnx`.
 pub fn model_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(name).join("model.onnx")
+}
+
+/// The model folders of `dir` (those holding a `model.onnx`), by name.
+pub fn scan(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read --model-dir {}: {e}", dir.display()))?;
+    let mut found: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let file = model_file(dir, &name);
+            file.is_file().then_some((name, file))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// A model name as a `--model-dir` folder: no path separators, not `.` or `..`.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+        return Err(ApiError::bad_request(
+            "bad_model_name",
+            format!(
+                "`{}` is not a model folder name",
+                name.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads a model and waits until every worker has warmed up (blocking), so it can
+/// take requests the moment it is swapped in.
+pub fn load_warm(
+    name: &str,
+    path: &Path,
+    opts: &PoolOptions,
+    metrics: Arc<Metrics>,
+    limit: Duration,
+) -> anyhow::Result<Served> {
+    let served = Served::load(name, path, opts, metrics)?;
+    let started = Instant::now();
+    while !served.pool.ready() {
+        if started.elapsed() > limit {
+            anyhow::bail!(
+                "model {} did not warm up within {} s (see the log)",
+                path.display(),
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(served)
 }

@@ -48,34 +48,42 @@ pub fn model() -> &'static Path {
                     .map_or(s.clone(), |(name, _hash)| name.to_string()))
                 .unwrap_or_default()
         ));
-        std::fs::create_dir_all(&dir).expect("create the test model folder");
-        let train = workspace_bin("lse-train");
-        let ckpt = dir.join("tiny.safetensors");
-        let onnx = dir.join("model.onnx");
-        run_ok(
-            Command::new(&train)
-                .args([
-                    "init",
-                    "--width",
-                    "0.125",
-                    "--classes",
-                    "19",
-                    "--seed",
-                    "7",
-                    "--out",
-                ])
-                .arg(&ckpt),
-        );
-        run_ok(
-            Command::new(&train)
-                .arg("export")
-                .arg(&ckpt)
-                .arg("--out")
-                .arg(&onnx)
-                .args(["--train-size", "64x32"]),
-        );
-        onnx
+        export_tiny(&dir, 7)
     })
+}
+
+/// Exports a width-1/8 FCN8s with initialisation seed `seed` at a 64x32 training size
+/// to `dir/model.onnx`.
+pub fn export_tiny(dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create the test model folder");
+    let train = workspace_bin("lse-train");
+    let ckpt = dir.join("tiny.safetensors");
+    let onnx = dir.join("model.onnx");
+    let seed = seed.to_string();
+    run_ok(
+        Command::new(&train)
+            .args([
+                "init",
+                "--width",
+                "0.125",
+                "--classes",
+                "19",
+                "--seed",
+                &seed,
+                "--out",
+            ])
+            .arg(&ckpt),
+    );
+    run_ok(
+        Command::new(&train)
+            .arg("export")
+            .arg(&ckpt)
+            .arg("--out")
+            .arg(&onnx)
+            .args(["--train-size", "64x32"]),
+    );
+    std::fs::remove_file(&ckpt).expect("remove the checkpoint");
+    onnx
 }
 
 /// Runs a command and fails the test with its output if it fails.
