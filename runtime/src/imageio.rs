@@ -181,28 +181,8 @@ pub fn to_rgb_chw(img: &RgbImage) -> Vec<f32> {
     out
 }
 
-/// Colours a train-id map with the Cityscapes palette.
-pub fn colorize(train_ids: &GrayImage) -> RgbImage {
-    let lut = labels::train_color_lut();
-    let (w, h) = train_ids.dimensions();
-    let mut out = Vec::with_capacity((w * h * 3) as usize);
-    for &t in train_ids.as_raw() {
-        out.extend_from_slice(&lut[t as usize]);
-    }
-    RgbImage::from_raw(w, h, out).expect("buffer size matches")
-}
-
-/// Blends the colour map over the image (`alpha` = weight of the colours).
-pub fn overlay(image: &RgbImage, train_ids: &GrayImage, alpha: f32) -> RgbImage {
-    let colors = colorize(train_ids);
-    let mut out = image.clone();
-    for (o, c) in out.pixels_mut().zip(colors.pixels()) {
-        for k in 0..3 {
-            o[k] = (o[k] as f32 * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8;
-        }
-    }
-    out
-}
+/// Colour maps and overlays live in [`crate::palette`].
+pub use crate::palette::{colorize, overlay};
 
 /// Maps a train-id map to Cityscapes label ids (ignore -> 0).
 pub fn train_to_label_ids(train_ids: &GrayImage) -> GrayImage {

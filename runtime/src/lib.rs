@@ -11,6 +11,8 @@
 //!   (TensorRT, CUDA, CPU, with fallback);
 //! - [`predict`]: the evaluation protocol's prediction (predict at the training
 //!   size, upsample class probabilities to the image's size, arg-max);
+//! - [`palette`]: colour tables, colour maps and overlays of label maps (the CLI,
+//!   the run report; public for the server);
 //! - [`metrics`]: the confusion matrix and (m)IoU of the Cityscapes protocol;
 //! - [`datasets`]: Cityscapes, GTA5 and SYNTHIA layouts;
 //! - [`synth`]: the built-in synthetic source/target domains;
@@ -27,6 +29,7 @@ pub mod imageio;
 pub mod label;
 pub mod labels;
 pub mod metrics;
+pub mod palette;
 pub mod predict;
 pub mod synth;
 pub mod trt;

@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::engine::{Engine, EngineOptions, Fetch, Provider};
 use crate::imageio;
+use crate::palette;
 use crate::predict::{self, Upsample};
 
 /// Arguments of `lse segment`.
@@ -76,9 +77,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             imageio::write_gray_png(&p, &label)?;
             out.push(p);
             if a.color {
-                let (w, h) = ids.dimensions();
-                let rgb: Vec<u8> = ids.iter().flat_map(|&t| colors[t as usize]).collect();
-                let img = image::RgbImage::from_raw(w, h, rgb).context("colour buffer")?;
+                let img = palette::colorize_with(&ids, &colors);
                 let p = a.out.join(format!("{stem}_color.png"));
                 imageio::write_rgb_png(&p, &img)?;
                 out.push(p);

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use image::GrayImage;
-use lse_runtime::imageio;
+use lse_runtime::{imageio, palette};
 
 use super::*;
 use crate::diagnostics::{
@@ -373,17 +373,17 @@ impl Trainer {
             .masked_fill(&mask.eq(0.0), crate::losses::IGNORE_LABEL);
         write_rgb(
             &files.pseudo,
-            &imageio::colorize(&data::tensor_to_gray(&pseudo.to_device(Device::Cpu))),
+            &palette::colorize(&data::tensor_to_gray(&pseudo.to_device(Device::Cpu))),
         )?;
         if let Some(t) = &truth {
-            write_rgb(&files.truth, &imageio::colorize(t))?;
+            write_rgb(&files.truth, &palette::colorize(t))?;
         }
         for (k, (wi, wl)) in files.windows.iter().enumerate() {
             let (im, lb) = &g.examples[k];
             write_rgb(wi, &data::tensor_to_rgb(&im.to_device(Device::Cpu), mean))?;
             write_rgb(
                 wl,
-                &imageio::colorize(&data::tensor_to_gray(&lb.to_device(Device::Cpu))),
+                &palette::colorize(&data::tensor_to_gray(&lb.to_device(Device::Cpu))),
             )?;
         }
         Ok(RoundSample {
