@@ -660,8 +660,12 @@ pub fn check_agreement(
 ) -> Result<Parity, ExportError> {
     let p = parity(net, path, rgb, engine_opts)?;
     let finite = p.max_abs_diff.is_finite() && p.max_abs_logit.is_finite();
-    // NaN logits make every comparison false: `!(a >= min)` refuses them too.
-    if !finite || !(p.argmax_agreement >= min) {
+    // A NaN agreement is refused too (it is not Greater or Equal).
+    let enough = matches!(
+        p.argmax_agreement.partial_cmp(&min),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    );
+    if !finite || !enough {
         return Err(ExportError::Agreement {
             path: path.to_path_buf(),
             precision,

@@ -1,15 +1,25 @@
 //! `lse bench`: offline throughput of a model through the runtime, on one generated
 //! image (decode excluded; resize, inference, probability upsampling and arg-max
 //! included), the reference the server benchmark compares against.
+//!
+//! With `--matrix cpu,cuda,tensorrt --precision fp32,fp16 --batch 1,8` it measures every
+//! combination, each in a fresh `lse bench` process (so peak memory and the first run,
+//! TensorRT's engine build or cache load included, belong to that row alone), and
+//! prints one table; a combination that cannot run here says why ([`matrix`]).
 
-use std::path::PathBuf;
+mod matrix;
+
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::engine::{Engine, EngineOptions, Provider};
+use anyhow::Context;
+
+use crate::contract::Precision;
+use crate::engine::{Device, Engine, EngineOptions, Fetch, Provider};
 use crate::predict::{self, Upsample};
 
 /// Arguments of `lse bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The model (default: models/default/model.onnx).
     pub model: Option<PathBuf>,
@@ -19,9 +29,9 @@ pub struct Args {
     /// Size of the generated image.
     #[arg(long, default_value = "2048x1024", value_parser = parse_size)]
     pub size: [u32; 2],
-    /// Images per inference call.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Images per inference call (a list with --matrix: 1,8).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
     /// Timed iterations (after 2 warm-up runs).
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
@@ -32,6 +42,31 @@ pub struct Args {
     pub upsample: Upsample,
     #[arg(long, value_enum, default_value_t = Provider::Auto)]
     pub provider: Provider,
+    /// Measure every combination of these providers with --precision and --batch,
+    /// one row each (cpu,cuda,tensorrt).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub matrix: Vec<Provider>,
+    /// Precisions (a list with --matrix): TensorRT builds its engine in it; the CPU
+    /// and CUDA providers run the --fp16-model file for fp16.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32")]
+    pub precision: Vec<Precision>,
+    /// The float16 export of the same network (lse-train export --precision fp16),
+    /// for the fp16 rows of the CPU and CUDA providers.
+    #[arg(long)]
+    pub fp16_model: Option<PathBuf>,
+    /// Images to evaluate on (a Cityscapes-style tree); with --gt, each row reports
+    /// mIoU and its change against the fp32 row of the same provider and batch.
+    #[arg(long, requires = "gt")]
+    pub images: Option<PathBuf>,
+    /// Ground truth for --images (`*_gtFine_labelIds.png`).
+    #[arg(long, requires = "images")]
+    pub gt: Option<PathBuf>,
+    /// GPU device (cuda or cuda:N) for the CUDA and TensorRT rows.
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    /// Root of the TensorRT engine and timing caches.
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
     /// Path of libonnxruntime.so.
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
@@ -53,58 +88,140 @@ fn parse_size(s: &str) -> Result<[u32; 2], String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let path = super::model_or_default(a.model)?;
-    let mut engine = Engine::load(
-        &path,
-        &EngineOptions {
-            provider: a.provider,
-            ort_lib: a.ort_lib,
-            threads: a.threads,
-            ..Default::default()
-        },
-    )?;
+    if let Some(b) = a.batch.iter().find(|&&b| b == 0) {
+        anyhow::bail!("--batch {b}: a batch has at least one image");
+    }
+    if !a.matrix.is_empty() || a.batch.len() > 1 || a.precision.len() > 1 {
+        return matrix::run(&a);
+    }
+    let report = single(&a)?;
+    if a.json {
+        return super::print_json(&report);
+    }
+    println!(
+        "{:.2} images/s ({} x {}x{}, batch {}, median {:.1} ms per batch, provider {}, first run {:.2} s, peak RSS {:.0} MiB)",
+        report["images_per_s"].as_f64().unwrap_or(0.0),
+        report["iterations"],
+        report["image_size"][0],
+        report["image_size"][1],
+        report["batch"],
+        report["median_ms_per_batch"].as_f64().unwrap_or(0.0),
+        report["provider"].as_str().unwrap_or("?"),
+        report["first_run_s"].as_f64().unwrap_or(0.0),
+        report["peak_host_mib"].as_f64().unwrap_or(0.0),
+    );
+    Ok(())
+}
+
+/// One combination in this process: load, first run, timed runs, memory, accuracy.
+fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
+    let path = super::model_or_default(a.model.clone())?;
+    let batch_size = a.batch[0];
+    let mut opts = EngineOptions {
+        provider: a.provider,
+        ort_lib: a.ort_lib.clone(),
+        threads: a.threads,
+        device: a.device,
+        precision: a.precision[0],
+        trt_cache: a.trt_cache.clone(),
+        max_batch: batch_size,
+        fetch: Fetch::for_upsample(a.upsample),
+        ..Default::default()
+    };
+    if a.provider == Provider::Cpu {
+        opts.device = Device::Auto;
+    }
     let img = match &a.image {
         Some(p) => crate::imageio::read_rgb(p)?,
         None => image::RgbImage::from_fn(a.size[0], a.size[1], |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
         }),
     };
-    let batch = vec![img; a.batch.max(1)];
-    for _ in 0..2 {
-        predict::segment_batch(&mut engine, &batch, a.upsample)?;
-    }
-    let mut times = Vec::with_capacity(a.iters);
+    let batch = vec![img; batch_size];
+    let t0 = Instant::now();
+    let mut engine = Engine::load(&path, &opts)?;
+    predict::segment_batch(&mut engine, &batch, a.upsample)?;
+    let first_run = t0.elapsed().as_secs_f64();
+    predict::segment_batch(&mut engine, &batch, a.upsample)?;
+    let iters = a.iters.max(1);
+    let mut times = Vec::with_capacity(iters);
     let start = Instant::now();
-    for _ in 0..a.iters.max(1) {
+    for _ in 0..iters {
         let t = Instant::now();
         predict::segment_batch(&mut engine, &batch, a.upsample)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let total = start.elapsed().as_secs_f64();
     times.sort_by(f64::total_cmp);
-    let images = (a.iters.max(1) * batch.len()) as f64;
-    let report = serde_json::json!({
+    let images = (iters * batch.len()) as f64;
+    let miou = match (&a.images, &a.gt) {
+        (Some(i), Some(g)) => Some(accuracy(&mut engine, i, g, batch_size, a.upsample)?),
+        _ => None,
+    };
+    let gpu = engine.provider() != Provider::Cpu;
+    Ok(serde_json::json!({
         "model": path,
         "provider": engine.provider(),
+        "precision": opts.precision,
+        "model_precision": engine.meta().precision,
         "image_size": [batch[0].width(), batch[0].height()],
         "batch": batch.len(),
-        "iterations": a.iters.max(1),
+        "iterations": iters,
         "images_per_s": images / total,
+        "ms_per_image": 1e3 * total / images,
         "median_ms_per_batch": times[times.len() / 2] * 1e3,
-    });
-    if a.json {
-        super::print_json(&report)
-    } else {
-        println!(
-            "{:.2} images/s ({} x {}x{}, batch {}, median {:.1} ms per batch, provider {})",
-            images / total,
-            a.iters.max(1),
-            batch[0].width(),
-            batch[0].height(),
-            batch.len(),
-            times[times.len() / 2] * 1e3,
-            engine.provider()
-        );
-        Ok(())
+        "first_run_s": first_run,
+        "peak_host_mib": matrix::peak_rss_mib(),
+        "device_mib": if gpu { matrix::device_mib(std::process::id()) } else { None },
+        "miou": miou,
+    }))
+}
+
+/// mIoU (19 classes, percent) of `engine` on the images under `images` against `gt`,
+/// through `lse eval`'s protocol (label-id PNGs written to a temporary folder).
+fn accuracy(
+    engine: &mut Engine,
+    images: &Path,
+    gt: &Path,
+    batch: usize,
+    mode: Upsample,
+) -> anyhow::Result<f64> {
+    let files = crate::label::list_images(images, &[])?;
+    if files.is_empty() {
+        anyhow::bail!("no PNG or JPEG images under {}", images.display());
     }
+    let tmp = tempdir_in_target()?;
+    let lut = engine.meta().label_lut();
+    for chunk in files.chunks(batch) {
+        let imgs = chunk
+            .iter()
+            .map(|p| crate::imageio::read_rgb(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let preds = predict::segment_batch(engine, &imgs, mode)?;
+        for (p, mut ids) in chunk.iter().zip(preds) {
+            ids.iter_mut().for_each(|v| *v = lut[*v as usize]);
+            let name = p.file_name().context("an image without a file name")?;
+            crate::imageio::write_gray_png(&tmp.join(name).with_extension("png"), &ids)?;
+        }
+    }
+    let res = super::eval::evaluate(
+        &tmp,
+        gt,
+        super::eval::Ids::Label,
+        crate::labels::ClassSubset::All19,
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    let res = res?;
+    res.report
+        .miou
+        .map(|m| m * 100.0)
+        .context("no ground-truth pixel of the 19 classes")
+}
+
+/// A fresh folder under the system's temporary folder for one row's predictions.
+fn tempdir_in_target() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lse-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
