@@ -110,7 +110,9 @@ def svg_bars(rows, path):
 def report(out, results, regen="scripts/bench-adapt.sh"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
-    L = ["# Results: LSE on the built-in synthetic domains", "",
+    regime = regen.split("LSE_BENCH_REGIME=")[1].split()[0] if "LSE_BENCH_REGIME=" in regen else None
+    title = f"the `{regime}` synthetic target (scripts/regimes/{regime}.json)" if regime else "the built-in synthetic domains"
+    L = [f"# Results: LSE on {title}", "",
          f"Written by `scripts/bench-adapt.sh` on {time.strftime('%Y-%m-%d')} from the runs in "
          f"`{os.path.relpath(out)}`; regenerate with `{regen}` (it resumes). "
          "What the numbers say and why: `docs/synthetic-domains.md`.", ""]
