@@ -18,6 +18,9 @@ NUMPY_VERSION="2.3.5"
 PILLOW_VERSION="12.0.0"
 SAFETENSORS_VERSION="0.7.0"
 TRITONCLIENT_VERSION="2.73.0"
+# GPU only (LSE_GPU=1): TensorRT 10's libraries for ONNX Runtime's TensorRT provider
+# (libnvinfer.so.10; scripts/gpu-check.sh puts the wheel's folder on the library path).
+TENSORRT_VERSION="10.16.1.11"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -52,6 +55,9 @@ have numpy "$NUMPY_VERSION" || need+=("numpy==$NUMPY_VERSION")
 have pillow "$PILLOW_VERSION" || need+=("pillow==$PILLOW_VERSION")
 have safetensors "$SAFETENSORS_VERSION" || need+=("safetensors==$SAFETENSORS_VERSION")
 have tritonclient "$TRITONCLIENT_VERSION" || need+=("tritonclient[http,grpc]==$TRITONCLIENT_VERSION")
+if [ "$want_gpu" = "1" ]; then
+  have tensorrt-cu13-libs "$TENSORRT_VERSION" || need+=("tensorrt-cu13-libs==$TENSORRT_VERSION")
+fi
 
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing into .venv: ${need[*]} (torch is about 2.7 GB the first time)"

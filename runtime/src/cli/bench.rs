@@ -32,6 +32,11 @@ pub struct Args {
     /// Images per inference call (a list with --matrix: 1,8).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
+    /// The largest batch the TensorRT engine is built for (default: the batch; with
+    /// --matrix the largest of --batch, so every batch of a precision shares one engine
+    /// and the later rows load it from the cache).
+    #[arg(long)]
+    pub max_batch: Option<usize>,
     /// Timed iterations (after 2 warm-up runs).
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
@@ -124,7 +129,7 @@ fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
         device: a.device,
         precision: a.precision[0],
         trt_cache: a.trt_cache.clone(),
-        max_batch: batch_size,
+        max_batch: a.max_batch.unwrap_or(batch_size).max(batch_size),
         fetch: Fetch::for_upsample(a.upsample),
         ..Default::default()
     };

@@ -82,6 +82,8 @@ fn child_args(a: &Args, model: &std::path::Path, row: &Row) -> Vec<std::ffi::OsS
     push("--provider", row.provider.to_string());
     push("--precision", row.precision.to_string());
     push("--batch", row.batch.to_string());
+    let max = a.batch.iter().copied().max().unwrap_or(row.batch);
+    push("--max-batch", a.max_batch.unwrap_or(max).to_string());
     push("--iters", a.iters.to_string());
     push("--threads", a.threads.to_string());
     push("--size", format!("{}x{}", a.size[0], a.size[1]));
@@ -345,9 +347,21 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(
-            joined.starts_with("bench m.onnx --provider tensorrt --precision fp16 --batch 8"),
+            joined.starts_with(
+                "bench m.onnx --provider tensorrt --precision fp16 --batch 8 --max-batch 8"
+            ),
             "{joined}"
         );
         assert!(joined.ends_with("--json"), "{joined}");
+        // Batch 1 is built for the largest batch too: one engine per precision.
+        let r1 = Row { batch: 1, ..r };
+        let joined: Vec<String> = child_args(&t.a, std::path::Path::new("m.onnx"), &r1)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert!(
+            joined.join(" ").contains("--batch 1 --max-batch 8"),
+            "{joined:?}"
+        );
     }
 }
