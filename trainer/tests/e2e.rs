@@ -7,9 +7,9 @@
 //! Needs `lse` built beside `lse-train` (`cargo build -p lse-runtime --bins`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use lse_test_support::{beside, fails_with, init_tiny, json, ok, run, synth};
 use lse_trainer::checkpoint;
 
 fn lse_train() -> PathBuf {
@@ -17,48 +17,7 @@ fn lse_train() -> PathBuf {
 }
 
 fn lse() -> PathBuf {
-    let p = lse_train().with_file_name("lse");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build -p lse-runtime --bins`",
-        p.display()
-    );
-    p
-}
-
-fn run(bin: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
-}
-
-fn ok(bin: &Path, args: &[&str]) -> String {
-    let out = run(bin, args);
-    assert!(
-        out.status.success(),
-        "{} {:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        bin.display(),
-        args,
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command that must fail with one `error:` message containing `needle`.
-fn fails_with(bin: &Path, args: &[&str], needle: &str) {
-    let out = run(bin, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: expected a message containing `{needle}`, got:\n{stderr}"
-    );
-    let errors = stderr.lines().filter(|l| l.starts_with("error")).count();
-    assert_eq!(errors, 1, "{args:?}: one message expected, got:\n{stderr}");
+    beside(&lse_train(), "lse")
 }
 
 struct Fixture {
@@ -80,28 +39,9 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let d = root.join("data").display().to_string();
-        ok(
-            &lse(),
-            &[
-                "synth", "--out", &d, "--train", "20", "--val", "4", "--size", "96x48", "--seed",
-                "1",
-            ],
-        );
+        synth(&lse(), &d, 20, 4, "96x48", 1);
         let init = root.join("init.safetensors").display().to_string();
-        ok(
-            &lse_train(),
-            &[
-                "init",
-                "--width",
-                "0.125",
-                "--classes",
-                "19",
-                "--seed",
-                "0",
-                "--out",
-                &init,
-            ],
-        );
+        init_tiny(&lse_train(), &init, 0);
         Fixture { _dir: dir, root }
     })
 }
@@ -127,11 +67,6 @@ const COMMON: &[&str] = &[
 
 fn args<'a>(head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
     head.iter().chain(COMMON).chain(tail).copied().collect()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn finite(v: &serde_json::Value) -> bool {

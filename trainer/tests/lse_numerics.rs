@@ -6,10 +6,11 @@
 //! per-pixel loop for the reliability mask, and `F.interpolate(align_corners=True)`
 //! window by window for the generated examples.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use lse_test_support::python;
 use lse_trainer::losses::{DEFAULT_FOCAL, source_loss, target_loss};
 use lse_trainer::lse::{
     self, DegenerateGroups, Window, class_mean_normalized_entropy, class_scores, entropy, generate,
@@ -33,10 +34,6 @@ const P: f64 = 0.75;
 const SKIP: [bool; 5] = [false, false, true, false, false];
 /// Thresholds at the edges of [0, 1], where the strict `H' < tau` matters.
 const CUSTOM_TAUS: [Option<f64>; 5] = [Some(0.0), Some(1.0), None, Some(0.5), Some(0.0)];
-
-fn python() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-}
 
 #[derive(Debug, Deserialize)]
 struct RefJson {
@@ -118,11 +115,6 @@ fn prepared() -> &'static Prepared {
         let wt = Tensor::from_slice(&wflat).view([windows.len() as i64, K as i64, 4]);
 
         let py = python();
-        assert!(
-            py.exists(),
-            "{} not found: run scripts/setup.sh to create the venv with torch",
-            py.display()
-        );
         let dir = tempfile::tempdir().unwrap();
         Tensor::write_safetensors(
             &[

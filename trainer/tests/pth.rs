@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use lse_test_support::python;
 use lse_trainer::checkpoint;
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
 use lse_trainer::pth::{PthError, load_state_dict};
@@ -26,12 +27,7 @@ fn fixtures() -> &'static Path {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("tempdir");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let py = root.join("../.venv/bin/python");
-        assert!(
-            py.exists(),
-            "{} not found: run scripts/setup.sh to create the venv with torch",
-            py.display()
-        );
+        let py = python();
         let out = Command::new(&py)
             .arg(root.join("tests/py/pth_fixtures.py"))
             .arg(dir.path())

@@ -11,9 +11,9 @@
 mod machine_paths;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lse_runtime::datasets::{DatasetSpec, DatasetSummary};
+use lse_test_support::{beside, fails_with, init_tiny, json, ok, run, synth};
 use lse_trainer::checkpoint;
 use machine_paths::{files_under, machine_paths_in};
 
@@ -22,55 +22,7 @@ fn lse_train() -> PathBuf {
 }
 
 fn lse() -> PathBuf {
-    let p = lse_train().with_file_name("lse");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it first with `cargo build -p lse-runtime --bins`",
-        p.display()
-    );
-    p
-}
-
-fn run(bin: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
-}
-
-fn ok(bin: &Path, args: &[&str]) -> String {
-    let out = run(bin, args);
-    assert!(
-        out.status.success(),
-        "{} {:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        bin.display(),
-        args,
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(bin: &Path, args: &[&str], needle: &str) {
-    let out = run(bin, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: expected a message containing `{needle}`, got:\n{stderr}"
-    );
-    assert_eq!(
-        stderr.lines().filter(|l| l.starts_with("error")).count(),
-        1,
-        "{args:?}: one message expected, got:\n{stderr}"
-    );
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    beside(&lse_train(), "lse")
 }
 
 fn assert_clean(dir: &Path) {
@@ -101,36 +53,8 @@ fn publish_writes_a_clean_self_contained_model_folder() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let p = |rel: &str| root.join(rel).display().to_string();
-    ok(
-        &lse(),
-        &[
-            "synth",
-            "--out",
-            &p("data"),
-            "--train",
-            "6",
-            "--val",
-            "3",
-            "--size",
-            "64x32",
-            "--seed",
-            "2",
-        ],
-    );
-    ok(
-        &lse_train(),
-        &[
-            "init",
-            "--width",
-            "0.125",
-            "--classes",
-            "19",
-            "--seed",
-            "0",
-            "--out",
-            &p("init.safetensors"),
-        ],
-    );
+    synth(&lse(), &p("data"), 6, 3, "64x32", 2);
+    init_tiny(&lse_train(), &p("init.safetensors"), 0);
     let source = format!("gta5:{}", p("data/source"));
     let target = format!("cityscapes:{}", p("data/target"));
     ok(

@@ -12,23 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use lse_test_support::{beside, init_tiny, ok, python, synth};
+
 fn lse_train() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lse-train"))
-}
-
-fn run(bin: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed:\n{}",
-        bin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn target_images(root: &Path) -> Vec<String> {
@@ -44,49 +31,17 @@ fn target_images(root: &Path) -> Vec<String> {
 
 #[test]
 fn one_round_matches_an_independent_computation() {
-    let lse = lse_train().with_file_name("lse");
-    assert!(
-        lse.is_file(),
-        "build `lse` first: cargo build -p lse-runtime --bins"
-    );
+    let lse = beside(&lse_train(), "lse");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let p = |rel: &str| root.join(rel).display().to_string();
-    run(
-        &lse,
-        &[
-            "synth",
-            "--out",
-            &p("data"),
-            "--train",
-            "24",
-            "--val",
-            "0",
-            "--size",
-            "64x32",
-            "--seed",
-            "5",
-        ],
-    );
+    synth(&lse, &p("data"), 24, 0, "64x32", 5);
     let init = p("init.safetensors");
-    run(
-        &lse_train(),
-        &[
-            "init",
-            "--width",
-            "0.125",
-            "--classes",
-            "19",
-            "--seed",
-            "3",
-            "--out",
-            &init,
-        ],
-    );
+    init_tiny(&lse_train(), &init, 3);
     // A briefly trained source model predicts several classes in most images, so
     // several classes keep an image at p = 1 (floor(N_c / 19) >= 1).
     let src = p("src");
-    run(
+    ok(
         &lse_train(),
         &[
             "train",
@@ -117,7 +72,7 @@ fn one_round_matches_an_independent_computation() {
     let (batch, patches, epochs) = (2, 2, 1);
     let (b, k, e) = (batch.to_string(), patches.to_string(), epochs.to_string());
     let run_dir = p("adapt");
-    run(
+    ok(
         &lse_train(),
         &[
             "adapt",
@@ -171,7 +126,7 @@ fn one_round_matches_an_independent_computation() {
     });
     let cfg_path = root.join("round.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let py = python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/round_reference.py");
     let out = Command::new(py)
         .arg(script)
