@@ -87,6 +87,9 @@ pub struct LabelSettings {
     pub color: bool,
     /// Also write overlays to [`LabelSettings::overlay_dir`].
     pub overlay: bool,
+    /// Also write confidence and entropy maps ([`crate::predict::confidence_entropy`])
+    /// to [`LabelSettings::confidence_dir`] and [`LabelSettings::entropy_dir`].
+    pub confidence: bool,
     /// Images per inference batch.
     pub batch: usize,
     pub shard: Option<Shard>,
@@ -105,6 +108,16 @@ impl LabelSettings {
     /// The overlay tree: `<out>_overlay` beside the output folder.
     pub fn overlay_dir(&self) -> PathBuf {
         sibling(&self.out, "_overlay")
+    }
+
+    /// The confidence-map tree: `<out>_confidence` beside the output folder.
+    pub fn confidence_dir(&self) -> PathBuf {
+        sibling(&self.out, "_confidence")
+    }
+
+    /// The entropy-map tree: `<out>_entropy` beside the output folder.
+    pub fn entropy_dir(&self) -> PathBuf {
+        sibling(&self.out, "_entropy")
     }
 }
 
@@ -207,6 +220,8 @@ pub struct Job {
     pub output: PathBuf,
     pub color: Option<PathBuf>,
     pub overlay: Option<PathBuf>,
+    pub confidence: Option<PathBuf>,
+    pub entropy: Option<PathBuf>,
 }
 
 /// The images under `input` (sorted), skipping the given folders (the output trees
@@ -241,6 +256,8 @@ pub fn plan(settings: &LabelSettings) -> Result<(Vec<Job>, usize), LabelError> {
         settings.out.clone(),
         settings.color_dir(),
         settings.overlay_dir(),
+        settings.confidence_dir(),
+        settings.entropy_dir(),
     ];
     let images = list_images(&settings.input, &exclude)?;
     if images.is_empty() {
@@ -261,6 +278,8 @@ pub fn plan(settings: &LabelSettings) -> Result<(Vec<Job>, usize), LabelError> {
                 output: settings.out.join(&rel),
                 color: settings.color.then(|| settings.color_dir().join(&rel)),
                 overlay: settings.overlay.then(|| settings.overlay_dir().join(&rel)),
+                confidence: settings.confidence.then(|| settings.confidence_dir().join(&rel)),
+                entropy: settings.confidence.then(|| settings.entropy_dir().join(&rel)),
                 image,
             }
         })
@@ -276,7 +295,26 @@ pub fn is_done(job: &Job, size: (u32, u32)) -> bool {
         p.as_ref()
             .is_none_or(|p| imageio::dimensions(p).is_ok_and(|d| d == size))
     };
-    label_ok && vis_ok(&job.color) && vis_ok(&job.overlay)
+    label_ok
+        && vis_ok(&job.color)
+        && vis_ok(&job.overlay)
+        && vis_ok(&job.confidence)
+        && vis_ok(&job.entropy)
+}
+
+/// Writes the confidence and entropy maps of one image, if the job asks for them.
+fn write_confidence(
+    job: &Job,
+    scores: ndarray::ArrayView3<'_, f32>,
+    width: u32,
+    height: u32,
+) -> Result<(), ImageError> {
+    let (Some(c), Some(e)) = (&job.confidence, &job.entropy) else {
+        return Ok(());
+    };
+    let (conf, ent) = predict::confidence_entropy(scores, width, height);
+    imageio::write_gray_png(c, &conf)?;
+    imageio::write_gray_png(e, &ent)
 }
 
 /// What a decoder thread sends.
@@ -523,6 +561,9 @@ pub fn label_tree(
                                     .and_then(|ids| {
                                         clock.add(POST, t);
                                         let t = Instant::now();
+                                        // Before the label PNG, which marks the image done.
+                                        let scores = out.scores.index_axis(Axis(0), k);
+                                        write_confidence(job, scores, *w, *h)?;
                                         let res = write_outputs(
                                             job,
                                             &ids,
@@ -685,6 +726,7 @@ mod tests {
             ids: OutputIds::Label,
             color: true,
             overlay: true,
+            confidence: true,
             batch: 1,
             shard: None,
             overwrite: false,
@@ -693,5 +735,10 @@ mod tests {
         };
         assert_eq!(s.color_dir(), PathBuf::from("/tmp/res/pred_color"));
         assert_eq!(s.overlay_dir(), PathBuf::from("/tmp/res/pred_overlay"));
+        assert_eq!(
+            s.confidence_dir(),
+            PathBuf::from("/tmp/res/pred_confidence")
+        );
+        assert_eq!(s.entropy_dir(), PathBuf::from("/tmp/res/pred_entropy"));
     }
 }

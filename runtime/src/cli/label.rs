@@ -27,6 +27,10 @@ pub struct Args {
     /// Also write overlays of the colours on the image (to OUT_overlay/).
     #[arg(long)]
     pub overlay: bool,
+    /// Also write 8-bit maps of the prediction's confidence (largest class probability
+    /// x 255, to OUT_confidence/) and normalised entropy (x 255, to OUT_entropy/).
+    #[arg(long)]
+    pub confidence: bool,
     /// Images per inference batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -66,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ids: args.ids,
         color: args.color,
         overlay: args.overlay,
+        confidence: args.confidence,
         batch: args.batch,
         shard: args.shard,
         overwrite: args.overwrite,
