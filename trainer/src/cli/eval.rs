@@ -16,29 +16,63 @@ use crate::train::{Model, evaluate, evaluation_json, subset_for};
 /// Arguments of `lse-train eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The checkpoint (.safetensors written by lse-train).
-    pub checkpoint: PathBuf,
-    /// The labelled target: cityscapes:DIR.
-    #[arg(long)]
-    pub target: DatasetSpec,
-    /// The split to evaluate.
-    #[arg(long, default_value = "val")]
-    pub split: String,
-    /// Prediction size WxH (default: the checkpoint's train_size, else 1024x512).
-    #[arg(long, value_parser = super::parse_size)]
-    pub size: Option<[u32; 2]>,
+    #[command(flatten)]
+    pub on: CheckpointOnSplit,
     /// Classes to average over: 19, 16 or 13 (default: 16 for a SYNTHIA-trained
     /// checkpoint, else 19).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// Evaluate only the first N images (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub limit: usize,
     #[command(flatten)]
     pub device: super::DeviceArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A checkpoint and the labelled Cityscapes-layout split it runs on (`eval`,
+/// `premise`).
+#[derive(Debug, clap::Args)]
+pub struct CheckpointOnSplit {
+    /// The checkpoint (.safetensors written by lse-train).
+    pub checkpoint: PathBuf,
+    /// The target: cityscapes:DIR.
+    #[arg(long)]
+    pub target: DatasetSpec,
+    /// The split (choose settings on a tuning split, report on val).
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Prediction size WxH (default: the checkpoint's train_size, else 1024x512).
+    #[arg(long, value_parser = super::parse_size)]
+    pub size: Option<[u32; 2]>,
+    /// Only the first N images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+}
+
+impl CheckpointOnSplit {
+    /// The model on `device`, its prediction size and the split, checked.
+    pub fn open(&self, device: tch::Device) -> anyhow::Result<(Model, [u32; 2], Dataset)> {
+        if self.target.kind != DatasetKind::Cityscapes {
+            anyhow::bail!("the target must be cityscapes:DIR (got {})", self.target);
+        }
+        let model = Model::load(&self.checkpoint, device, None)?;
+        let size = match self.size {
+            Some(s) => s,
+            None => checkpoint_size(&model)?,
+        };
+        let ds = Dataset::open_spec(&self.target, &self.split, None)
+            .with_context(|| format!("opening {} (split {})", self.target, self.split))?;
+        Ok((model, size, ds))
+    }
+
+    /// How many images a run over the split covers.
+    pub fn images(&self, ds: &Dataset) -> usize {
+        if self.limit == 0 {
+            ds.len()
+        } else {
+            self.limit.min(ds.len())
+        }
+    }
 }
 
 /// The size a checkpoint was trained at (`train_size`), else 1024x512.
@@ -51,17 +85,7 @@ pub fn checkpoint_size(model: &Model) -> anyhow::Result<[u32; 2]> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let device = a.device.resolve()?;
-    if a.target.kind != DatasetKind::Cityscapes {
-        anyhow::bail!(
-            "the evaluation target must be cityscapes:DIR (got {})",
-            a.target
-        );
-    }
-    let model = Model::load(&a.checkpoint, device, None)?;
-    let size = match a.size {
-        Some(s) => s,
-        None => checkpoint_size(&model)?,
-    };
+    let (model, size, ds) = a.on.open(device)?;
     let subset = match a.classes {
         Some(n) => ClassSubset::from_count(n)
             .ok_or_else(|| anyhow::anyhow!("--classes {n}: expected 19, 16 or 13"))?,
@@ -72,18 +96,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .and_then(|s| s.parse::<DatasetSpec>().ok())
             .map_or(ClassSubset::All19, |s| subset_for(s.kind)),
     };
-    let ds = Dataset::open_spec(&a.target, &a.split, None)
-        .with_context(|| format!("opening {} (split {})", a.target, a.split))?;
-    let n = if a.limit == 0 {
-        ds.len()
-    } else {
-        a.limit.min(ds.len())
-    };
+    let n = a.on.images(&ds);
     let mean = Config::default().mean_bgr;
-    let cm = evaluate(&model, Arc::new(ds), size, mean, a.limit, a.json)?;
+    let cm = evaluate(&model, Arc::new(ds), size, mean, a.on.limit, a.json)?;
     if a.json {
-        let mut v = evaluation_json(&cm, subset, &a.split, n);
-        v["checkpoint"] = serde_json::json!(a.checkpoint);
+        let mut v = evaluation_json(&cm, subset, &a.on.split, n);
+        v["checkpoint"] = serde_json::json!(a.on.checkpoint);
         v["size"] = serde_json::json!(size);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -95,7 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         println!(
             "{n} images of {} split {}, predicted at {}x{}",
-            a.target, a.split, size[0], size[1]
+            a.on.target, a.on.split, size[0], size[1]
         );
     }
     Ok(())

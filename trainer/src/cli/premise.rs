@@ -2,32 +2,21 @@
 //! (entropy and accuracy on full images vs up-scaled windows, confident errors); the
 //! instrument of the regime search in docs/synthetic-domains.md. It never trains.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
+use lse_runtime::datasets::{Dataset, DatasetSpec};
 
+use super::eval::CheckpointOnSplit;
 use crate::config::Config;
 use crate::premise::{self, PremiseReport, PremiseSettings};
-use crate::train::Model;
 
 /// Arguments of `lse-train premise`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The checkpoint (.safetensors written by lse-train).
-    pub checkpoint: PathBuf,
-    /// The target: cityscapes:DIR (labels, when present, add accuracies and errors).
-    #[arg(long)]
-    pub target: DatasetSpec,
-    /// The split to measure on (choose settings on a tuning split, never on val).
-    #[arg(long, default_value = "val")]
-    pub split: String,
+    #[command(flatten)]
+    pub on: CheckpointOnSplit,
     /// A source dataset (gta5:DIR or synthia:DIR) for the source entropy reference.
     #[arg(long)]
     pub source: Option<DatasetSpec>,
-    /// Prediction size WxH (default: the checkpoint's train_size, else 1024x512).
-    #[arg(long, value_parser = super::parse_size)]
-    pub size: Option<[u32; 2]>,
     /// Window scales, comma-separated (LSE's window_scale; 1.0 is the whole image).
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]
     pub scales: Vec<f64>,
@@ -37,9 +26,6 @@ pub struct Args {
     /// Seed of the window positions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Measure only the first N images (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub limit: usize,
     #[command(flatten)]
     pub device: super::DeviceArgs,
     /// Print the result as JSON.
@@ -54,17 +40,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.patches == 0 {
         anyhow::bail!("--patches must be at least 1");
     }
-    if a.target.kind != DatasetKind::Cityscapes {
-        anyhow::bail!("the target must be cityscapes:DIR (got {})", a.target);
-    }
     let device = a.device.resolve()?;
-    let model = Model::load(&a.checkpoint, device, None)?;
-    let size = match a.size {
-        Some(s) => s,
-        None => super::eval::checkpoint_size(&model)?,
-    };
-    let target = Dataset::open_spec(&a.target, &a.split, None)
-        .with_context(|| format!("opening {} (split {})", a.target, a.split))?;
+    let (model, size, target) = a.on.open(device)?;
     let source = a
         .source
         .as_ref()
@@ -77,21 +54,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         seed: a.seed,
         mean_bgr: Config::default().mean_bgr,
     };
-    let n = if a.limit == 0 {
-        target.len()
-    } else {
-        a.limit.min(target.len())
-    };
+    let n = a.on.images(&target);
     let bar = crate::train::bar(n as u64, "premise", "images", a.json);
-    let report = premise::measure(&model, &target, source.as_ref(), &settings, a.limit, || {
-        bar.inc(1)
-    })?;
+    let report = premise::measure(
+        &model,
+        &target,
+        source.as_ref(),
+        &settings,
+        a.on.limit,
+        || bar.inc(1),
+    )?;
     bar.finish_and_clear();
     if a.json {
         let mut v = serde_json::to_value(&report)?;
-        v["checkpoint"] = serde_json::json!(a.checkpoint);
-        v["target"] = serde_json::json!(a.target.to_string());
-        v["split"] = serde_json::json!(a.split);
+        v["checkpoint"] = serde_json::json!(a.on.checkpoint);
+        v["target"] = serde_json::json!(a.on.target.to_string());
+        v["split"] = serde_json::json!(a.on.split);
         v["size"] = serde_json::json!(size);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
