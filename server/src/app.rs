@@ -146,17 +146,49 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Refuses a body whose declared length is over the limit before reading it.
+/// How much of an over-limit body is read and thrown away before the 413 answer, and
+/// for how long at most.
+const DRAIN_MAX_BYTES: u64 = 256 << 20;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+
+/// Refuses a body whose declared length is over the limit without storing it.
+///
+/// Hand-written rather than tower-http's `RequestBodyLimitLayer`: that layer (like
+/// answering at once) replies while the client is still sending, and a client that
+/// writes its whole body before reading (Python's `requests` and `urllib`) then sees
+/// the connection reset instead of the 413. So the body is read and discarded first,
+/// up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`], as production servers do; past
+/// either bound the answer goes out with `Connection: close`.
 async fn precheck_length(limit: usize, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::body_too_large(limit).into_response();
+    let Some(n) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(req).await;
+    };
+    let drained = n <= DRAIN_MAX_BYTES
+        && tokio::time::timeout(DRAIN_MAX_TIME, drain(req.into_body()))
+            .await
+            .is_ok_and(|read| read >= n);
+    let mut resp = ApiError::body_too_large(limit).into_response();
+    if !drained {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    next.run(req).await
+    resp
+}
+
+/// Reads a body to its end, keeping nothing; returns the bytes read.
+async fn drain(body: axum::body::Body) -> u64 {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        read += chunk.len() as u64;
+    }
+    read
 }
 
 /// Counts requests by route and status and times them.

@@ -61,6 +61,15 @@ pub struct Config {
     /// Largest request body in MiB; larger bodies get 413.
     #[arg(long, default_value_t = 20.0)]
     pub max_body_mb: f64,
+    /// Longest time a client may take to send a request's header, in milliseconds; it
+    /// also bounds how long a kept-alive connection may sit idle between requests.
+    /// Past it the connection is closed.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// HTTP connections open at once; further clients wait in the kernel's backlog
+    /// until one closes (keeps file descriptors for models and the gRPC service).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Largest image, in pixels (width x height), read from the image header before any
     /// pixel is decoded; larger images get 413.
     #[arg(long, default_value_t = 40_000_000)]

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod input;
+pub mod listen;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
@@ -209,13 +210,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let app = app::router(state.clone());
-    let mut stop = stop_rx;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("the server failed")?;
+    let limits = listen::ConnLimits {
+        header_timeout: Duration::from_millis(state.cfg.header_timeout_ms),
+        max_connections: state.cfg.max_connections as usize,
+    };
+    listen::serve(listener, app, limits, stop_rx).await;
     if let Some(g) = grpc {
         g.await.context("the gRPC server failed")??;
     }

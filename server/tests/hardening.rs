@@ -1,0 +1,110 @@
+//! Connection-level hardening: the 413 answer reaches clients that send their whole
+//! body before reading, slow headers are cut off while other clients are served, and
+//! the connection cap holds. Needs `lse-train` built (`cargo build --workspace`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Posts 64 MiB the way `requests`/`urllib` do (the whole body, then the answer).
+const BIG_POST: &str = r#"
+import json, sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=b"\0" * (64 << 20), headers={"Content-Type": "image/png"})
+try:
+    urllib.request.urlopen(req)
+    sys.exit("the server accepted 64 MiB")
+except urllib.error.HTTPError as e:
+    body = json.loads(e.read())
+    assert e.code == 413 and body["error"] == "body_too_large", (e.code, body)
+print("ok")
+"#;
+
+#[test]
+fn over_limit_body_gets_413_json_when_sent_whole() {
+    let server = Server::start(&["--max-body-mb", "1"]);
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    for route in ["/v1/segment", "/v2/models/default/infer"] {
+        let url = format!("http://{}{route}", server.addr);
+        let out = Command::new(&py)
+            .args(["-c", BIG_POST, &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{route}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The connection stays usable for the next request.
+    assert_eq!(get(server.addr, "/healthz").unwrap().status, 200);
+}
+
+/// Whether the server closed `s` (EOF or reset) before its read timeout.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+#[test]
+fn slow_headers_are_closed_while_others_are_served() {
+    let server = Server::start(&["--header-timeout-ms", "500"]);
+    let a = server.addr;
+    let mut slow: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.write_all(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-")
+                .unwrap();
+            s
+        })
+        .collect();
+    let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (i, s) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(s), "slow connection {i} was not closed");
+    }
+    assert_eq!(get(a, "/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn connection_cap_holds_and_frees() {
+    let server = Server::start(&["--max-connections", "2", "--header-timeout-ms", "60000"]);
+    let a = server.addr;
+    // Wait until the server is idle: the readiness probes' connections have closed.
+    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(a).unwrap()).collect();
+    let mut third = TcpStream::connect(a).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let early = third.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "a third connection was served beside two open ones: {early:?}"
+    );
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    third.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
