@@ -5,7 +5,9 @@
 # (installed when missing) posting one PNG, and reports for concurrency 1, 8 and 32:
 # requests/s, p50/p99 latency and errors; the server's RSS before and after 10,000
 # requests; and beside it the offline throughput of the same model on the same image
-# through the runtime (`lse bench`, same thread budget). Goals (issue 5): throughput at
+# through the runtime (`lse bench`, same thread budget). Then the same image through the
+# Open Inference Protocol (POST /v2/models/default/infer, the PNG as a BYTES tensor in
+# the binary-data extension, label map back as binary) at concurrency 1 and 8. Goals (issue 5): throughput at
 # concurrency 8 >= 0.9x offline, p99 <= 3x p50 at concurrency 8, zero errors, RSS
 # growth <= 5 %.
 #
@@ -121,6 +123,11 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "image/png"
+local header_len = os.getenv("BENCH_HEADER_LEN") or ""
+if header_len ~= "" then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = header_len
+end
 local limit = tonumber(os.getenv("BENCH_PER_THREAD") or "0")
 local count = 0
 if limit > 0 then
@@ -145,14 +152,15 @@ answered() { # segmentation requests the server has answered so far (any status)
   curl -fsS "$url/metrics" | awk '/^lse_http_requests_total\{route="\/v1\/segment"/ {n += $2} END {print n + 0}'
 }
 
-run_wrk() { # run_wrk NAME CONNECTIONS THREADS DURATION [REQUESTS]
+target_path="/v1/segment"
+run_wrk() { # run_wrk NAME CONNECTIONS THREADS DURATION [REQUESTS]  (posts to $target_path)
   # With REQUESTS, each wrk thread stops after its share of answers; wrk itself only
   # ends after its duration or on SIGINT, so the server's counter is watched and wrk
   # interrupted (it still prints its summary) once all answers are in.
   local name="$1" c="$2" t="$3" d="$4" n="${5:-0}" per=0 base wpid
   [ "$n" -gt 0 ] && { per=$(( (n + t - 1) / t )); base="$(answered)"; }
   BENCH_PER_THREAD="$per" wrk -t"$t" -c"$c" -d"$d" --timeout 60s -s "$work/post.lua" \
-    "$url/v1/segment" >"$work/wrk-$name.txt" 2>&1 &
+    "$url$target_path" >"$work/wrk-$name.txt" 2>&1 &
   wpid=$!
   if [ "$n" -gt 0 ]; then
     while kill -0 "$wpid" 2>/dev/null && [ "$(answered)" -lt $(( base + per * t )) ]; do sleep 0.5; done
@@ -179,6 +187,26 @@ for c in 1 8 32; do
 done
 curl -fsS "$url/metrics" >"$work/metrics.txt"
 
+# The Open Inference Protocol: one BYTES element (4-byte little-endian length, then the
+# PNG) after the JSON header, the label map back as binary data.
+BENCH_HEADER_LEN="$(python3 - "$work/image.png" "$work/v2.bin" <<'EOF'
+import json, struct, sys
+png = open(sys.argv[1], "rb").read()
+head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                               "parameters": {"binary_data_size": len(png) + 4}}],
+                   "outputs": [{"name": "labels", "parameters": {"binary_data": True}}]}).encode()
+open(sys.argv[2], "wb").write(head + struct.pack("<I", len(png)) + png)
+print(len(head))
+EOF
+)"
+export BENCH_HEADER_LEN BENCH_BODY="$work/v2.bin"
+target_path="/v2/models/default/infer"
+for c in 1 8; do
+  t=2; [ "$c" -eq 1 ] && t=1
+  say "v2 binary infer, concurrency $c for ${SECONDS_PER_RUN}s"
+  run_wrk "v2c$c" "$c" "$t" "${SECONDS_PER_RUN}s"
+done
+
 kill -TERM "$server_pid"
 wait "$server_pid" || die "lse-serve did not exit cleanly"
 server_pid=""
@@ -193,6 +221,7 @@ import json, os, re
 work = os.environ["WORK"]
 load = lambda n: json.load(open(f"{work}/{n}.json"))
 runs = {c: load(f"c{c}") for c in (1, 8, 32)}
+runs_v2 = {c: load(f"v2c{c}") for c in (1, 8)}
 rss = load("rss")
 off1, offb = load("offline1"), load("offlineB")
 offline = max(off1["images_per_s"], offb["images_per_s"])
@@ -215,6 +244,11 @@ for c, r in runs.items():
     out["runs"][f"c{c}"] = {"requests_per_s": rps, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                             "max_ms": r["max_ms"], "requests": r["requests"],
                             "errors": sum(r["errors"].values()), "ratio_vs_offline": rps / offline}
+for c, r in runs_v2.items():
+    rps = r["requests"] / r["seconds"]
+    out["runs"][f"v2_c{c}"] = {"requests_per_s": rps, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                               "max_ms": r["max_ms"], "requests": r["requests"],
+                               "errors": sum(r["errors"].values()), "ratio_vs_offline": rps / offline}
 c8 = out["runs"]["c8"]
 errors = sum(v["errors"] for v in out["runs"].values()) + out["rss_kib"]["errors_between"]
 out["goals"] = {"c8_throughput_ge_0.9x_offline": c8["ratio_vs_offline"] >= 0.9,
@@ -227,9 +261,10 @@ else:
     print(f"offline (lse bench): {off1['images_per_s']:.1f} images/s at batch 1, "
           f"{offb['images_per_s']:.1f} at batch {os.environ['MAX_BATCH']} (reference: the better one)")
     print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'x offline':>9}")
-    for c in (1, 8, 32):
-        r = out["runs"][f"c{c}"]
-        print(f"{c:>11} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+    for key in ("c1", "c8", "c32", "v2_c1", "v2_c8"):
+        r = out["runs"][key]
+        name = key.replace("v2_c", "v2 ") if key.startswith("v2") else "/v1 " + key[1:]
+        print(f"{name:>11} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
               f"{r['errors']:>6} {r['ratio_vs_offline']:>9.2f}")
     print(f"RSS {before/1024:.1f} MiB -> {after/1024:.1f} MiB after {rss['requests']} requests "
           f"({growth:+.2f} %), mean batch size {bs:.2f}")
