@@ -278,8 +278,12 @@ pub fn plan(settings: &LabelSettings) -> Result<(Vec<Job>, usize), LabelError> {
                 output: settings.out.join(&rel),
                 color: settings.color.then(|| settings.color_dir().join(&rel)),
                 overlay: settings.overlay.then(|| settings.overlay_dir().join(&rel)),
-                confidence: settings.confidence.then(|| settings.confidence_dir().join(&rel)),
-                entropy: settings.confidence.then(|| settings.entropy_dir().join(&rel)),
+                confidence: settings
+                    .confidence
+                    .then(|| settings.confidence_dir().join(&rel)),
+                entropy: settings
+                    .confidence
+                    .then(|| settings.entropy_dir().join(&rel)),
                 image,
             }
         })
