@@ -261,6 +261,75 @@ pub fn cityscapes_key(file_name: &str) -> Option<String> {
     (parts.len() == 4 && parts[..3].iter().all(|p| !p.is_empty())).then(|| parts[..3].join("_"))
 }
 
+/// The images (relative to `image_dir`) of a list file, each checked to exist, else
+/// every image file under `image_dir`.
+fn image_names(image_dir: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>, DatasetError> {
+    let Some(list) = list else {
+        return Ok(walk_files(image_dir, &is_image)?
+            .into_iter()
+            .map(|p| {
+                p.strip_prefix(image_dir)
+                    .map(Path::to_path_buf)
+                    .unwrap_or(p)
+            })
+            .collect());
+    };
+    let names = read_list(list)?;
+    let mut out = Vec::with_capacity(names.len());
+    for (line, rel) in names {
+        let full = image_dir.join(&rel);
+        if !full.is_file() {
+            return Err(DatasetError::List {
+                list: list.to_path_buf(),
+                line,
+                message: format!("image {} does not exist", full.display()),
+            });
+        }
+        out.push(rel);
+    }
+    Ok(out)
+}
+
+/// The sample of image `rel` (relative to `image_dir`) of a `kind` dataset: its frame
+/// key and, when the dataset has a `label_dir`, its label file (which must exist).
+fn sample(
+    kind: DatasetKind,
+    image_dir: &Path,
+    label_dir: Option<&Path>,
+    rel: PathBuf,
+) -> Result<Sample, DatasetError> {
+    let image = image_dir.join(&rel);
+    let file_name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (label_rel, key) = match kind {
+        DatasetKind::Cityscapes => {
+            let key = cityscapes_key(&file_name).ok_or_else(|| DatasetError::BadName {
+                path: image.clone(),
+                expected: "<city>_<seq>_<frame>_leftImg8bit.png",
+            })?;
+            let label_name = format!("{key}_gtFine_labelIds.png");
+            (rel.with_file_name(label_name), key)
+        }
+        DatasetKind::Gta5 | DatasetKind::Synthia => {
+            let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
+            (rel.with_extension("png"), key)
+        }
+    };
+    let label = match label_dir {
+        Some(dir) => {
+            let expected = dir.join(label_rel);
+            if !expected.is_file() {
+                return Err(DatasetError::NoLabel { image, expected });
+            }
+            Some(expected)
+        }
+        None => None,
+    };
+    Ok(Sample { image, label, key })
+}
+
 impl Dataset {
     /// Opens the dataset of `kind` at `root`. `split` (e.g. `"train"`, `"val"`) selects
     /// the Cityscapes split folder and is not used by GTA5 and SYNTHIA; `list` selects
@@ -286,70 +355,18 @@ impl Dataset {
             });
         }
         let has_labels = label_dir.is_dir();
-        let rel_images: Vec<PathBuf> = match list {
-            Some(list) => {
-                let names = read_list(list)?;
-                let mut out = Vec::with_capacity(names.len());
-                for (line, rel) in names {
-                    let full = image_dir.join(&rel);
-                    if !full.is_file() {
-                        return Err(DatasetError::List {
-                            list: list.to_path_buf(),
-                            line,
-                            message: format!("image {} does not exist", full.display()),
-                        });
-                    }
-                    out.push(rel);
-                }
-                out
-            }
-            None => walk_files(&image_dir, &is_image)?
-                .into_iter()
-                .map(|p| {
-                    p.strip_prefix(&image_dir)
-                        .map(Path::to_path_buf)
-                        .unwrap_or(p)
-                })
-                .collect(),
-        };
+        let rel_images = image_names(&image_dir, list)?;
         if rel_images.is_empty() {
             return Err(DatasetError::Empty {
                 kind,
                 path: list.map_or(image_dir.clone(), Path::to_path_buf),
             });
         }
-        let mut samples = Vec::with_capacity(rel_images.len());
-        for rel in rel_images {
-            let image = image_dir.join(&rel);
-            let file_name = rel
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let (label_rel, key) = match kind {
-                DatasetKind::Cityscapes => {
-                    let key = cityscapes_key(&file_name).ok_or_else(|| DatasetError::BadName {
-                        path: image.clone(),
-                        expected: "<city>_<seq>_<frame>_leftImg8bit.png",
-                    })?;
-                    let label_name = format!("{key}_gtFine_labelIds.png");
-                    (rel.with_file_name(label_name), key)
-                }
-                DatasetKind::Gta5 | DatasetKind::Synthia => {
-                    let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
-                    (rel.with_extension("png"), key)
-                }
-            };
-            let label = if has_labels {
-                let expected = label_dir.join(label_rel);
-                if !expected.is_file() {
-                    return Err(DatasetError::NoLabel { image, expected });
-                }
-                Some(expected)
-            } else {
-                None
-            };
-            samples.push(Sample { image, label, key });
-        }
+        let labels = has_labels.then_some(label_dir.as_path());
+        let samples = rel_images
+            .into_iter()
+            .map(|rel| sample(kind, &image_dir, labels, rel))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             kind,
             root: root.to_path_buf(),
