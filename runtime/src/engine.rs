@@ -514,36 +514,7 @@ impl Engine {
                 .with_config_entry(k, v)
                 .map_err(|e| load_err(e.to_string()))?;
         }
-        let mut trt_build = None;
-        let dispatch = match p {
-            Provider::Tensorrt => {
-                if !ep::TensorRT::is_available().unwrap_or(false) {
-                    return Err(prov_err(
-                        "this ONNX Runtime build has no TensorRT provider (install onnxruntime-gpu and TensorRT 10)"
-                            .into(),
-                    ));
-                }
-                let plan = TrtPlan::new(path, opts, device_id)?;
-                let d = with_options(ep::TensorRT::default(), &plan.options);
-                trt_build = Some(plan);
-                Some(d.build().error_on_failure())
-            }
-            Provider::Cuda => {
-                if !ep::CUDA::is_available().unwrap_or(false) {
-                    return Err(prov_err(
-                        "this ONNX Runtime build has no CUDA provider (LSE_GPU=1 scripts/setup.sh installs onnxruntime-gpu)"
-                            .into(),
-                    ));
-                }
-                let o = EngineOptions::cuda_options(device_id);
-                Some(
-                    with_options(ep::CUDA::default(), &o)
-                        .build()
-                        .error_on_failure(),
-                )
-            }
-            Provider::Cpu | Provider::Auto => None,
-        };
+        let (dispatch, trt_build) = Self::execution_provider(path, p, opts, device_id)?;
         if let Some(d) = dispatch {
             b = b
                 .with_execution_providers([d])
@@ -563,6 +534,43 @@ impl Engine {
             plan.log(*hit, started.elapsed());
         }
         Ok(session)
+    }
+
+    /// The execution provider `p` with its options (none for the CPU), and for
+    /// TensorRT the cache plan.
+    fn execution_provider(
+        path: &Path,
+        p: Provider,
+        opts: &EngineOptions,
+        device_id: i32,
+    ) -> Result<(Option<ep::ExecutionProviderDispatch>, Option<TrtPlan>), EngineError> {
+        let missing = |what: &str| EngineError::Provider {
+            provider: p,
+            reason: format!("this ONNX Runtime build has no {what}"),
+        };
+        match p {
+            Provider::Tensorrt => {
+                if !ep::TensorRT::is_available().unwrap_or(false) {
+                    return Err(missing(
+                        "TensorRT provider (install onnxruntime-gpu and TensorRT 10)",
+                    ));
+                }
+                let plan = TrtPlan::new(path, opts, device_id)?;
+                let d = with_options(ep::TensorRT::default(), &plan.options);
+                Ok((Some(d.build().error_on_failure()), Some(plan)))
+            }
+            Provider::Cuda => {
+                if !ep::CUDA::is_available().unwrap_or(false) {
+                    return Err(missing(
+                        "CUDA provider (LSE_GPU=1 scripts/setup.sh installs onnxruntime-gpu)",
+                    ));
+                }
+                let o = EngineOptions::cuda_options(device_id);
+                let d = with_options(ep::CUDA::default(), &o);
+                Ok((Some(d.build().error_on_failure()), None))
+            }
+            Provider::Cpu | Provider::Auto => Ok((None, None)),
+        }
     }
 
     fn check_io(session: &Session, path: &Path) -> Result<(), EngineError> {
