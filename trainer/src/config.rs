@@ -166,6 +166,24 @@ impl Default for Config {
     }
 }
 
+/// One check of [`Config::validate`]: `Ok` when `ok`, else the setting's range error.
+fn range(
+    key: &'static str,
+    value: impl ToString,
+    ok: bool,
+    expected: &str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Range {
+            key,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        })
+    }
+}
+
 impl Config {
     /// Reads a TOML file over the defaults (unknown keys are errors).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -235,22 +253,14 @@ impl Config {
 
     /// Checks every range; the error names the setting and the accepted range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn range(
-            key: &'static str,
-            value: impl ToString,
-            ok: bool,
-            expected: &str,
-        ) -> Result<(), ConfigError> {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Range {
-                    key,
-                    value: value.to_string(),
-                    expected: expected.to_string(),
-                })
-            }
-        }
+        self.validate_sizes()?;
+        self.validate_optimiser()?;
+        self.validate_adaptation()?;
+        self.validate_loop()
+    }
+
+    /// Image sizes and the mean colour.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
         let size_ok = |s: [u32; 2]| (1..=16384).contains(&s[0]) && (1..=16384).contains(&s[1]);
         if let Some(s) = self.source_size {
             range(
@@ -272,6 +282,11 @@ impl Config {
             self.mean_bgr.iter().all(|m| (0.0..=255.0).contains(m)),
             "each in [0, 255]",
         )?;
+        Ok(())
+    }
+
+    /// Adam and the learning-rate schedule.
+    fn validate_optimiser(&self) -> Result<(), ConfigError> {
         let beta_ok = |b: f64| (0.0..1.0).contains(&b);
         range(
             "adam_betas",
@@ -303,6 +318,11 @@ impl Config {
             self.lr_decay > 0.0 && self.lr_decay <= 1.0,
             "in (0, 1]",
         )?;
+        Ok(())
+    }
+
+    /// The rounds: shares, windows, epochs, focal term, report pictures.
+    fn validate_adaptation(&self) -> Result<(), ConfigError> {
         range(
             "p_schedule",
             format!("{:?}", self.p_schedule),
@@ -345,6 +365,11 @@ impl Config {
             (0.0..=20.0).contains(&self.focal_gamma),
             "in [0, 20]",
         )?;
+        Ok(())
+    }
+
+    /// Batches, logging, splits and the network's width.
+    fn validate_loop(&self) -> Result<(), ConfigError> {
         range(
             "batch_size",
             self.batch_size,
