@@ -88,7 +88,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ort_lib: args.ort_lib.clone(),
         threads: args.threads,
         max_batch: args.batch,
-        fetch: Fetch::for_upsample(settings.upsample),
+        // The confidence maps read the scores whatever the upsampling.
+        fetch: match Fetch::for_upsample(settings.upsample) {
+            Fetch::TrainIds if args.confidence => Fetch::Both,
+            f => f,
+        },
         ..EngineOptions::default()
     };
     args.accel.apply(&mut opts);
