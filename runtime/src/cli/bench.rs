@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     pub image: Option<PathBuf>,
     /// Size of the generated image.
-    #[arg(long, default_value = "2048x1024", value_parser = parse_size)]
+    #[arg(long, default_value = "2048x1024", value_parser = super::parse_size)]
     pub size: [u32; 2],
     /// Images per inference call (a list with --matrix: 1,8).
     #[arg(long, value_delimiter = ',', default_value = "1")]
@@ -78,18 +78,6 @@ pub struct Args {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_size(s: &str) -> Result<[u32; 2], String> {
-    let (w, h) = s
-        .split_once('x')
-        .ok_or_else(|| format!("`{s}` is not WxH"))?;
-    let w: u32 = w.parse().map_err(|_| format!("bad width in `{s}`"))?;
-    let h: u32 = h.parse().map_err(|_| format!("bad height in `{s}`"))?;
-    if w == 0 || h == 0 || w > 16384 || h > 16384 {
-        return Err(format!("size `{s}` out of range"));
-    }
-    Ok([w, h])
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -11,6 +11,22 @@ pub mod segment;
 pub mod synth;
 
 /// Prints a value as pretty JSON on stdout.
+/// Parses an image size `WIDTHxHEIGHT` (e.g. `512x256`; `X` works too), each side
+/// 1..=16384; the error names the value.
+pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 512x256"))?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=16384).contains(n))
+            .ok_or_else(|| format!("`{s}`: `{v}` is not a whole number from 1 to 16384"))
+    };
+    Ok([side(w)?, side(h)?])
+}
+
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -49,4 +65,21 @@ pub fn model_or_default(model: Option<std::path::PathBuf>) -> anyhow::Result<std
              run scripts/demo.sh to create it, or name a model"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_size("512x256"), Ok([512, 256]));
+        assert_eq!(parse_size(" 16384X1 "), Ok([16384, 1]));
+        for bad in [
+            "512", "0x256", "512x", "ax256", "512x-1", "16385x8", "1.5x2",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+        }
+    }
 }

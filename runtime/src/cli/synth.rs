@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100)]
     pub val: usize,
     /// Image size WIDTHxHEIGHT.
-    #[arg(long, default_value = "512x256", value_parser = parse_size)]
+    #[arg(long, default_value = "512x256", value_parser = super::parse_size)]
     pub size: [u32; 2],
     /// Seed: the same seed gives byte-identical output.
     #[arg(long, default_value_t = 0)]
@@ -66,21 +66,6 @@ fn settings(args: &Args) -> anyhow::Result<SynthSettings> {
         s.target = o.target.unwrap_or(s.target);
     }
     Ok(s)
-}
-
-/// Parses `WIDTHxHEIGHT`.
-pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 512x256"))?;
-    let num = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("`{s}`: `{v}` is not a positive integer"))
-    };
-    Ok([num(w)?, num(h)?])
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

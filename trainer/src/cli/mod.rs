@@ -11,24 +11,7 @@ pub mod train;
 
 use std::path::PathBuf;
 
-/// Parses `WxH` (e.g. `1024x512`).
-pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{s}` is not a size like 1024x512"))?;
-    let w: u32 = w
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad width in `{s}`"))?;
-    let h: u32 = h
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad height in `{s}`"))?;
-    if w == 0 || h == 0 || w > 16384 || h > 16384 {
-        return Err(format!("size `{s}` out of range (1..16384)"));
-    }
-    Ok([w, h])
-}
+pub use lse_runtime::cli::parse_size;
 
 /// Options shared by the commands that run the network.
 #[derive(Debug, Clone, clap::Args)]
