@@ -1,89 +1,42 @@
-//! Prometheus metrics in the text exposition format (version 0.0.4), written by hand:
-//! requests by route and status, request latency, queue depth, batch sizes and
-//! inference time.
+//! Prometheus metrics: recorded through the `metrics` facade's types into the recorder
+//! of `metrics-exporter-prometheus`, which writes the text exposition format. The
+//! recorder belongs to the server (it is not installed process-wide), so each
+//! [`Metrics`] counts on its own.
+//!
+//! Families: requests by route, method and status; request latency by route; batch
+//! sizes and session-run times; the time of each image in each stage of the pipeline
+//! (`decode`, `queue`, `postprocess`, `encode`; inference is per batch); and gauges
+//! read at scrape time (queue depth, requests in progress, workers).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// A histogram with fixed upper bounds (the `+Inf` bucket is implicit).
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &[f64]) -> Self {
-        Self {
-            bounds: bounds.to_vec(),
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    /// Appends the `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",` or empty.
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
-        let plain = labels.trim_end_matches(',');
-        let braces = if plain.is_empty() {
-            String::new()
-        } else {
-            format!("{{{plain}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 const LATENCY_BOUNDS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const BATCH_BOUNDS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-#[derive(Debug)]
-struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
-    batch_size: Histogram,
-    inference: Histogram,
-    stages: BTreeMap<&'static str, Histogram>,
-}
+static META: Metadata<'static> = Metadata::new("lse_server", Level::INFO, Some(module_path!()));
 
-/// The server's metrics. Gauges (queue depth, readiness) are read at scrape time.
-#[derive(Debug)]
+const REQUESTS: &str = "lse_http_requests_total";
+const LATENCY: &str = "lse_http_request_duration_seconds";
+const BATCH: &str = "lse_batch_size";
+const INFERENCE: &str = "lse_inference_seconds";
+const STAGE: &str = "lse_stage_seconds";
+
+/// The server's metrics.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            inner: Mutex::new(Inner {
-                requests: BTreeMap::new(),
-                latency: BTreeMap::new(),
-                batch_size: Histogram::new(&BATCH_BOUNDS),
-                inference: Histogram::new(&LATENCY_BOUNDS),
-                stages: BTreeMap::new(),
-            }),
-        }
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
     }
 }
 
@@ -97,120 +50,114 @@ pub struct Gauges {
     pub workers_ready: usize,
 }
 
-/// Escapes a label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+const GAUGES: [(&str, &str); 5] = [
+    ("lse_queue_depth", "Images waiting for a worker."),
+    (
+        "lse_queue_capacity",
+        "Images that may be in progress before 503.",
+    ),
+    (
+        "lse_requests_in_progress",
+        "Images being decoded, queued, inferred or encoded.",
+    ),
+    ("lse_workers", "Inference workers."),
+    (
+        "lse_workers_ready",
+        "Workers whose session is loaded and warmed up.",
+    ),
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        // Histograms with fixed buckets (the exporter's default is a summary). The
+        // bucket lists are constants and not empty, the only thing these calls check.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BOUNDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH.into()), &BATCH_BOUNDS))
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        let m = Self { recorder, handle };
+        m.describe();
+        m
+    }
+}
+
+fn key(name: &'static str, labels: Vec<Label>) -> Key {
+    Key::from_parts(name, labels)
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn describe(&self) {
+        let help = |name: &'static str, text: &'static str| {
+            (KeyName::from(name), SharedString::from(text))
+        };
+        let (n, t) = help(REQUESTS, "HTTP requests by route, method and status.");
+        self.recorder.describe_counter(n, None, t);
+        for (name, text) in [
+            (LATENCY, "Time from request to response, by route."),
+            (BATCH, "Images per session run."),
+            (INFERENCE, "Time of one session run (a whole batch)."),
+            (STAGE, "Time of one image in one stage of the pipeline."),
+        ] {
+            let (n, t) = help(name, text);
+            self.recorder.describe_histogram(n, None, t);
+        }
+        for (name, text) in GAUGES {
+            let (n, t) = help(name, text);
+            self.recorder.describe_gauge(n, None, t);
+        }
     }
 
     /// Records one finished HTTP request.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let mut g = self.lock();
-        *g.requests
-            .entry((route.to_string(), method.to_string(), status))
-            .or_insert(0) += 1;
-        g.latency
-            .entry(route.to_string())
-            .or_insert_with(|| Histogram::new(&LATENCY_BOUNDS))
-            .observe(elapsed.as_secs_f64());
+        let labels = vec![
+            Label::new("route", route.to_string()),
+            Label::new("method", method.to_string()),
+            Label::new("status", status.to_string()),
+        ];
+        self.recorder
+            .register_counter(&key(REQUESTS, labels), &META)
+            .increment(1);
+        let route = vec![Label::new("route", route.to_string())];
+        self.recorder
+            .register_histogram(&key(LATENCY, route), &META)
+            .record(elapsed.as_secs_f64());
     }
 
     /// Records one session run.
     pub fn observe_batch(&self, size: usize, inference: Duration) {
-        let mut g = self.lock();
-        g.batch_size.observe(size as f64);
-        g.inference.observe(inference.as_secs_f64());
+        self.recorder
+            .register_histogram(&key(BATCH, vec![]), &META)
+            .record(size as f64);
+        self.recorder
+            .register_histogram(&key(INFERENCE, vec![]), &META)
+            .record(inference.as_secs_f64());
     }
 
     /// Records the time of one stage of one image (decode, queue, postprocess, encode).
     pub fn observe_stage(&self, stage: &'static str, elapsed: Duration) {
-        self.lock()
-            .stages
-            .entry(stage)
-            .or_insert_with(|| Histogram::new(&LATENCY_BOUNDS))
-            .observe(elapsed.as_secs_f64());
+        let labels = vec![Label::new("stage", stage)];
+        self.recorder
+            .register_histogram(&key(STAGE, labels), &META)
+            .record(elapsed.as_secs_f64());
     }
 
-    /// The exposition text.
+    /// The exposition text, with the gauges set to `gauges`.
     pub fn render(&self, gauges: Gauges) -> String {
-        let g = self.lock();
-        let mut out = String::new();
-        out.push_str("# HELP lse_http_requests_total HTTP requests by route, method and status.\n");
-        out.push_str("# TYPE lse_http_requests_total counter\n");
-        for ((route, method, status), n) in &g.requests {
-            let _ = writeln!(
-                out,
-                "lse_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
-                esc(route),
-                esc(method)
-            );
-        }
-        out.push_str(
-            "# HELP lse_http_request_duration_seconds Time from request to response, by route.\n",
-        );
-        out.push_str("# TYPE lse_http_request_duration_seconds histogram\n");
-        for (route, h) in &g.latency {
-            h.write(
-                &mut out,
-                "lse_http_request_duration_seconds",
-                &format!("route=\"{}\",", esc(route)),
-            );
-        }
-        out.push_str("# HELP lse_batch_size Images per session run.\n");
-        out.push_str("# TYPE lse_batch_size histogram\n");
-        g.batch_size.write(&mut out, "lse_batch_size", "");
-        out.push_str("# HELP lse_inference_seconds Time of one session run (a whole batch).\n");
-        out.push_str("# TYPE lse_inference_seconds histogram\n");
-        g.inference.write(&mut out, "lse_inference_seconds", "");
-        out.push_str("# HELP lse_stage_seconds Time of one image in one stage of the pipeline.\n");
-        out.push_str("# TYPE lse_stage_seconds histogram\n");
-        for (stage, h) in &g.stages {
-            h.write(
-                &mut out,
-                "lse_stage_seconds",
-                &format!("stage=\"{stage}\","),
-            );
-        }
-        let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "lse_queue_depth",
-            "Images waiting for a worker.",
+        let values = [
             gauges.queue_depth,
-        );
-        gauge(
-            &mut out,
-            "lse_queue_capacity",
-            "Requests that may be in progress before 503.",
             gauges.queue_capacity,
-        );
-        gauge(
-            &mut out,
-            "lse_requests_in_progress",
-            "Segmentation requests being decoded, queued, inferred or encoded.",
             gauges.in_progress,
-        );
-        gauge(
-            &mut out,
-            "lse_workers",
-            "Inference workers.",
             gauges.workers,
-        );
-        gauge(
-            &mut out,
-            "lse_workers_ready",
-            "Workers whose session is loaded and warmed up.",
             gauges.workers_ready,
-        );
-        out
+        ];
+        for ((name, _), v) in GAUGES.into_iter().zip(values) {
+            self.recorder
+                .register_gauge(&key(name, vec![]), &META)
+                .set(v as f64);
+        }
+        self.handle.render()
     }
 }
 
@@ -218,26 +165,22 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::new(&[1.0, 2.0, 4.0]);
-        for v in [0.5, 1.0, 3.0, 9.0] {
-            h.observe(v);
-        }
-        assert_eq!(h.counts, vec![2, 2, 3]);
-        let mut s = String::new();
-        h.write(&mut s, "x", "a=\"b\",");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"1\"} 2\n"), "{s}");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"), "{s}");
-        assert!(s.contains("x_sum{a=\"b\"} 13.5\n"), "{s}");
-        assert!(s.contains("x_count{a=\"b\"} 4\n"), "{s}");
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     #[test]
-    fn render_has_every_family() {
+    fn render_has_every_family_with_buckets() {
         let m = Metrics::default();
         m.observe_request("/v1/segment", "POST", 200, Duration::from_millis(12));
         m.observe_batch(3, Duration::from_millis(4));
+        m.observe_stage("decode", Duration::from_millis(2));
         let text = m.render(Gauges {
             queue_depth: 2,
             queue_capacity: 64,
@@ -245,15 +188,58 @@ mod tests {
             workers: 1,
             workers_ready: 1,
         });
-        for needle in [
-            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"} 1",
-            "lse_http_request_duration_seconds_bucket{route=\"/v1/segment\",le=\"0.025\"} 1",
-            "lse_batch_size_bucket{le=\"4\"} 1",
-            "lse_batch_size_bucket{le=\"2\"} 0",
-            "lse_inference_seconds_count 1",
-            "lse_queue_depth 2",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
+        let requests =
+            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"}";
+        assert_eq!(value(&text, requests), Some(1.0), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "lse_http_request_duration_seconds_count{route=\"/v1/segment\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "lse_http_request_duration_seconds_bucket{route=\"/v1/segment\",le=\"0.025\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "lse_http_request_duration_seconds_bucket{route=\"/v1/segment\",le=\"0.01\"}"
+            ),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "lse_batch_size_bucket{le=\"4\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "lse_batch_size_bucket{le=\"2\"}"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "lse_stage_seconds_count{stage=\"decode\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "lse_inference_seconds_count"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(value(&text, "lse_queue_depth"), Some(2.0), "{text}");
+        assert!(text.contains("# TYPE lse_batch_size histogram"), "{text}");
+        assert!(
+            text.contains("# HELP lse_workers_ready Workers whose"),
+            "{text}"
+        );
     }
 }
