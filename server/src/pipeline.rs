@@ -41,6 +41,11 @@ pub async fn blocking<T: Send + 'static>(
 
 /// Admits `images` images into the pipeline (one `--queue` permit each), or refuses
 /// with 503 when the pipeline is full.
+///
+/// Hand-written rather than tower's `LoadShed` + `ConcurrencyLimit`: those count
+/// requests, while a `/v2` request may carry a batch of images that each take a place
+/// in the pipeline, and the 503 must carry our JSON body and `Retry-After`. Permits are
+/// taken after the body is read, so slow uploads do not hold places.
 pub fn admit(st: &AppState, images: usize) -> Result<OwnedSemaphorePermit, ApiError> {
     let n = u32::try_from(images).unwrap_or(u32::MAX);
     if n > st.cfg.queue {
