@@ -108,6 +108,8 @@ pub fn pool_options(cfg: &Config) -> pool::PoolOptions {
             ort_lib: cfg.ort_lib.clone(),
             threads: cfg.threads_per_worker(),
             device_id: 0,
+            // TensorRT's shape profile covers the largest batch a worker forms.
+            max_batch: cfg.max_batch as usize,
             ..Default::default()
         },
     }
