@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lse_runtime::engine::Provider;
+use lse_runtime::engine::{Device, Provider};
 
 /// Settings of `lse-serve`. Defaults suit a laptop: loopback only, one worker that
 /// uses every core, batches of up to 8 images.
@@ -38,9 +38,17 @@ pub struct Config {
     /// project's .venv, then the system's library folders.
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
-    /// Inference workers, each owning one ONNX Runtime session.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Inference workers, each owning one ONNX Runtime session (with --devices:
+    /// --workers-per-device on each GPU instead).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "devices")]
     pub workers: u32,
+    /// GPUs to spread the workers over, e.g. `0,1` (CUDA device ids; each worker's
+    /// session runs TensorRT or CUDA on its GPU, never the CPU).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(i32).range(0..))]
+    pub devices: Option<Vec<i32>>,
+    /// Workers on each GPU of --devices.
+    #[arg(long, requires = "devices", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers_per_device: Option<u32>,
     /// Intra-op threads of each worker's session (0: the machine's cores divided by the workers).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -92,7 +100,21 @@ impl Config {
             return self.threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.workers.max(1) as usize).max(1)
+        (cores / self.worker_devices().len().max(1)).max(1)
+    }
+
+    /// The device of each worker: `--workers-per-device` workers on each GPU of
+    /// `--devices` in turn, else `--workers` workers where `--provider` puts them.
+    pub fn worker_devices(&self) -> Vec<Device> {
+        match &self.devices {
+            Some(ids) => {
+                let k = self.workers_per_device.unwrap_or(1) as usize;
+                ids.iter()
+                    .flat_map(|&id| std::iter::repeat_n(Device::Cuda(id), k))
+                    .collect()
+            }
+            None => vec![Device::Auto; self.workers as usize],
+        }
     }
 
     /// Checks the values clap cannot check by itself.
@@ -105,6 +127,25 @@ impl Config {
         }
         if self.max_pixels == 0 {
             anyhow::bail!("--max-pixels must be positive");
+        }
+        if let Some(ids) = &self.devices {
+            if ids.is_empty() {
+                anyhow::bail!("--devices needs at least one GPU id, e.g. --devices 0,1");
+            }
+            if let Some(d) = ids
+                .iter()
+                .enumerate()
+                .find_map(|(i, d)| ids[..i].contains(d).then_some(d))
+            {
+                anyhow::bail!(
+                    "--devices lists GPU {d} twice (use --workers-per-device for more workers on one GPU)"
+                );
+            }
+            if self.provider == Provider::Cpu {
+                anyhow::bail!(
+                    "--devices runs the workers on GPUs; it conflicts with --provider cpu"
+                );
+            }
         }
         Ok(())
     }
@@ -132,4 +173,54 @@ pub fn find_default_model() -> anyhow::Result<PathBuf> {
              ONNX file exported by `lse-train export`) or create the default model with scripts/demo.sh"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("lse-serve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn workers_spread_over_the_listed_gpus() {
+        let c = parse(&["--devices", "0,2", "--workers-per-device", "2"]).unwrap();
+        c.validate().unwrap();
+        let want = [0, 0, 2, 2].map(Device::Cuda).to_vec();
+        assert_eq!(c.worker_devices(), want);
+        let opts = crate::pool_options(&c);
+        assert_eq!((opts.workers, opts.devices), (4, want));
+        assert_eq!(opts.engine.max_batch, 8);
+        let one = parse(&["--devices", "1"]).unwrap();
+        assert_eq!(one.worker_devices(), vec![Device::Cuda(1)]);
+    }
+
+    #[test]
+    fn without_devices_the_workers_go_where_the_provider_puts_them() {
+        let c = parse(&["--workers", "3"]).unwrap();
+        assert_eq!(c.worker_devices(), vec![Device::Auto; 3]);
+        assert_eq!(crate::pool_options(&c).workers, 3);
+    }
+
+    #[test]
+    fn bad_device_lists_are_refused() {
+        assert!(parse(&["--workers-per-device", "2"]).is_err()); // needs --devices
+        assert!(parse(&["--devices", "0", "--workers", "2"]).is_err()); // conflicts
+        assert!(parse(&["--devices", "-1"]).is_err());
+        let twice = parse(&["--devices", "1,1"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(twice.to_string().contains("GPU 1 twice"), "{twice}");
+        let cpu = parse(&["--devices", "0", "--provider", "cpu"]).unwrap();
+        assert!(
+            cpu.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--provider cpu")
+        );
+    }
 }

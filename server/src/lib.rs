@@ -98,8 +98,10 @@ pub async fn shutdown_signal() {
 
 /// The settings of each model's worker pool.
 pub fn pool_options(cfg: &Config) -> pool::PoolOptions {
+    let devices = cfg.worker_devices();
     pool::PoolOptions {
-        workers: cfg.workers as usize,
+        workers: devices.len(),
+        devices,
         max_batch: cfg.max_batch as usize,
         batch_wait: Duration::from_millis(cfg.batch_wait_ms),
         queue: cfg.queue as usize,
@@ -194,7 +196,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg,
     });
     for m in state.models.all() {
-        tracing::info!(%addr, name = %m.name, model = %m.info.id, provider = %m.info.provider, workers = state.cfg.workers, "serving");
+        tracing::info!(%addr, name = %m.name, model = %m.info.id, provider = %m.info.provider, workers = m.pool.workers(), "serving");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

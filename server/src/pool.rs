@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lse_runtime::contract::ModelMeta;
-use lse_runtime::engine::{Engine, EngineError, EngineOptions, Output, Provider};
+use lse_runtime::engine::{Device, Engine, EngineError, EngineOptions, Output, Provider};
 use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
 use tokio::sync::oneshot;
 
@@ -91,6 +91,8 @@ impl Drop for CountGuard {
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     pub workers: usize,
+    /// The device of each worker's session; empty: the engine options' device for all.
+    pub devices: Vec<Device>,
     pub max_batch: usize,
     pub batch_wait: Duration,
     pub queue: usize,
@@ -118,9 +120,12 @@ impl Pool {
     ) -> Result<(Self, ModelMeta, Provider), EngineError> {
         // Open sessions in parallel threads: TensorRT or CUDA set-up can be slow.
         let loads: Vec<_> = (0..opts.workers)
-            .map(|_| {
+            .map(|i| {
                 let model = model.to_path_buf();
-                let eo = opts.engine.clone();
+                let mut eo = opts.engine.clone();
+                if let Some(&d) = opts.devices.get(i) {
+                    eo.device = d;
+                }
                 std::thread::spawn(move || Engine::load(&model, &eo))
             })
             .collect();
