@@ -460,7 +460,9 @@ fn keep_freed_memory() {
     }
 }
 
-/// Labels the tree described by `settings` with `engine`.
+/// Labels the tree described by `settings` with `engine`: decoder threads read and
+/// resize the images, this thread runs the batches, a writer thread upsamples,
+/// encodes and writes each batch while the next one runs.
 pub fn label_tree(
     engine: &mut Engine,
     settings: &LabelSettings,
@@ -474,189 +476,35 @@ pub fn label_tree(
     keep_freed_memory();
     let meta = engine.meta().clone();
     let size = meta.train_size;
-    let label_lut = meta.label_lut();
-    let color_lut = meta.color_lut();
-    let batch = settings.batch;
-    let workers = if settings.workers > 0 {
-        settings.workers
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get() / 2)
-            .clamp(1, 4)
+    let clock = StageClock::default();
+    let writer = Writer {
+        jobs: &jobs,
+        settings,
+        label_lut: meta.label_lut(),
+        color_lut: meta.color_lut(),
+        clock: &clock,
+        progress,
     };
     let next = AtomicUsize::new(0);
-    let clock = StageClock::default();
-    let mut failed: Vec<Failure> = Vec::new();
-    let mut labelled = 0usize;
-    let mut skipped = 0usize;
-    let (dec_tx, dec_rx) = mpsc::sync_channel::<Decoded>(batch * 2);
+    let (dec_tx, dec_rx) = mpsc::sync_channel::<Decoded>(settings.batch * 2);
     let (out_tx, out_rx) = mpsc::sync_channel::<BatchOut>(1);
-    let keep_original = settings.overlay;
-
-    std::thread::scope(|scope| {
-        // Decoders.
-        for _ in 0..workers {
+    let (labelled, skipped, mut failed) = std::thread::scope(|scope| {
+        for _ in 0..decoder_threads(settings) {
             let tx = dec_tx.clone();
             let (jobs, next, clock) = (&jobs, &next, &clock);
-            scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    let msg = match decode_job(job, size, settings.overwrite, keep_original, clock)
-                    {
-                        Ok(Decoded::Ready {
-                            size,
-                            input,
-                            original,
-                            ..
-                        }) => Decoded::Ready {
-                            job: i,
-                            size,
-                            input,
-                            original,
-                        },
-                        Ok(other) => other,
-                        Err(error) => Decoded::Failed(Failure {
-                            image: job.image.clone(),
-                            error,
-                        }),
-                    };
-                    if tx.send(msg).is_err() {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || decode_jobs(jobs, next, size, settings, clock, tx));
         }
         drop(dec_tx);
-
-        // Writer: upsampling, encoding, writing of the previous batch.
-        let writer = {
-            let (jobs, clock) = (&jobs, &clock);
-            let (label_lut, color_lut) = (&label_lut, &color_lut);
-            scope.spawn(move || {
-                let mut done = 0usize;
-                let mut failures = Vec::new();
-                for b in out_rx {
-                    match b.result {
-                        Err(e) => {
-                            for (j, _, _) in &b.items {
-                                failures.push(Failure {
-                                    image: jobs[*j].image.clone(),
-                                    error: format!("inference failed: {e}"),
-                                });
-                                progress.image_done();
-                            }
-                        }
-                        Ok(out) => {
-                            let results: Vec<Result<(), Failure>> = b
-                                .items
-                                .par_iter()
-                                .enumerate()
-                                .map(|(k, (j, (w, h), original))| {
-                                    let job = &jobs[*j];
-                                    let t = Instant::now();
-                                    let res = predict::to_train_ids(
-                                        out.scores.index_axis(Axis(0), k),
-                                        out.train_ids.index_axis(Axis(0), k),
-                                        *w,
-                                        *h,
-                                        settings.upsample,
-                                    )
-                                    .and_then(|ids| {
-                                        clock.add(POST, t);
-                                        let t = Instant::now();
-                                        // Before the label PNG, which marks the image done.
-                                        let scores = out.scores.index_axis(Axis(0), k);
-                                        write_confidence(job, scores, *w, *h)?;
-                                        let res = write_outputs(
-                                            job,
-                                            &ids,
-                                            original.as_ref(),
-                                            settings,
-                                            label_lut,
-                                            color_lut,
-                                        );
-                                        clock.add(WRITE, t);
-                                        res
-                                    });
-                                    progress.image_done();
-                                    res.map_err(|e| Failure {
-                                        image: job.image.clone(),
-                                        error: e.to_string(),
-                                    })
-                                })
-                                .collect();
-                            for r in results {
-                                match r {
-                                    Ok(()) => done += 1,
-                                    Err(f) => failures.push(f),
-                                }
-                            }
-                        }
-                    }
-                }
-                (done, failures)
-            })
+        let writing = scope.spawn(|| writer.run(out_rx));
+        let inference = Inference {
+            engine: &mut *engine,
+            clock: &clock,
+            batches: out_tx,
         };
-
-        // Inference on this thread.
-        let (w, h) = (size[0] as usize, size[1] as usize);
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut flush = |pending: &mut Vec<Pending>| {
-            if pending.is_empty() {
-                return;
-            }
-            let t = Instant::now();
-            // One image moves in without a copy; a batch is concatenated.
-            let data = if pending.len() == 1 {
-                std::mem::take(&mut pending[0].2)
-            } else {
-                let mut data = Vec::with_capacity(pending.len() * 3 * h * w);
-                for (_, _, input, _) in pending.iter() {
-                    data.extend_from_slice(input);
-                }
-                data
-            };
-            let arr = Array4::from_shape_vec((pending.len(), 3, h, w), data)
-                .expect("inputs have the training size");
-            let result = engine.run(arr.view()).map_err(|e| e.to_string());
-            drop(arr);
-            clock.add(INFER, t);
-            let items = pending
-                .drain(..)
-                .map(|(j, sz, _, orig)| (j, sz, orig))
-                .collect();
-            // The writer only stops early if it panicked; the scope reports that.
-            let _ = out_tx.send(BatchOut { items, result });
-        };
-        for msg in dec_rx {
-            match msg {
-                Decoded::Ready {
-                    job,
-                    size,
-                    input,
-                    original,
-                } => {
-                    pending.push((job, size, input, original));
-                    if pending.len() >= batch {
-                        flush(&mut pending);
-                    }
-                }
-                Decoded::Skipped => {
-                    skipped += 1;
-                    progress.image_done();
-                }
-                Decoded::Failed(f) => {
-                    failed.push(f);
-                    progress.image_done();
-                }
-            }
-        }
-        flush(&mut pending);
-        drop(out_tx);
-        let (done, failures) = writer.join().expect("writer thread panicked");
-        labelled = done;
+        let (skipped, mut failed) = inference.run(dec_rx, settings.batch, progress);
+        let (done, failures) = writing.join().expect("writer thread panicked");
         failed.extend(failures);
+        (done, skipped, failed)
     });
     failed.sort_by(|a, b| a.image.cmp(&b.image));
     let seconds = t0.elapsed().as_secs_f64();
@@ -673,6 +521,215 @@ pub fn label_tree(
         model: engine.path().to_path_buf(),
         settings: settings.clone(),
     })
+}
+
+/// Decoder threads: `--workers`, else half the cores, 1 to 4.
+fn decoder_threads(settings: &LabelSettings) -> usize {
+    if settings.workers > 0 {
+        settings.workers
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get() / 2)
+            .clamp(1, 4)
+    }
+}
+
+/// One decoder thread: decodes the next job until none is left (or nobody listens).
+fn decode_jobs(
+    jobs: &[Job],
+    next: &AtomicUsize,
+    size: [u32; 2],
+    settings: &LabelSettings,
+    clock: &StageClock,
+    tx: mpsc::SyncSender<Decoded>,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(i) else { break };
+        let msg = match decode_job(job, size, settings.overwrite, settings.overlay, clock) {
+            Ok(Decoded::Ready {
+                size,
+                input,
+                original,
+                ..
+            }) => Decoded::Ready {
+                job: i,
+                size,
+                input,
+                original,
+            },
+            Ok(other) => other,
+            Err(error) => Decoded::Failed(Failure {
+                image: job.image.clone(),
+                error,
+            }),
+        };
+        if tx.send(msg).is_err() {
+            break;
+        }
+    }
+}
+
+/// The inference side: batches the decoded images, runs them, hands the outputs on.
+struct Inference<'a> {
+    engine: &'a mut Engine,
+    clock: &'a StageClock,
+    batches: mpsc::SyncSender<BatchOut>,
+}
+
+impl Inference<'_> {
+    /// Runs every decoded image in batches of `batch`; returns the skipped count and
+    /// the decoding failures. Dropping `self` at the end lets the writer finish.
+    fn run(
+        mut self,
+        decoded: mpsc::Receiver<Decoded>,
+        batch: usize,
+        progress: &dyn Progress,
+    ) -> (usize, Vec<Failure>) {
+        let (mut skipped, mut failed) = (0usize, Vec::new());
+        let mut pending: Vec<Pending> = Vec::new();
+        for msg in decoded {
+            match msg {
+                Decoded::Ready {
+                    job,
+                    size,
+                    input,
+                    original,
+                } => {
+                    pending.push((job, size, input, original));
+                    if pending.len() >= batch {
+                        self.flush(&mut pending);
+                    }
+                }
+                Decoded::Skipped => {
+                    skipped += 1;
+                    progress.image_done();
+                }
+                Decoded::Failed(f) => {
+                    failed.push(f);
+                    progress.image_done();
+                }
+            }
+        }
+        self.flush(&mut pending);
+        (skipped, failed)
+    }
+
+    /// Runs the pending images as one batch and sends the result to the writer.
+    fn flush(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        let [w, h] = self.engine.meta().train_size.map(|v| v as usize);
+        let t = Instant::now();
+        // One image moves in without a copy; a batch is concatenated.
+        let data = if pending.len() == 1 {
+            std::mem::take(&mut pending[0].2)
+        } else {
+            let mut data = Vec::with_capacity(pending.len() * 3 * h * w);
+            for (_, _, input, _) in pending.iter() {
+                data.extend_from_slice(input);
+            }
+            data
+        };
+        let arr = Array4::from_shape_vec((pending.len(), 3, h, w), data)
+            .expect("inputs have the training size");
+        let result = self.engine.run(arr.view()).map_err(|e| e.to_string());
+        drop(arr);
+        self.clock.add(INFER, t);
+        let items = pending
+            .drain(..)
+            .map(|(j, sz, _, orig)| (j, sz, orig))
+            .collect();
+        // The writer only stops early if it panicked; the scope reports that.
+        let _ = self.batches.send(BatchOut { items, result });
+    }
+}
+
+/// The writer side: what it needs to turn a batch's outputs into files.
+struct Writer<'a> {
+    jobs: &'a [Job],
+    settings: &'a LabelSettings,
+    label_lut: [u8; 256],
+    color_lut: [[u8; 3]; 256],
+    clock: &'a StageClock,
+    progress: &'a dyn Progress,
+}
+
+impl Writer<'_> {
+    /// Upsamples, encodes and writes every batch it receives; returns the images
+    /// labelled and the failures.
+    fn run(&self, batches: mpsc::Receiver<BatchOut>) -> (usize, Vec<Failure>) {
+        let mut done = 0usize;
+        let mut failures = Vec::new();
+        for b in batches {
+            let out = match b.result {
+                Ok(out) => out,
+                Err(e) => {
+                    for (j, _, _) in &b.items {
+                        failures.push(Failure {
+                            image: self.jobs[*j].image.clone(),
+                            error: format!("inference failed: {e}"),
+                        });
+                        self.progress.image_done();
+                    }
+                    continue;
+                }
+            };
+            let results: Vec<Result<(), Failure>> = b
+                .items
+                .par_iter()
+                .enumerate()
+                .map(|(k, item)| self.write_image(&out, k, item))
+                .collect();
+            for r in results {
+                match r {
+                    Ok(()) => done += 1,
+                    Err(f) => failures.push(f),
+                }
+            }
+        }
+        (done, failures)
+    }
+
+    /// Image `k` of a batch: its train ids at its own size, then the confidence maps
+    /// and the PNGs (the label PNG last: it marks the image done).
+    fn write_image(
+        &self,
+        out: &crate::engine::Output,
+        k: usize,
+        (j, (w, h), original): &(usize, (u32, u32), Option<RgbImage>),
+    ) -> Result<(), Failure> {
+        let job = &self.jobs[*j];
+        let t = Instant::now();
+        let res = predict::to_train_ids(
+            out.scores.index_axis(Axis(0), k),
+            out.train_ids.index_axis(Axis(0), k),
+            *w,
+            *h,
+            self.settings.upsample,
+        )
+        .and_then(|ids| {
+            self.clock.add(POST, t);
+            let t = Instant::now();
+            write_confidence(job, out.scores.index_axis(Axis(0), k), *w, *h)?;
+            let res = write_outputs(
+                job,
+                &ids,
+                original.as_ref(),
+                self.settings,
+                &self.label_lut,
+                &self.color_lut,
+            );
+            self.clock.add(WRITE, t);
+            res
+        });
+        self.progress.image_done();
+        res.map_err(|e| Failure {
+            image: job.image.clone(),
+            error: e.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]
