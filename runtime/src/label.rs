@@ -432,9 +432,9 @@ fn blend(img: &RgbImage, colors: &RgbImage, alpha: f32) -> RgbImage {
 /// Makes glibc keep freed memory for reuse instead of handing large blocks back to
 /// the system (process-wide, once).
 ///
-/// Labelling allocates and frees the same large buffers for every image, the largest
-/// being the copy of the score tensor that [`Engine::run`] returns (`C x H x W`
-/// floats: 40 MB for 19 classes at 1024x512). glibc serves blocks above its mmap
+/// Labelling allocates and frees the same large buffers for every image and batch,
+/// the largest being the score tensors of the outputs (`C x H x W` floats: 40 MB for
+/// 19 classes at 1024x512) and the batched input. glibc serves blocks above its mmap
 /// threshold (at most 32 MB) with a fresh `mmap` and unmaps them on `free`, so every
 /// image paid some 10,000 page faults and the zeroing of 40 MB (about 10 % of the CPU
 /// time of `lse label` with a 1/8-width model, measured with `perf`). With `mmap`
