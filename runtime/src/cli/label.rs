@@ -64,7 +64,32 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let settings = LabelSettings {
+    let settings = settings(&args);
+    // Plan first, so that an empty or missing input fails before the model loads.
+    let (jobs, _) = label::plan(&settings)?;
+    let mut engine = Engine::load(&args.model, &engine_options(&args, &settings))
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let bar = progress_bar(jobs.len() as u64, args.json);
+    let summary = label::label_tree(&mut engine, &settings, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    if args.json {
+        crate::cli::print_json(&summary)?;
+    } else {
+        print_summary(&args, &settings, &summary);
+    }
+    if !summary.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} images failed (listed above)",
+            summary.failed.len(),
+            summary.selected
+        );
+    }
+    Ok(())
+}
+
+/// The labelling settings the flags describe.
+fn settings(args: &Args) -> LabelSettings {
+    LabelSettings {
         input: args.input_dir.clone(),
         out: args.out.clone(),
         ids: args.ids,
@@ -80,9 +105,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Upsample::Probabilities
         },
         workers: args.workers,
-    };
-    // Plan first, so that an empty or missing input fails before the model loads.
-    let (jobs, _) = label::plan(&settings)?;
+    }
+}
+
+/// The session's options: provider, threads, the largest batch, the device flags and
+/// the outputs the labelling reads.
+fn engine_options(args: &Args, settings: &LabelSettings) -> EngineOptions {
     let mut opts = EngineOptions {
         provider: args.provider,
         ort_lib: args.ort_lib.clone(),
@@ -96,10 +124,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..EngineOptions::default()
     };
     args.accel.apply(&mut opts);
-    let mut engine = Engine::load(&args.model, &opts)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
-    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
-    if args.json {
+    opts
+}
+
+fn progress_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if hidden {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
@@ -108,43 +138,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .expect("valid template"),
     );
-    let summary = label::label_tree(&mut engine, &settings, &|| bar.inc(1))?;
-    bar.finish_and_clear();
-    if args.json {
-        crate::cli::print_json(&summary)?;
-    } else {
-        println!(
-            "{} images in this {}: {} labelled, {} already done, {} failed; {:.1} s, {:.2} images/s ({})",
-            summary.selected,
-            if args.shard.is_some() {
-                "shard"
-            } else {
-                "tree"
-            },
-            summary.labelled,
-            summary.skipped,
-            summary.failed.len(),
-            summary.seconds,
-            summary.images_per_second,
-            summary.provider
-        );
-        println!("results in {}", args.out.display());
-        if args.color {
-            println!("colour maps in {}", settings.color_dir().display());
-        }
-        if args.overlay {
-            println!("overlays in {}", settings.overlay_dir().display());
-        }
-        for f in &summary.failed {
-            eprintln!("failed: {}: {}", f.image.display(), f.error);
-        }
+    bar
+}
+
+/// The human-readable summary: counts, speed, where the outputs are, the failures.
+fn print_summary(args: &Args, settings: &LabelSettings, summary: &label::LabelSummary) {
+    println!(
+        "{} images in this {}: {} labelled, {} already done, {} failed; {:.1} s, {:.2} images/s ({})",
+        summary.selected,
+        if args.shard.is_some() {
+            "shard"
+        } else {
+            "tree"
+        },
+        summary.labelled,
+        summary.skipped,
+        summary.failed.len(),
+        summary.seconds,
+        summary.images_per_second,
+        summary.provider
+    );
+    println!("results in {}", args.out.display());
+    if args.color {
+        println!("colour maps in {}", settings.color_dir().display());
     }
-    if !summary.failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} images failed (listed above)",
-            summary.failed.len(),
-            summary.selected
-        );
+    if args.overlay {
+        println!("overlays in {}", settings.overlay_dir().display());
     }
-    Ok(())
+    for f in &summary.failed {
+        eprintln!("failed: {}: {}", f.image.display(), f.error);
+    }
 }
