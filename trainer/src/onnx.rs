@@ -560,8 +560,6 @@ pub fn parity(
     let got: Vec<f32> = out.scores.iter().copied().collect();
     let want_v: Vec<f32> =
         Vec::<f32>::try_from(want.flatten(0, -1)).map_err(|e| run_err(e.to_string()))?;
-    // NaN anywhere is a failure, never hidden by max().
-    let nan_as_inf = |d: f32| if d.is_nan() { f32::INFINITY } else { d };
     let max_abs_diff = got
         .iter()
         .zip(&want_v)
@@ -571,7 +569,6 @@ pub fn parity(
         .iter()
         .map(|v| nan_as_inf(v.abs()))
         .fold(0f32, f32::max);
-    // Arg-max per pixel: libtorch's from its logits, ONNX Runtime's from its own output.
     let (n, c, hw) = (want_shape[0], want_shape[1], want_shape[2] * want_shape[3]);
     let got_ids: Vec<u8> = out.train_ids.iter().copied().collect();
     if got_ids.len() != n * hw {
@@ -581,20 +578,7 @@ pub fn parity(
             n * hw
         )));
     }
-    let mut gaps = Vec::new();
-    for (pixel, &theirs) in got_ids.iter().enumerate() {
-        let (img, px) = (pixel / hw, pixel % hw);
-        let logit = |k: usize| want_v[(img * c + k) * hw + px];
-        let ours = (0..c).fold(0, |best, k| if logit(k) > logit(best) { k } else { best });
-        let theirs = usize::from(theirs);
-        if theirs != ours {
-            gaps.push(if theirs < c {
-                nan_as_inf(logit(ours) - logit(theirs))
-            } else {
-                f32::INFINITY
-            });
-        }
-    }
+    let gaps = argmax_gaps(&want_v, &got_ids, c, hw);
     let pixels = n * hw;
     let disagreements = gaps.len();
     Ok(Parity {
@@ -609,6 +593,32 @@ pub fn parity(
         provider: engine.provider().to_string(),
         gaps,
     })
+}
+
+/// NaN anywhere is a failure, never hidden by `max()`.
+fn nan_as_inf(d: f32) -> f32 {
+    if d.is_nan() { f32::INFINITY } else { d }
+}
+
+/// The pixels whose arg-max differs: libtorch's from its logits `want` (`N x C x HW`),
+/// ONNX Runtime's `got` from its own output. For each, libtorch's logit margin of its
+/// class over ONNX Runtime's (infinite for a class id out of range).
+fn argmax_gaps(want: &[f32], got: &[u8], c: usize, hw: usize) -> Vec<f32> {
+    let mut gaps = Vec::new();
+    for (pixel, &theirs) in got.iter().enumerate() {
+        let (img, px) = (pixel / hw, pixel % hw);
+        let logit = |k: usize| want[(img * c + k) * hw + px];
+        let ours = (0..c).fold(0, |best, k| if logit(k) > logit(best) { k } else { best });
+        let theirs = usize::from(theirs);
+        if theirs != ours {
+            gaps.push(if theirs < c {
+                nan_as_inf(logit(ours) - logit(theirs))
+            } else {
+                f32::INFINITY
+            });
+        }
+    }
+    gaps
 }
 
 /// Parity check with the acceptance thresholds, as an error when they are not met:
@@ -684,4 +694,19 @@ fn net_device(net: &Fcn8s) -> tch::Device {
         .0
         .first()
         .map_or(tch::Device::Cpu, |t| t.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_gaps_by_hand() {
+        // One image, 3 classes, 2 pixels: logits (1, 3, 2) -> class 1, (5, 0, 0) -> 0.
+        let want = [1.0, 5.0, 3.0, 0.0, 2.0, 0.0];
+        assert_eq!(argmax_gaps(&want, &[1, 0], 3, 2), Vec::<f32>::new());
+        assert_eq!(argmax_gaps(&want, &[2, 0], 3, 2), vec![1.0]);
+        assert_eq!(argmax_gaps(&want, &[1, 7], 3, 2), vec![f32::INFINITY]);
+        assert_eq!(nan_as_inf(f32::NAN), f32::INFINITY);
+    }
 }
