@@ -203,7 +203,7 @@ pub fn measure(
         images: n,
         target_entropy,
         source_entropy: source
-            .map(|d| source_entropy(model, d, s))
+            .map(|d| source_entropy(model, d, s.size, s.mean_bgr))
             .transpose()?
             .flatten(),
         target_accuracy: acc.share(),
@@ -272,12 +272,19 @@ fn upscale_labels(truth: &Tensor, win: &lse::Window, h: i64, w: i64) -> Tensor {
         .to_kind(Kind::Int64)
 }
 
-fn source_entropy(model: &Model, ds: &Dataset, s: &PremiseSettings) -> anyhow::Result<Option<f64>> {
+/// Mean normalised entropy of `model` on the first 16 images of `ds` (the source): the
+/// premise's reference point, the domain the model was trained on.
+pub fn source_entropy(
+    model: &Model,
+    ds: &Dataset,
+    size: [u32; 2],
+    mean_bgr: [f64; 3],
+) -> anyhow::Result<Option<f64>> {
     let mut m = Mean::default();
     for i in 0..ds.len().min(16) {
-        let (img, _) = ds.load_sample(i, s.size)?;
+        let (img, _) = ds.load_sample(i, size)?;
         m.add(mean_normalized_entropy(
-            &model.probs(&data::image_tensor(&img, s.mean_bgr)),
+            &model.probs(&data::image_tensor(&img, mean_bgr)),
         ));
     }
     Ok(m.get())

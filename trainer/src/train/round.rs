@@ -330,16 +330,12 @@ impl Trainer {
     /// Mean normalised entropy of the model on the first source images (the premise's
     /// reference point: the domain it was trained on).
     fn source_entropy(&self) -> anyhow::Result<Option<f64>> {
-        let n = self.source.len().min(16);
-        let mut m = Mean::default();
-        for i in 0..n {
-            let (img, _) = self.source.load_sample(i, self.cfg.target_size)?;
-            let probs = self
-                .model
-                .probs(&data::image_tensor(&img, self.cfg.mean_bgr));
-            m.add(mean_normalized_entropy(&probs));
-        }
-        Ok(m.get())
+        crate::premise::source_entropy(
+            &self.model,
+            &self.source,
+            self.cfg.target_size,
+            self.cfg.mean_bgr,
+        )
     }
 
     /// Writes the pictures of one confident image for the report: the image, its
