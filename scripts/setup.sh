@@ -59,12 +59,34 @@ if [ "$want_gpu" = "1" ]; then
   have tensorrt-cu13-libs "$TENSORRT_VERSION" || need+=("tensorrt-cu13-libs==$TENSORRT_VERSION")
 fi
 
+# free_gib DIR: whole GiB free on DIR's file system.
+free_gib() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+
+# torch with its CUDA libraries takes about 5 GiB in .venv, and pip holds the
+# downloaded wheels (about 3.5 GiB) in its temporary folder until it is done. Say so
+# plainly instead of letting pip fail half-way with a traceback.
+check_disk() {
+  local tmp="${TMPDIR:-/tmp}" need_gib="${LSE_SETUP_MIN_FREE_GIB:-9}"
+  local venv_free tmp_free
+  venv_free="$(free_gib "$root")"
+  tmp_free="$(free_gib "$tmp")"
+  if [ "$(df -Pk "$root" | awk 'NR == 2 { print $1 }')" = "$(df -Pk "$tmp" | awk 'NR == 2 { print $1 }')" ]; then
+    [ "$venv_free" -ge "$need_gib" ] ||
+      die "only $venv_free GiB free on the disk that holds $root and $tmp; installing torch needs about $need_gib GiB (free some space, or point TMPDIR at a larger disk)"
+  else
+    [ "$venv_free" -ge 5 ] || die "only $venv_free GiB free for $root/.venv; torch needs about 5 GiB there"
+    [ "$tmp_free" -ge 4 ] || die "only $tmp_free GiB free in $tmp (pip's download folder); set TMPDIR to a disk with 4 GiB free"
+  fi
+}
+
 if [ "${#need[@]}" -gt 0 ]; then
+  [[ " ${need[*]}" == *" torch=="* ]] && check_disk
   say "installing into .venv: ${need[*]} (torch is about 2.7 GB the first time)"
   # The CPU and GPU flavours of onnxruntime ship the same module; never keep both.
   if [ "$ort_pkg" = "onnxruntime-gpu" ]; then "$VPY" -m pip uninstall -y -q onnxruntime >/dev/null 2>&1 || true
   else "$VPY" -m pip uninstall -y -q onnxruntime-gpu >/dev/null 2>&1 || true; fi
-  "$VPY" -m pip install --disable-pip-version-check -q "${need[@]}"
+  # --no-cache-dir: no second copy of the wheels in ~/.cache/pip.
+  "$VPY" -m pip install --disable-pip-version-check --no-cache-dir -q "${need[@]}"
 fi
 
 # torch-sys does not check the libtorch version of a pip wheel: do it here.

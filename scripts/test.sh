@@ -22,6 +22,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${LSE_SKIP_BROWSER:-}" ]; then
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One clean build in CI: incremental caches would only add gigabytes of disk.
+[ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Tests drive the real binaries: build them first (debug profile, as the tests).
 cargo build --workspace --bins --examples
 cargo test --workspace --no-fail-fast -- --test-threads="${LSE_TEST_THREADS:-2}"
