@@ -637,38 +637,61 @@ impl<R: Read> Machine<'_, R> {
         }
     }
 
-    /// Executes one opcode; returns the value it pushes, if any.
+    /// Executes one opcode; returns the value it pushes, if any. This handles the
+    /// opcodes that push nothing (framing, marks, pops, in-place updates, memo
+    /// writes); [`Self::object_op`] the ones that push a value.
     fn step(&mut self, op: u8) -> Result<Option<Value>, PickleError> {
-        let v = match op {
+        match op {
             0x80 => match self.uint(1)? {
-                2..=5 => return Ok(None), // PROTO
-                p => return self.err(format!("pickle protocol {p} is not supported")),
+                2..=5 => Ok(None), // PROTO
+                p => self.err(format!("pickle protocol {p} is not supported")),
             },
-            0x95 => return self.uint(8).map(|_| None), // FRAME: a buffering hint
+            0x95 => self.uint(8).map(|_| None), // FRAME: a buffering hint
             b'(' => {
                 self.marks.push(self.stack.len());
-                return Ok(None);
+                Ok(None)
             }
-            b'0' => return self.pop().map(|_| None),
-            b'1' => return self.pop_mark().map(|_| None),
+            b'0' => self.pop().map(|_| None),
+            b'1' => self.pop_mark().map(|_| None),
+            b'a' => {
+                let v = self.pop()?;
+                self.append(vec![v])
+            }
+            b'e' | 0x90 => {
+                let items = self.pop_mark()?;
+                self.append(items)
+            }
+            b'd' => {
+                let items = self.pop_mark()?;
+                let v = self.alloc(Obj::Dict(Vec::new()));
+                self.stack.push(v);
+                self.set_items(items)
+            }
+            b's' => {
+                let (v, k) = (self.pop()?, self.pop()?);
+                self.set_items(vec![k, v])
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                self.set_items(items)
+            }
+            // BUILD: sets the state of the object below (a state dict's `_metadata`,
+            // an object's attributes), which is not needed.
+            b'b' => self.pop().and_then(|_| self.top()).map(|_| None),
+            b'q' | b'r' => {
+                let i = self.uint(if op == b'q' { 1 } else { 4 })?;
+                self.memo_put(i)
+            }
+            0x94 => self.memo_put(self.memo.len() as u64),
+            op => self.object_op(op).map(Some),
+        }
+    }
+
+    /// The opcodes that build a container or an object, or read the memo; the
+    /// plain values go to [`Self::scalar_op`].
+    fn object_op(&mut self, op: u8) -> Result<Value, PickleError> {
+        Ok(match op {
             b'2' => self.top()?, // DUP
-            b'N' => Value::None,
-            0x88 | 0x89 => Value::Bool(op == 0x88),
-            b'J' => Value::Int(self.uint(4)? as u32 as i32 as i64), // BININT (signed)
-            b'K' => Value::Int(self.uint(1)? as i64),
-            b'M' => Value::Int(self.uint(2)? as i64),
-            0x8a => Self::long(&self.sized(1)?), // LONG1
-            0x8b => Self::long(&self.sized(4)?), // LONG4
-            b'G' => self.bytes(8).map(|_| Value::OtherNumber)?, // BINFLOAT
-            // BINUNICODE, BINSTRING (python 2); SHORT_BINUNICODE, SHORT_BINSTRING;
-            // BINUNICODE8.
-            b'X' | b'T' => Value::Str(utf8(&self.sized(4)?)),
-            0x8c | b'U' => Value::Str(utf8(&self.sized(1)?)),
-            0x8d => Value::Str(utf8(&self.sized(8)?)),
-            // BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
-            b'B' => self.sized(4).map(|_| Value::Bytes)?,
-            b'C' => self.sized(1).map(|_| Value::Bytes)?,
-            0x8e | 0x96 => self.sized(8).map(|_| Value::Bytes)?,
             // Tuples (frozensets are kept as tuples, sets as lists).
             b')' => self.alloc(Obj::Tuple(Vec::new())),
             b't' | 0x91 => {
@@ -689,29 +712,7 @@ impl<R: Read> Machine<'_, R> {
                 let items = self.pop_mark()?;
                 self.alloc(Obj::List(items))
             }
-            b'a' => {
-                let v = self.pop()?;
-                return self.append(vec![v]);
-            }
-            b'e' | 0x90 => {
-                let items = self.pop_mark()?;
-                return self.append(items);
-            }
             b'}' => self.alloc(Obj::Dict(Vec::new())),
-            b'd' => {
-                let items = self.pop_mark()?;
-                let v = self.alloc(Obj::Dict(Vec::new()));
-                self.stack.push(v);
-                return self.set_items(items);
-            }
-            b's' => {
-                let (v, k) = (self.pop()?, self.pop()?);
-                return self.set_items(vec![k, v]);
-            }
-            b'u' => {
-                let items = self.pop_mark()?;
-                return self.set_items(items);
-            }
             b'c' => {
                 let (module, name) = (self.line()?, self.line()?);
                 self.alloc(Obj::Global(module, name))
@@ -726,44 +727,61 @@ impl<R: Read> Machine<'_, R> {
                 let (args, func) = (self.pop()?, self.pop()?);
                 self.reduce(&func, &args, 0)?
             }
-            // NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): `cls.__new__(cls)`.
-            0x81 | 0x92 => {
-                if op == 0x92 {
-                    self.pop()?;
-                }
-                self.pop()?;
-                let cls = self.pop()?;
-                let obj = match self.global(&cls) {
-                    Some((m, n)) if is_dict_class(m, n) => Obj::Dict(Vec::new()),
-                    Some((m, n)) => Obj::Other(format!("{m}.{n}")),
-                    None => Obj::Other("python".into()),
-                };
-                self.alloc(obj)
-            }
-            // BUILD: sets the state of the object below (a state dict's `_metadata`,
-            // an object's attributes), which is not needed.
-            b'b' => return self.pop().and_then(|_| self.top()).map(|_| None),
+            0x81 | 0x92 => self.new_object(op)?,
             b'Q' => {
                 let pid = self.pop()?;
                 self.persistent_load(&pid)?
             }
-            b'q' | b'r' => {
-                let i = self.uint(if op == b'q' { 1 } else { 4 })?;
-                return self.memo_put(i);
-            }
-            0x94 => return self.memo_put(self.memo.len() as u64),
             b'h' | b'j' => {
                 let i = self.uint(if op == b'h' { 1 } else { 4 })?;
                 self.memo_get(i)?
             }
+            op => self.scalar_op(op)?,
+        })
+    }
+
+    /// NEWOBJ (cls, args), NEWOBJ_EX (cls, args, kwargs): `cls.__new__(cls)`.
+    fn new_object(&mut self, op: u8) -> Result<Value, PickleError> {
+        if op == 0x92 {
+            self.pop()?;
+        }
+        self.pop()?;
+        let cls = self.pop()?;
+        let obj = match self.global(&cls) {
+            Some((m, n)) if is_dict_class(m, n) => Obj::Dict(Vec::new()),
+            Some((m, n)) => Obj::Other(format!("{m}.{n}")),
+            None => Obj::Other("python".into()),
+        };
+        Ok(self.alloc(obj))
+    }
+
+    /// None, booleans, numbers, strings and bytes; any other opcode is refused.
+    fn scalar_op(&mut self, op: u8) -> Result<Value, PickleError> {
+        Ok(match op {
+            b'N' => Value::None,
+            0x88 | 0x89 => Value::Bool(op == 0x88),
+            b'J' => Value::Int(self.uint(4)? as u32 as i32 as i64), // BININT (signed)
+            b'K' => Value::Int(self.uint(1)? as i64),
+            b'M' => Value::Int(self.uint(2)? as i64),
+            0x8a => Self::long(&self.sized(1)?), // LONG1
+            0x8b => Self::long(&self.sized(4)?), // LONG4
+            b'G' => self.bytes(8).map(|_| Value::OtherNumber)?, // BINFLOAT
+            // BINUNICODE, BINSTRING (python 2); SHORT_BINUNICODE, SHORT_BINSTRING;
+            // BINUNICODE8.
+            b'X' | b'T' => Value::Str(utf8(&self.sized(4)?)),
+            0x8c | b'U' => Value::Str(utf8(&self.sized(1)?)),
+            0x8d => Value::Str(utf8(&self.sized(8)?)),
+            // BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8
+            b'B' => self.sized(4).map(|_| Value::Bytes)?,
+            b'C' => self.sized(1).map(|_| Value::Bytes)?,
+            0x8e | 0x96 => self.sized(8).map(|_| Value::Bytes)?,
             op => {
                 return self.err(format!(
                     "opcode 0x{op:02x} is not supported (pickle protocols 2 to 5 without \
                      extensions or out-of-band buffers only)"
                 ));
             }
-        };
-        Ok(Some(v))
+        })
     }
 
     fn global(&self, v: &Value) -> Option<(&str, &str)> {
@@ -1220,14 +1238,45 @@ fn build_tensor(t: &TensorRef, storage: &[u8], big_endian: bool) -> Result<Tenso
         .clone()
         .map_err(|why| format!("{why}; tch cannot represent its elements"))?;
     let elem = kind.elt_size_in_bytes() as u64;
-    // The slice the tensor indexes into, in bytes, then in elements of `kind`.
+    // The slice the tensor indexes into, in bytes.
     let s = &t.storage;
     let start = s.view_offset * s.elem_size();
     let end = start + s.view_numel * s.elem_size();
     let slice = storage
         .get(start as usize..end as usize)
         .ok_or_else(|| format!("storage {} is shorter than its view", s.key))?;
-    let capacity = slice.len() as u64 / elem;
+    let Some(last) = last_element(t, kind, slice.len() as u64)? else {
+        return Tensor::f_empty(t.size.as_slice(), (kind, tch::Device::Cpu))
+            .map_err(|e| e.to_string());
+    };
+    let range = &slice[(t.offset as u64 * elem) as usize..((last + 1) * elem) as usize];
+    let range = native_order(range, elem as usize, big_endian);
+    // Bools are read as bytes and compared with 0: python writes 0/1, but any other
+    // byte must not become an invalid bool.
+    let read_kind = if kind == Kind::Bool {
+        Kind::Uint8
+    } else {
+        kind
+    };
+    let n = (last + 1 - t.offset as u64) as i64;
+    let flat = Tensor::f_from_data_size(&range, &[n], read_kind).map_err(|e| e.to_string())?;
+    let view = flat
+        .f_as_strided(t.size.as_slice(), t.stride.as_slice(), 0)
+        .and_then(|v| v.f_contiguous())
+        .map_err(|e| e.to_string())?;
+    if kind == Kind::Bool {
+        view.f_ne(0).map_err(|e| e.to_string())
+    } else {
+        Ok(view)
+    }
+}
+
+/// The last element (of `kind`, counted from the slice's start) that the tensor's
+/// view reads, checked against the slice of `slice_bytes` bytes; `None` for a tensor
+/// without elements.
+fn last_element(t: &TensorRef, kind: Kind, slice_bytes: u64) -> Result<Option<u64>, String> {
+    let elem = kind.elt_size_in_bytes() as u64;
+    let capacity = slice_bytes / elem;
     if t.offset < 0 || t.size.iter().chain(&t.stride).any(|&v| v < 0) {
         return Err(format!(
             "negative offset, size or stride (offset {}, size {:?}, stride {:?})",
@@ -1240,10 +1289,9 @@ fn build_tensor(t: &TensorRef, storage: &[u8], big_endian: bool) -> Result<Tenso
         .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
         .ok_or("the size overflows")?;
     if numel == 0 {
-        return Tensor::f_empty(t.size.as_slice(), (kind, tch::Device::Cpu))
-            .map_err(|e| e.to_string());
+        return Ok(None);
     }
-    // The last element the view touches; the view reads elements offset..=last.
+    // The view reads elements offset..=last.
     let last = t
         .size
         .iter()
@@ -1256,43 +1304,27 @@ fn build_tensor(t: &TensorRef, storage: &[u8], big_endian: bool) -> Result<Tenso
         return Err(format!(
             "the view (offset {}, size {:?}, stride {:?}) reaches element {last}, but storage \
              {} holds {capacity} {kind:?} elements",
-            t.offset, t.size, t.stride, s.key
+            t.offset, t.size, t.stride, t.storage.key
         ));
     }
-    if numel.saturating_mul(elem) > slice.len() as u64 + MAX_VIEW_BYTES {
+    if numel.saturating_mul(elem) > slice_bytes + MAX_VIEW_BYTES {
         return Err(format!(
             "a view of size {:?} repeats its storage's elements beyond the allowed size",
             t.size
         ));
     }
-    let range = &slice[(t.offset as u64 * elem) as usize..((last + 1) * elem) as usize];
-    let mut bytes;
-    let range = if big_endian && elem > 1 {
-        bytes = range.to_vec();
-        bytes
-            .chunks_exact_mut(elem as usize)
-            .for_each(<[u8]>::reverse);
-        bytes.as_slice()
+    Ok(Some(last))
+}
+
+/// Elements of `elem` bytes in the machine's (little-endian) order: a big-endian
+/// legacy file's elements are byte-swapped.
+fn native_order(range: &[u8], elem: usize, big_endian: bool) -> std::borrow::Cow<'_, [u8]> {
+    if big_endian && elem > 1 {
+        let mut bytes = range.to_vec();
+        bytes.chunks_exact_mut(elem).for_each(<[u8]>::reverse);
+        bytes.into()
     } else {
-        range
-    };
-    // Bools are read as bytes and compared with 0: python writes 0/1, but any other
-    // byte must not become an invalid bool.
-    let read_kind = if kind == Kind::Bool {
-        Kind::Uint8
-    } else {
-        kind
-    };
-    let n = (last + 1 - t.offset as u64) as i64;
-    let flat = Tensor::f_from_data_size(range, &[n], read_kind).map_err(|e| e.to_string())?;
-    let view = flat
-        .f_as_strided(t.size.as_slice(), t.stride.as_slice(), 0)
-        .and_then(|v| v.f_contiguous())
-        .map_err(|e| e.to_string())?;
-    if kind == Kind::Bool {
-        view.f_ne(0).map_err(|e| e.to_string())
-    } else {
-        Ok(view)
+        range.into()
     }
 }
 

@@ -95,6 +95,37 @@ struct Scrubber {
 }
 
 impl Scrubber {
+    /// A scrubber that knows the folder the files come from (as given and resolved).
+    fn for_base(base: &Path) -> Self {
+        let mut bases = vec![base.to_path_buf()];
+        if let Ok(c) = base.canonicalize() {
+            bases.push(c);
+        }
+        Scrubber {
+            bases,
+            ..Default::default()
+        }
+    }
+
+    /// Longest spec and root first, so one that contains another is replaced whole.
+    fn longest_first(&mut self) {
+        self.specs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        self.roots
+            .sort_by_key(|(k, _)| std::cmp::Reverse(k.as_os_str().len()));
+    }
+
+    /// A TOML text scrubbed: unchanged text stays byte for byte; otherwise the
+    /// document is parsed, its strings scrubbed, and written again.
+    fn toml_text(&self, t: &str) -> anyhow::Result<String> {
+        let cleaned = self.text(t);
+        if cleaned == t {
+            return Ok(cleaned);
+        }
+        let mut doc: toml::Value = toml::from_str(t).context("parsing config.toml")?;
+        self.toml(&mut doc);
+        toml::to_string(&doc).context("writing config.toml")
+    }
+
     /// A path as a relative name (see the module documentation).
     fn path(&self, token: &str) -> String {
         let p = Path::new(token);
@@ -335,71 +366,11 @@ fn read_json(path: &Path) -> anyhow::Result<(String, serde_json::Value)> {
 
 fn read_inputs(a: &Args) -> anyhow::Result<Inputs> {
     let (base, checkpoint, need_record) = match (&a.run_dir, &a.from_model) {
-        (Some(run), None) => {
-            let ckpt = run.join("model.safetensors");
-            let model_folder = || {
-                anyhow::anyhow!(
-                    "{} has no model.safetensors but a checkpoint.safetensors: it looks like a \
-                     model folder; republish it with --from-model {}",
-                    run.display(),
-                    run.display()
-                )
-            };
-            if !run.join("run.json").is_file() {
-                if run.join("checkpoint.safetensors").is_file() {
-                    return Err(model_folder());
-                }
-                anyhow::bail!(
-                    "{} is not a run directory (run.json expected)",
-                    run.display()
-                );
-            }
-            if !ckpt.is_file() {
-                if run.join("checkpoint.safetensors").is_file() {
-                    return Err(model_folder());
-                }
-                anyhow::bail!(
-                    "{} has no model.safetensors: the run has not finished (continue it with \
-                     `lse-train train|adapt --resume {}`)",
-                    run.display(),
-                    run.display()
-                );
-            }
-            (run.clone(), ckpt, true)
-        }
-        (None, Some(dir)) => {
-            let ckpt = dir.join("checkpoint.safetensors");
-            if !ckpt.is_file() {
-                anyhow::bail!(
-                    "{} is not a model folder (checkpoint.safetensors expected)",
-                    dir.display()
-                );
-            }
-            (dir.clone(), ckpt, false)
-        }
+        (Some(run), None) => (run.clone(), run_checkpoint(run)?, true),
+        (None, Some(dir)) => (dir.clone(), model_checkpoint(dir)?, false),
         _ => anyhow::bail!("give either RUN_DIR or --from-model MODEL_DIR"),
     };
-    let record_path = base.join("run.json");
-    let record = if need_record || record_path.is_file() {
-        let (text, r) = read_json(&record_path)?;
-        if need_record {
-            // A run record must be one: fail early on a foreign run.json.
-            serde_json::from_value::<crate::run::RunRecord>(r.clone())
-                .with_context(|| format!("{} is not a run record", record_path.display()))?;
-            if r["status"].as_str() != Some("finished") {
-                tracing::warn!(
-                    status = r["status"].as_str().unwrap_or("?"),
-                    "the run's status is not `finished`; publishing its model.safetensors anyway"
-                );
-            }
-        }
-        if !r.is_object() {
-            anyhow::bail!("{} is not a JSON object", record_path.display());
-        }
-        Some((text, r))
-    } else {
-        None
-    };
+    let record = read_record(&base.join("run.json"), need_record)?;
     let config_path = base.join("config.toml");
     let config = if config_path.is_file() {
         Some(
@@ -425,6 +396,73 @@ fn read_inputs(a: &Args) -> anyhow::Result<Inputs> {
         config,
         eval,
     })
+}
+
+/// A finished run directory's model.safetensors, or why it has none.
+fn run_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
+    let ckpt = run.join("model.safetensors");
+    if run.join("run.json").is_file() && ckpt.is_file() {
+        return Ok(ckpt);
+    }
+    if run.join("checkpoint.safetensors").is_file() {
+        anyhow::bail!(
+            "{} has no model.safetensors but a checkpoint.safetensors: it looks like a \
+             model folder; republish it with --from-model {}",
+            run.display(),
+            run.display()
+        );
+    }
+    if !run.join("run.json").is_file() {
+        anyhow::bail!(
+            "{} is not a run directory (run.json expected)",
+            run.display()
+        );
+    }
+    anyhow::bail!(
+        "{} has no model.safetensors: the run has not finished (continue it with \
+         `lse-train train|adapt --resume {}`)",
+        run.display(),
+        run.display()
+    )
+}
+
+/// A model folder's checkpoint.safetensors.
+fn model_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
+    let ckpt = dir.join("checkpoint.safetensors");
+    if !ckpt.is_file() {
+        anyhow::bail!(
+            "{} is not a model folder (checkpoint.safetensors expected)",
+            dir.display()
+        );
+    }
+    Ok(ckpt)
+}
+
+/// run.json's text and value: required (and checked to be a run record) for a run
+/// directory, optional for a model folder.
+fn read_record(
+    record_path: &Path,
+    need_record: bool,
+) -> anyhow::Result<Option<(String, serde_json::Value)>> {
+    if !need_record && !record_path.is_file() {
+        return Ok(None);
+    }
+    let (text, r) = read_json(record_path)?;
+    if need_record {
+        // A run record must be one: fail early on a foreign run.json.
+        serde_json::from_value::<crate::run::RunRecord>(r.clone())
+            .with_context(|| format!("{} is not a run record", record_path.display()))?;
+        if r["status"].as_str() != Some("finished") {
+            tracing::warn!(
+                status = r["status"].as_str().unwrap_or("?"),
+                "the run's status is not `finished`; publishing its model.safetensors anyway"
+            );
+        }
+    }
+    if !r.is_object() {
+        anyhow::bail!("{} is not a JSON object", record_path.display());
+    }
+    Ok(Some((text, r)))
 }
 
 /// The summary of one recorded dataset, and its scrubbing entries.
@@ -515,6 +553,12 @@ impl Drop for Staging {
     }
 }
 
+/// The run's datasets, as summaries.
+struct Datasets {
+    source: Option<DatasetSummary>,
+    target: Option<DatasetSummary>,
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let inputs = read_inputs(&a)?;
     if a.run_dir.is_some() && same_dir(&inputs.base, &a.out) {
@@ -525,16 +569,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let mut meta = checkpoint::read_meta(&inputs.checkpoint)?;
     let (_, tensors) = checkpoint::read_safetensors(&inputs.checkpoint)?;
+    let (datasets, scrub) = summarise_datasets(&a, &inputs, &meta);
+    // The checkpoint's metadata (and so the ONNX metadata).
+    meta.extra.remove("state");
+    meta.extra = meta
+        .extra
+        .iter()
+        .map(|(k, v)| (k.clone(), scrub.meta_value(v)))
+        .collect();
+    let name = model_name(&a, &inputs);
+    let files = published_files(&inputs, &scrub, &name, &datasets)?;
+    let export = stage_and_move(&a, &meta, tensors, &files)?;
+    let mut names: Vec<&str> = vec!["checkpoint.safetensors", "model.onnx"];
+    names.extend(files.keys());
+    print_report(&a, &name, &names, &datasets, &export)
+}
 
-    // The datasets: as recorded in the run (else in the checkpoint's metadata).
-    let recorded = |key: &str| -> Option<String> {
-        inputs
-            .record
-            .as_ref()
-            .and_then(|(_, r)| r[key].as_str().map(str::to_string))
-            .or_else(|| meta.extra.get(key).cloned())
-    };
-    let command = inputs
+/// The command that produced the checkpoint: as recorded, else guessed from the
+/// checkpoint's method.
+fn run_command(inputs: &Inputs, meta: &checkpoint::CheckpointMeta) -> String {
+    inputs
         .record
         .as_ref()
         .and_then(|(_, r)| r["command"].as_str().map(str::to_string))
@@ -544,53 +598,55 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 "train".into()
             }
-        });
+        })
+}
+
+/// The target's split the run used: adaptation reads the target split, a
+/// source-only run only evaluates on the val split.
+fn target_split(inputs: &Inputs, command: &str) -> String {
     let config = inputs.config.as_deref().and_then(|t| {
         Config::from_toml(t, "config.toml")
             .map_err(|e| tracing::warn!("config.toml: {e}; splits train/val assumed"))
             .ok()
     });
     let cfg = config.unwrap_or_default();
-    // The target's images the run used: adaptation reads the target split, a
-    // source-only run only evaluates on the val split.
-    let target_split = if command == "adapt" {
-        cfg.target_split.clone()
+    if command == "adapt" {
+        cfg.target_split
     } else {
-        cfg.val_split.clone()
-    };
-    let mut scrub = Scrubber {
-        bases: vec![inputs.base.clone()],
-        ..Default::default()
-    };
-    if let Ok(c) = inputs.base.canonicalize() {
-        scrub.bases.push(c);
+        cfg.val_split
     }
+}
+
+/// The source and target summaries, and the scrubber that replaces their specs and
+/// every other absolute path of the run.
+fn summarise_datasets(
+    a: &Args,
+    inputs: &Inputs,
+    meta: &checkpoint::CheckpointMeta,
+) -> (Datasets, Scrubber) {
+    // The datasets: as recorded in the run (else in the checkpoint's metadata).
+    let recorded = |key: &str| -> Option<String> {
+        inputs
+            .record
+            .as_ref()
+            .and_then(|(_, r)| r[key].as_str().map(str::to_string))
+            .or_else(|| meta.extra.get(key).cloned())
+    };
     // A model published before keeps its summaries' structured form in run.json.
     let prior = |role: &str| {
         inputs.record.as_ref().and_then(|(_, r)| {
             serde_json::from_value::<DatasetSummary>(r["published"]["datasets"][role].clone()).ok()
         })
     };
+    let split = target_split(inputs, &run_command(inputs, meta));
+    let mut scrub = Scrubber::for_base(&inputs.base);
     let source = recorded("source").and_then(|s| {
-        summarise(
-            "source",
-            &s,
-            a.source.as_ref(),
-            "train",
-            prior("source"),
-            &mut scrub,
-        )
+        let now = a.source.as_ref();
+        summarise("source", &s, now, "train", prior("source"), &mut scrub)
     });
     let target = recorded("target").and_then(|s| {
-        let split = &target_split;
-        summarise(
-            "target",
-            &s,
-            a.target.as_ref(),
-            split,
-            prior("target"),
-            &mut scrub,
-        )
+        let now = a.target.as_ref();
+        summarise("target", &s, now, &split, prior("target"), &mut scrub)
     });
     // Specs recorded in the checkpoint that differ from the record's (same datasets).
     for (key, summary) in [("source", &source), ("target", &target)] {
@@ -601,32 +657,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             scrub.specs.push((v.clone(), s.to_string()));
         }
     }
-    // Longest spec first, so one that contains another is replaced whole.
-    scrub.specs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
-    scrub
-        .roots
-        .sort_by_key(|(k, _)| std::cmp::Reverse(k.as_os_str().len()));
+    scrub.longest_first();
+    (Datasets { source, target }, scrub)
+}
 
-    // The checkpoint's metadata (and so the ONNX metadata).
-    meta.extra.remove("state");
-    meta.extra = meta
-        .extra
-        .iter()
-        .map(|(k, v)| (k.clone(), scrub.meta_value(v)))
-        .collect();
-
-    // run.json: the record with summaries, and what was published.
-    let name = a.name.clone().unwrap_or_else(|| {
+/// The model's name: `--name`, else the --out folder's name.
+fn model_name(a: &Args, inputs: &Inputs) -> String {
+    a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
             .or_else(|| inputs.base.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
-    });
+    })
+}
+
+/// The text files to publish (run.json, and config.toml and eval.json when there
+/// are any), scrubbed; the JSON ones checked to still parse.
+fn published_files(
+    inputs: &Inputs,
+    scrub: &Scrubber,
+    name: &str,
+    d: &Datasets,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
     let published = serde_json::json!({
         "name": name,
         "by": format!("lse-train publish {}", lse_runtime::VERSION),
-        "datasets": {"source": source, "target": target},
+        "datasets": {"source": d.source, "target": d.target},
     });
     let record_text = match &inputs.record {
         Some((text, _)) => set_member(&scrub.json_text(text), "published", &published)?,
@@ -634,26 +691,38 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({ "published": published }))? + "\n"
         }
     };
-    let config_text = inputs.config.as_deref().map(|t| {
-        let cleaned = scrub.text(t);
-        if cleaned == t {
-            return Ok(cleaned);
+    let mut files: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    files.insert("run.json", record_text.into_bytes());
+    if let Some(t) = &inputs.config {
+        files.insert("config.toml", scrub.toml_text(t)?.into_bytes());
+    }
+    if let Some(e) = &inputs.eval {
+        files.insert("eval.json", scrub.json_text(e).into_bytes());
+    }
+    for f in ["run.json", "eval.json"] {
+        if let Some(bytes) = files.get(f) {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .with_context(|| format!("the rewritten {f} is not valid JSON"))?;
         }
-        let mut doc: toml::Value = toml::from_str(t).context("parsing config.toml")?;
-        scrub.toml(&mut doc);
-        toml::to_string(&doc).context("writing config.toml")
-    });
-    let config_text = config_text.transpose()?;
-    let eval = inputs.eval.as_deref().map(|e| scrub.json_text(e));
+    }
+    Ok(files)
+}
 
-    // Stage, check, then rename into place.
+/// Writes checkpoint, model and text files into a staging folder inside --out,
+/// checks them, then renames each into place. Returns the export's report.
+fn stage_and_move(
+    a: &Args,
+    meta: &checkpoint::CheckpointMeta,
+    tensors: Vec<(String, tch::Tensor)>,
+    files: &BTreeMap<&'static str, Vec<u8>>,
+) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let staging = Staging(a.out.join(format!(".publish-{}.tmp", std::process::id())));
     let _ = std::fs::remove_dir_all(&staging.0);
     std::fs::create_dir_all(&staging.0)
         .with_context(|| format!("creating {}", staging.0.display()))?;
     let stage = |f: &str| staging.0.join(f);
-    checkpoint::save(&stage("checkpoint.safetensors"), &meta, &tensors)?;
+    checkpoint::save(&stage("checkpoint.safetensors"), meta, &tensors)?;
     drop(tensors);
     let export = super::export::export_checked(
         &stage("checkpoint.safetensors"),
@@ -669,31 +738,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
     )
     .context("exporting the model")?;
-    let mut files: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
-    files.insert("run.json", record_text.into_bytes());
-    if let Some(t) = &config_text {
-        files.insert("config.toml", t.clone().into_bytes());
-    }
-    if let Some(e) = &eval {
-        files.insert("eval.json", e.clone().into_bytes());
-    }
-    for f in ["run.json", "eval.json"] {
-        if let Some(bytes) = files.get(f) {
-            serde_json::from_slice::<serde_json::Value>(bytes)
-                .with_context(|| format!("the rewritten {f} is not valid JSON"))?;
-        }
-    }
-    for (f, bytes) in &files {
+    for (f, bytes) in files {
         crate::run::write_atomic(&stage(f), bytes)?;
     }
+    refuse_absolute_paths(files, &stage("checkpoint.safetensors"), &a.out)?;
+    for f in ["checkpoint.safetensors", "model.onnx"]
+        .into_iter()
+        .chain(files.keys().copied())
+    {
+        std::fs::rename(stage(f), a.out.join(f))
+            .with_context(|| format!("moving {f} into {}", a.out.display()))?;
+    }
+    if !files.contains_key("eval.json") {
+        // A stale evaluation of another model must not stay beside this one.
+        let _ = std::fs::remove_file(a.out.join("eval.json"));
+    }
+    Ok(export)
+}
 
-    // No absolute path may remain: in the text files, the checkpoint's metadata and
-    // the model's metadata (written from the same checkpoint metadata).
+/// Fails if an absolute path remains in the text files, the staged checkpoint's
+/// metadata or the model's metadata (written from the same checkpoint metadata).
+fn refuse_absolute_paths(
+    files: &BTreeMap<&'static str, Vec<u8>>,
+    staged_checkpoint: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut found = Vec::new();
-    for (f, bytes) in &files {
+    for (f, bytes) in files {
         leftovers(f, &String::from_utf8_lossy(bytes), &mut found);
     }
-    let written = checkpoint::read_meta(&stage("checkpoint.safetensors"))?;
+    let written = checkpoint::read_meta(staged_checkpoint)?;
     for (k, v) in &written.extra {
         leftovers(&format!("checkpoint.safetensors lse.{k}"), v, &mut found);
     }
@@ -704,39 +778,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!(
             "absolute paths would remain in the published model ({}); nothing was written to {}",
             found.join("; "),
-            a.out.display()
+            out.display()
         );
     }
+    Ok(())
+}
 
-    let mut names: Vec<&str> = vec!["checkpoint.safetensors", "model.onnx"];
-    names.extend(files.keys());
-    for f in &names {
-        std::fs::rename(stage(f), a.out.join(f))
-            .with_context(|| format!("moving {f} into {}", a.out.display()))?;
-    }
-    if eval.is_none() {
-        // A stale evaluation of another model must not stay beside this one.
-        let _ = std::fs::remove_file(a.out.join("eval.json"));
-    }
-    drop(staging);
-
-    let report = serde_json::json!({
-        "out": a.out,
-        "name": name,
-        "files": names,
-        "source": source.as_ref().map(ToString::to_string),
-        "target": target.as_ref().map(ToString::to_string),
-        "datasets": {"source": source, "target": target},
-        "parity": export.get("parity"),
-    });
+fn print_report(
+    a: &Args,
+    name: &str,
+    names: &[&str],
+    d: &Datasets,
+    export: &serde_json::Value,
+) -> anyhow::Result<()> {
     if a.json {
+        let report = serde_json::json!({
+            "out": a.out,
+            "name": name,
+            "files": names,
+            "source": d.source.as_ref().map(ToString::to_string),
+            "target": d.target.as_ref().map(ToString::to_string),
+            "datasets": {"source": d.source, "target": d.target},
+            "parity": export.get("parity"),
+        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("published {} ({})", a.out.display(), names.join(", "));
-        if let Some(s) = &source {
+        if let Some(s) = &d.source {
             println!("  source  {s}");
         }
-        if let Some(t) = &target {
+        if let Some(t) = &d.target {
             println!("  target  {t}");
         }
     }
