@@ -44,9 +44,7 @@ fn default_upsampling() -> String {
 
 /// Floating-point precision of a network's weights and compute (`lse.precision`), and
 /// the precision TensorRT builds an engine in (`--precision`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 everywhere.
@@ -62,6 +60,21 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+impl crate::choice::Choice for Precision {
+    const ALL: &'static [Self] = &[Precision::Fp32, Precision::Fp16];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "float32 everywhere",
+            Precision::Fp16 => {
+                "float16 weights and compute; input, scores and arg-max stay float32"
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::contract::{self, ContractError, ModelMeta, Precision};
 use crate::trt;
 
 /// Which execution provider runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// TensorRT, then CUDA, then CPU: the first that works.
@@ -35,14 +35,32 @@ pub enum Provider {
     Cpu,
 }
 
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl crate::choice::Choice for Provider {
+    const ALL: &'static [Self] = &[
+        Provider::Auto,
+        Provider::Tensorrt,
+        Provider::Cuda,
+        Provider::Cpu,
+    ];
+    fn name(self) -> &'static str {
+        match self {
             Provider::Auto => "auto",
             Provider::Tensorrt => "tensorrt",
             Provider::Cuda => "cuda",
             Provider::Cpu => "cpu",
-        })
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Provider::Auto => "TensorRT, then CUDA, then CPU: the first that works",
+            _ => "",
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::choice::Choice::name(*self))
     }
 }
 

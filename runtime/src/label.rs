@@ -29,17 +29,18 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
-use ndarray::{Array4, Axis};
+use ndarray::Axis;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::datasets::{self, DatasetError};
 use crate::engine::{Engine, Provider};
 use crate::imageio::{self, ImageError};
+use crate::palette;
 use crate::predict::{self, Upsample};
 
 /// Which ids the output PNGs hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputIds {
     /// Cityscapes label ids (the official results format; ignore written as 0).
@@ -47,6 +48,30 @@ pub enum OutputIds {
     Label,
     /// Train ids 0..C-1.
     Train,
+}
+
+impl crate::choice::Choice for OutputIds {
+    const ALL: &'static [Self] = &[OutputIds::Label, OutputIds::Train];
+    fn name(self) -> &'static str {
+        match self {
+            OutputIds::Label => "label",
+            OutputIds::Train => "train",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            OutputIds::Label => {
+                "Cityscapes label ids (the official results format; ignore written as 0)"
+            }
+            OutputIds::Train => "train ids 0..C-1",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::choice::Choice::name(*self))
+    }
 }
 
 /// A part of a tree: `index` (1-based) of `count`.
@@ -389,14 +414,15 @@ fn write_outputs(
     original: Option<&RgbImage>,
     settings: &LabelSettings,
     label_lut: &[u8; 256],
-    color_lut: &[[u8; 3]; 256],
+    color_lut: &palette::ColorLut,
 ) -> Result<(), ImageError> {
     // Visualisations first: the label PNG is what marks an image as done.
     if let Some(p) = &job.color {
-        imageio::write_rgb_png(p, &colorize(train_ids, color_lut))?;
+        imageio::write_rgb_png(p, &palette::colorize_with(train_ids, color_lut))?;
     }
     if let (Some(p), Some(img)) = (&job.overlay, original) {
-        imageio::write_rgb_png(p, &blend(img, &colorize(train_ids, color_lut), 0.5))?;
+        let colors = palette::colorize_with(train_ids, color_lut);
+        imageio::write_rgb_png(p, &palette::blend(img, &colors, 0.5))?;
     }
     match settings.ids {
         OutputIds::Train => imageio::write_gray_png(&job.output, train_ids),
@@ -408,25 +434,6 @@ fn write_outputs(
             imageio::write_gray_png(&job.output, &g)
         }
     }
-}
-
-fn colorize(ids: &GrayImage, lut: &[[u8; 3]; 256]) -> RgbImage {
-    let (w, h) = ids.dimensions();
-    let mut out = Vec::with_capacity((w * h * 3) as usize);
-    for &t in ids.as_raw() {
-        out.extend_from_slice(&lut[t as usize]);
-    }
-    RgbImage::from_raw(w, h, out).expect("buffer size matches")
-}
-
-fn blend(img: &RgbImage, colors: &RgbImage, alpha: f32) -> RgbImage {
-    let mut out = img.clone();
-    for (o, c) in out.pixels_mut().zip(colors.pixels()) {
-        for k in 0..3 {
-            o[k] = (o[k] as f32 * (1.0 - alpha) + c[k] as f32 * alpha).round() as u8;
-        }
-    }
-    out
 }
 
 /// Makes glibc keep freed memory for reuse instead of handing large blocks back to
@@ -620,20 +627,11 @@ impl Inference<'_> {
         if pending.is_empty() {
             return;
         }
-        let [w, h] = self.engine.meta().train_size.map(|v| v as usize);
         let t = Instant::now();
-        // One image moves in without a copy; a batch is concatenated.
-        let data = if pending.len() == 1 {
-            std::mem::take(&mut pending[0].2)
-        } else {
-            let mut data = Vec::with_capacity(pending.len() * 3 * h * w);
-            for (_, _, input, _) in pending.iter() {
-                data.extend_from_slice(input);
-            }
-            data
-        };
-        let arr = Array4::from_shape_vec((pending.len(), 3, h, w), data)
-            .expect("inputs have the training size");
+        let size = self.engine.meta().train_size;
+        let inputs = pending.iter().map(|(_, _, input, _)| input.as_slice());
+        let (arr, wrong) = predict::stack_inputs(inputs, size);
+        debug_assert!(wrong.is_empty(), "inputs have the training size");
         let result = self.engine.run(arr.view()).map_err(|e| e.to_string());
         drop(arr);
         self.clock.add(INFER, t);

@@ -19,9 +19,9 @@
 //! - [`label`]: batch labelling of folder trees;
 //! - [`trt`]: TensorRT engine and timing caches, shape profiles, the shared build.
 //!
-//! The `lse` binary is a thin CLI over these modules ([`cli`]).
+//! The `lse` binary (`src/bin/lse/`) is a thin CLI over these modules.
 
-pub mod cli;
+pub mod choice;
 pub mod contract;
 pub mod datasets;
 pub mod engine;

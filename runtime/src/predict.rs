@@ -18,7 +18,7 @@ use crate::engine::{Engine, EngineError};
 use crate::imageio::{self, ImageError};
 
 /// How predictions are brought back to the image's size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Upsample {
     /// Bilinear upsampling of the class probabilities, then arg-max (the protocol).
@@ -26,6 +26,30 @@ pub enum Upsample {
     Probabilities,
     /// Arg-max first, then nearest-neighbour upsampling of the labels (faster).
     Labels,
+}
+
+impl crate::choice::Choice for Upsample {
+    const ALL: &'static [Self] = &[Upsample::Probabilities, Upsample::Labels];
+    fn name(self) -> &'static str {
+        match self {
+            Upsample::Probabilities => "probabilities",
+            Upsample::Labels => "labels",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Upsample::Probabilities => {
+                "bilinear upsampling of the class probabilities, then arg-max (the protocol)"
+            }
+            Upsample::Labels => "arg-max first, then nearest-neighbour upsampling (faster)",
+        }
+    }
+}
+
+impl std::fmt::Display for Upsample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::choice::Choice::name(*self))
+    }
 }
 
 /// Errors of predicting an image.
@@ -41,6 +65,26 @@ pub enum PredictError {
 pub fn prepare(img: &RgbImage, size: [u32; 2]) -> Result<Vec<f32>, ImageError> {
     let resized = imageio::resize_rgb(img, size[0], size[1])?;
     Ok(imageio::to_rgb_chw(&resized))
+}
+
+/// One batch of N inputs, each laid out by [`prepare`] for a model of training size
+/// `size` (`[width, height]`). An input of another length stays zero in the batch and
+/// its position is returned, so the caller can answer that one with an error.
+pub fn stack_inputs<'a>(
+    inputs: impl ExactSizeIterator<Item = &'a [f32]>,
+    size: [u32; 2],
+) -> (Array4<f32>, Vec<usize>) {
+    let (w, h) = (size[0] as usize, size[1] as usize);
+    let mut batch = Array4::<f32>::zeros((inputs.len(), 3, h, w));
+    let mut wrong = Vec::new();
+    for (i, input) in inputs.enumerate() {
+        let mut slot = batch.index_axis_mut(ndarray::Axis(0), i);
+        match slot.as_slice_mut() {
+            Some(s) if s.len() == input.len() => s.copy_from_slice(input),
+            _ => wrong.push(i),
+        }
+    }
+    (batch, wrong)
 }
 
 /// Softmax of the logits of one source pixel into `out` (`C` values): `scores` is
@@ -454,15 +498,8 @@ pub fn segment_batch(
         .par_iter()
         .map(|img| prepare(img, size))
         .collect::<Result<_, _>>()?;
-    let (w, h) = (size[0] as usize, size[1] as usize);
-    let mut batch = Array4::<f32>::zeros((images.len(), 3, h, w));
-    for (i, inp) in inputs.iter().enumerate() {
-        batch
-            .index_axis_mut(ndarray::Axis(0), i)
-            .as_slice_mut()
-            .expect("standard layout")
-            .copy_from_slice(inp);
-    }
+    let (batch, wrong) = stack_inputs(inputs.iter().map(Vec::as_slice), size);
+    debug_assert!(wrong.is_empty(), "prepare() lays out the training size");
     let out = engine.run(batch.view())?;
     images
         .iter()
@@ -528,6 +565,30 @@ mod tests {
             }
         }
         (ids, margins)
+    }
+
+    #[test]
+    fn inputs_stack_in_order_and_a_wrong_length_stays_zero() {
+        let size = [3, 2]; // 3 x 2 x 3 = 18 values per input
+        let a: Vec<f32> = (0..18).map(|v| v as f32).collect();
+        let b: Vec<f32> = (0..18).map(|v| -(v as f32)).collect();
+        let short = vec![7.0; 5];
+        let inputs = [a.as_slice(), short.as_slice(), b.as_slice()];
+        let (batch, wrong) = stack_inputs(inputs.into_iter(), size);
+        assert_eq!(batch.shape(), &[3, 3, 2, 3]);
+        assert_eq!(wrong, vec![1]);
+        // Element (n, c, y, x) of a CHW input sits at c*H*W + y*W + x.
+        for (n, want) in [(0, &a), (2, &b)] {
+            for ((c, y, x), v) in batch.index_axis(ndarray::Axis(0), n).indexed_iter() {
+                assert_eq!(*v, want[c * 6 + y * 3 + x]);
+            }
+        }
+        assert!(
+            batch
+                .index_axis(ndarray::Axis(0), 1)
+                .iter()
+                .all(|&v| v == 0.0)
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use lse_runtime::choice::Choice;
 use lse_runtime::engine::{Device, Provider};
 
 /// Settings of `lse-serve`. Defaults suit a laptop: loopback only, one worker that
@@ -32,7 +33,7 @@ pub struct Config {
     #[arg(long)]
     pub grpc_addr: Option<String>,
     /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
-    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), default_value_t = Provider::Auto)]
     pub provider: Provider,
     /// The ONNX Runtime library (libonnxruntime.so.*); otherwise ORT_DYLIB_PATH, the
     /// project's .venv, then the system's library folders.

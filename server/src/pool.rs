@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use lse_runtime::contract::ModelMeta;
 use lse_runtime::engine::{Device, Engine, EngineError, EngineOptions, Output, Provider};
+use lse_runtime::predict;
 use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
 use tokio::sync::oneshot;
 
@@ -295,17 +296,9 @@ impl Worker {
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
-        let (c, h, w) = self.input_shape();
         let n = batch.len();
-        let mut input = Array4::<f32>::zeros((n, c, h, w));
-        let mut bad = vec![false; n];
-        for (i, job) in batch.iter().enumerate() {
-            let mut slot = input.index_axis_mut(Axis(0), i);
-            match slot.as_slice_mut() {
-                Some(s) if s.len() == job.input.len() => s.copy_from_slice(&job.input),
-                _ => bad[i] = true,
-            }
-        }
+        let size = self.engine.meta().train_size;
+        let (input, wrong) = predict::stack_inputs(batch.iter().map(|j| j.input.as_slice()), size);
         let started = Instant::now();
         let result = self.engine.run(input.view());
         let inference = started.elapsed();
@@ -314,11 +307,11 @@ impl Worker {
             Ok(out) => {
                 let out = Arc::new(out);
                 for (i, job) in batch.into_iter().enumerate() {
-                    let answer = if bad[i] {
+                    let answer = if wrong.contains(&i) {
                         Err(format!(
                             "the job's input has {} values, the model takes {}",
                             job.input.len(),
-                            c * h * w
+                            input.len() / n
                         ))
                     } else {
                         Ok(JobOutput {

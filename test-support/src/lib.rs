@@ -49,17 +49,94 @@ pub fn run(bin: &Path, args: &[&str]) -> Output {
 
 /// Runs `bin` with `args`, which must succeed; returns its standard output.
 pub fn ok(bin: &Path, args: &[&str]) -> String {
-    let out = run(bin, args);
+    let out = check_ok(Command::new(bin).args(args).env("RUST_LOG", "warn"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must succeed and returns its output; a failure panics with
+/// the command and both streams.
+pub fn check_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{} {:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        bin.display(),
-        args,
-        out.status.code(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
+}
+
+/// Runs a command that must fail and returns its standard error.
+pub fn check_fails(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should have failed\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command's standard output parsed as JSON.
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The target profile folder (target/debug or target/release) of the running test.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Writes an 8-bit grey PNG (creating its folder).
+pub fn gray_png(path: &Path, w: u32, h: u32, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_raw(w, h, data.to_vec())
+        .expect("size matches")
+        .save(path)
+        .unwrap();
+}
+
+/// Writes an 8-bit RGB PNG filled with one colour (creating its folder).
+pub fn rgb_png(path: &Path, w: u32, h: u32, color: [u8; 3]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_pixel(w, h, image::Rgb(color))
+        .save(path)
+        .unwrap();
+}
+
+/// Every file under `dir` with its bytes, by relative path.
+pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Runs a command that must fail with one `error:` message containing `needle`.

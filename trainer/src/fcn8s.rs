@@ -38,7 +38,7 @@ pub struct UpSpec {
 }
 
 /// How a freshly created network is initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InitScheme {
     /// The reference implementation's: every convolution zero (to be overwritten by
@@ -51,6 +51,32 @@ pub enum InitScheme {
     /// zero.
     #[default]
     Scratch,
+}
+
+impl lse_runtime::choice::Choice for InitScheme {
+    const ALL: &'static [Self] = &[InitScheme::Reference, InitScheme::Scratch];
+    fn name(self) -> &'static str {
+        match self {
+            InitScheme::Reference => "reference",
+            InitScheme::Scratch => "scratch",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            InitScheme::Reference => {
+                "the reference code's: convolutions zero, to be overwritten by ImageNet VGG16"
+            }
+            InitScheme::Scratch => {
+                "for training from scratch: He-normal convolutions, strong skips"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for InitScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(lse_runtime::choice::Choice::name(*self))
+    }
 }
 
 /// The network's shape: class count and channel width multiplier.

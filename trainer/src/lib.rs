@@ -7,10 +7,10 @@
 //! loops ([`train`]).
 
 pub mod checkpoint;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod diagnostics;
+pub mod export;
 pub mod fcn8s;
 pub mod losses;
 pub mod lse;

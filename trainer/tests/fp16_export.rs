@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use lse_runtime::contract::{self, Precision};
 use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_trainer::checkpoint::{self, CheckpointMeta};
-use lse_trainer::cli::export::{ExportOptions, export_checked_as};
+use lse_trainer::export::{ExportOptions, export_checked_as};
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
 use onnx_protobuf::{Message, ModelProto, tensor_proto::DataType};
 use tch::{Device, nn};

@@ -26,7 +26,7 @@ fn tune_allocator() {}
 fn main() {
     tune_allocator();
     let cfg = Config::parse();
-    lse_runtime::cli::init_tracing(cfg.verbose);
+    lse_cli::init_tracing(cfg.verbose);
     // Decoding, resizing, upsampling and encoding run on the blocking pool: a few
     // threads per core keep the cores busy without holding many images in memory.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::synth::{self, DomainSettings, SynthSettings};
+use lse_runtime::synth::{self, DomainSettings, SynthSettings};
 
 /// Arguments of `lse synth`.
 #[derive(Debug, clap::Args)]

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use lse_runtime::datasets::DatasetSpec;
 
-use crate::config::Config;
-use crate::run::RunCommand;
-use crate::train::{RunInputs, RunOptions, Trainer};
+use lse_trainer::config::Config;
+use lse_trainer::run::RunCommand;
+use lse_trainer::train::{RunInputs, RunOptions, Trainer};
 
 /// Settings and process options shared by `train` and `adapt`.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, EngineOptions, Fetch, Provider};
-use crate::imageio;
-use crate::palette;
-use crate::predict::{self, Upsample};
+use lse_runtime::choice::Choice;
+use lse_runtime::engine::{Engine, EngineOptions, Fetch, Provider};
+use lse_runtime::imageio;
+use lse_runtime::palette;
+use lse_runtime::predict::{self, Upsample};
 
 /// Arguments of `lse segment`.
 #[derive(Debug, clap::Args)]
@@ -27,10 +28,10 @@ pub struct Args {
     #[arg(long)]
     pub train_ids: bool,
     /// How predictions return to the image's size.
-    #[arg(long, value_enum, default_value_t = Upsample::Probabilities)]
+    #[arg(long, value_parser = lse_cli::choice(Upsample::ALL, Upsample::help), default_value_t = Upsample::Probabilities)]
     pub upsample: Upsample,
     /// Execution provider.
-    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), default_value_t = Provider::Auto)]
     pub provider: Provider,
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, the project's .venv, the system).
     #[arg(long)]

@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::Args;
-use crate::contract::Precision;
-use crate::engine::Provider;
+use lse_runtime::contract::Precision;
+use lse_runtime::engine::Provider;
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +88,7 @@ fn child_args(a: &Args, model: &std::path::Path, row: &Row) -> Vec<std::ffi::OsS
     push("--threads", a.threads.to_string());
     push("--size", format!("{}x{}", a.size[0], a.size[1]));
     push("--device", a.device.to_string());
-    let up = if a.upsample == crate::predict::Upsample::Labels {
+    let up = if a.upsample == lse_runtime::predict::Upsample::Labels {
         "labels"
     } else {
         "probabilities"

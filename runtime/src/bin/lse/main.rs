@@ -1,7 +1,7 @@
 //! `lse`: label, evaluate and inspect LSE segmentation models (ONNX Runtime).
 
 use clap::{Parser, Subcommand};
-use lse_runtime::cli;
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    lse_runtime::cli::init_tracing(cli.verbose);
+    lse_cli::init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Info(a) => cli::info::run(a),
         Command::Segment(a) => cli::segment::run(a),

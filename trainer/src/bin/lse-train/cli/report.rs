@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::run::RunDir;
+use lse_trainer::run::RunDir;
 
 /// Arguments of `lse-train report`.
 #[derive(Debug, clap::Args)]
@@ -13,7 +13,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let run = RunDir::open_existing(&a.run_dir)?;
-    let path = crate::report::write(&run)?;
+    let path = lse_trainer::report::write(&run)?;
     println!("{}", path.display());
     Ok(())
 }

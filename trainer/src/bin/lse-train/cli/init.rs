@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tch::nn;
 
-use crate::checkpoint::{self, CheckpointMeta};
-use crate::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
+use lse_runtime::choice::Choice;
+use lse_trainer::checkpoint::{self, CheckpointMeta};
+use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
 
 /// Arguments of `lse-train init`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +19,7 @@ pub struct Args {
     #[arg(long, default_value_t = 19)]
     pub classes: i64,
     /// Initialisation: reference (zeros, to be overwritten by ImageNet weights) or scratch (He).
-    #[arg(long, value_enum, default_value_t = InitScheme::Scratch)]
+    #[arg(long, value_parser = lse_cli::choice(InitScheme::ALL, InitScheme::help), default_value_t = InitScheme::Scratch)]
     pub init: InitScheme,
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]

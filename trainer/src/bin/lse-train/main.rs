@@ -1,7 +1,7 @@
 //! `lse-train`: VGG16-FCN8s source training, LSE adaptation and ONNX export (libtorch).
 
 use clap::{Parser, Subcommand};
-use lse_trainer::cli;
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +41,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    lse_runtime::cli::init_tracing(cli.verbose);
+    lse_cli::init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Init(a) => cli::init::run(a),
         Command::Train(a) => cli::train::run(a),

@@ -60,7 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     r.set.extend(extra);
-    let mut t = r.open(crate::run::RunCommand::Adapt, a.target.clone())?;
+    let mut t = r.open(lse_trainer::run::RunCommand::Adapt, a.target.clone())?;
     t.adapt()?;
     super::train::print_summary(&t);
     Ok(())

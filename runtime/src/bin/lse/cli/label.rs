@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::engine::{Engine, EngineOptions, Fetch, Provider};
-use crate::label::{self, LabelSettings, OutputIds, Shard};
-use crate::predict::Upsample;
+use lse_runtime::choice::Choice;
+use lse_runtime::engine::{Engine, EngineOptions, Fetch, Provider};
+use lse_runtime::label::{self, LabelSettings, OutputIds, Shard};
+use lse_runtime::predict::Upsample;
 
 /// Arguments of `lse label`.
 #[derive(Debug, clap::Args)]
@@ -19,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Ids written to the output PNGs.
-    #[arg(long, value_enum, default_value_t = OutputIds::Label)]
+    #[arg(long, value_parser = lse_cli::choice(OutputIds::ALL, OutputIds::help), default_value_t = OutputIds::Label)]
     pub ids: OutputIds,
     /// Also write colour maps (to OUT_color/, beside the output folder).
     #[arg(long)]
@@ -45,7 +46,7 @@ pub struct Args {
     #[arg(long)]
     pub fast: bool,
     /// Execution provider.
-    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), default_value_t = Provider::Auto)]
     pub provider: Provider,
     /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, the project's .venv, the system).
     #[arg(long)]

@@ -10,8 +10,8 @@ use anyhow::Context;
 use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
 use lse_runtime::labels::ClassSubset;
 
-use crate::config::Config;
-use crate::train::{Model, evaluate, evaluation_json, subset_for};
+use lse_trainer::config::Config;
+use lse_trainer::train::{Model, evaluate, evaluation_json, subset_for};
 
 /// Arguments of `lse-train eval`.
 #[derive(Debug, clap::Args)]

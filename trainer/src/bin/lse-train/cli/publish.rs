@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use lse_runtime::datasets::{DatasetSpec, DatasetSummary, find_absolute_paths};
 
-use crate::checkpoint;
-use crate::config::Config;
+use lse_trainer::checkpoint;
+use lse_trainer::config::Config;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -450,7 +450,7 @@ fn read_record(
     let (text, r) = read_json(record_path)?;
     if need_record {
         // A run record must be one: fail early on a foreign run.json.
-        serde_json::from_value::<crate::run::RunRecord>(r.clone())
+        serde_json::from_value::<lse_trainer::run::RunRecord>(r.clone())
             .with_context(|| format!("{} is not a run record", record_path.display()))?;
         if r["status"].as_str() != Some("finished") {
             tracing::warn!(
@@ -724,13 +724,13 @@ fn stage_and_move(
     let stage = |f: &str| staging.0.join(f);
     checkpoint::save(&stage("checkpoint.safetensors"), meta, &tensors)?;
     drop(tensors);
-    let export = super::export::export_checked(
+    let export = lse_trainer::export::export_checked(
         &stage("checkpoint.safetensors"),
         &stage("model.onnx"),
-        &super::export::ExportOptions {
+        &lse_trainer::export::ExportOptions {
             train_size: None,
             check: true,
-            tolerance: crate::onnx::Tolerance {
+            tolerance: lse_trainer::onnx::Tolerance {
                 atol: a.tolerance.into(),
                 ..Default::default()
             },
@@ -739,7 +739,7 @@ fn stage_and_move(
     )
     .context("exporting the model")?;
     for (f, bytes) in files {
-        crate::run::write_atomic(&stage(f), bytes)?;
+        lse_trainer::run::write_atomic(&stage(f), bytes)?;
     }
     refuse_absolute_paths(files, &stage("checkpoint.safetensors"), &a.out)?;
     for f in ["checkpoint.safetensors", "model.onnx"]
@@ -771,7 +771,7 @@ fn refuse_absolute_paths(
     for (k, v) in &written.extra {
         leftovers(&format!("checkpoint.safetensors lse.{k}"), v, &mut found);
     }
-    for (k, v) in super::export::model_meta(&written, None)?.to_props() {
+    for (k, v) in lse_trainer::export::model_meta(&written, None)?.to_props() {
         leftovers(&format!("model.onnx {k}"), &v, &mut found);
     }
     if !found.is_empty() {

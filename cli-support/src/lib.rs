@@ -1,16 +1,33 @@
-//! The `lse` subcommands: each module holds one command's arguments (clap) and its
-//! `run` function; `src/bin/lse.rs` only dispatches.
+//! Command-line helpers shared by the workspace's binaries (`lse`, `lse-train`,
+//! `lse-serve`): value parsers for clap, logging set-up and small output helpers.
+//! The libraries stay free of clap: their closed sets of options (provider,
+//! precision, ...) list their values (`lse_runtime::choice::Choice`), and [`choice`]
+//! turns such a list into a clap value parser.
 
-pub mod accel;
-pub mod bench;
-pub mod eval;
-pub mod export_triton;
-pub mod info;
-pub mod label;
-pub mod segment;
-pub mod synth;
+use std::fmt::Display;
 
-/// Prints a value as pretty JSON on stdout.
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+
+/// A clap value parser that accepts exactly the names (`Display`) of `all`, and
+/// lists them with `help`'s line for each in `--help` and in errors.
+pub fn choice<T>(all: &'static [T], help: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + Display + Send + Sync + 'static,
+{
+    let values = all.iter().map(move |&c| {
+        let v = PossibleValue::new(c.to_string());
+        match help(c) {
+            "" => v,
+            text => v.help(text),
+        }
+    });
+    PossibleValuesParser::new(values).map(move |name: String| {
+        *all.iter()
+            .find(|c| c.to_string() == name)
+            .expect("clap passes on only the listed names")
+    })
+}
+
 /// Parses an image size `WIDTHxHEIGHT` (e.g. `512x256`; `X` works too), each side
 /// 1..=16384; the error names the value.
 pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
@@ -27,6 +44,7 @@ pub fn parse_size(s: &str) -> Result<[u32; 2], String> {
     Ok([side(w)?, side(h)?])
 }
 
+/// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -53,23 +71,9 @@ pub fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-/// The model to use: the one named, else the default model `models/default/model.onnx`
-/// found beside the executable's ancestors or the current directory's.
-pub fn model_or_default(model: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
-    if let Some(m) = model {
-        return Ok(m);
-    }
-    crate::engine::default_model().ok_or_else(|| {
-        anyhow::anyhow!(
-            "no model named and no default model found (models/default/model.onnx); \
-             run scripts/demo.sh to create it, or name a model"
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
 
     #[test]
     fn sizes_parse_and_bad_ones_are_named() {

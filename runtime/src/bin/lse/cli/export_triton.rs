@@ -12,15 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::contract;
-use crate::engine::{Engine, EngineOptions, Provider};
-
-/// TensorRT precision of the exported configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    Fp32,
-    Fp16,
-}
+use lse_runtime::choice::Choice;
+use lse_runtime::contract::{self, Precision};
+use lse_runtime::engine::{Engine, EngineOptions, Provider};
 
 /// Arguments of `lse export-triton`.
 #[derive(Debug, clap::Args)]
@@ -37,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
     /// TensorRT precision (precision_mode of the TensorRT accelerator).
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Model instances per GPU (instance_group count).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -133,7 +127,7 @@ pub fn config_pbtxt(c: &TritonConfig) -> String {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    crate::imageio::write_atomic(path, bytes)
+    lse_runtime::imageio::write_atomic(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::contract::Precision;
-use crate::engine::{Device, EngineOptions};
+use lse_runtime::choice::Choice;
+use lse_runtime::contract::Precision;
+use lse_runtime::engine::{Device, EngineOptions};
 
 /// `--device`, `--precision`, `--trt-cache`.
 #[derive(Debug, Clone, clap::Args)]
@@ -13,7 +14,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: Device,
     /// The precision TensorRT builds its engine in.
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Root of the TensorRT engine and timing caches (default: $XDG_CACHE_HOME/lse/tensorrt
     /// or ~/.cache/lse/tensorrt); engines are keyed by model hash, precision, TensorRT

@@ -11,7 +11,7 @@ pub mod train;
 
 use std::path::PathBuf;
 
-pub use lse_runtime::cli::parse_size;
+pub use lse_cli::parse_size;
 
 /// Options shared by the commands that run the network.
 #[derive(Debug, Clone, clap::Args)]

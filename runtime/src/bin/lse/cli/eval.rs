@@ -13,10 +13,10 @@ use anyhow::Context;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::datasets::{cityscapes_key, walk_files};
-use crate::imageio;
-use crate::labels::{self, ClassSubset};
-use crate::metrics::{self, ConfusionMatrix, Report};
+use lse_runtime::datasets::{cityscapes_key, walk_files};
+use lse_runtime::imageio;
+use lse_runtime::labels::{self, ClassSubset};
+use lse_runtime::metrics::{self, ConfusionMatrix, Report};
 
 /// Which ids the PNGs hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]

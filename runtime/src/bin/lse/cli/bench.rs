@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::contract::Precision;
-use crate::engine::{Device, Engine, EngineOptions, Fetch, Provider};
-use crate::predict::{self, Upsample};
+use lse_runtime::choice::Choice;
+use lse_runtime::contract::Precision;
+use lse_runtime::engine::{Device, Engine, EngineOptions, Fetch, Provider};
+use lse_runtime::predict::{self, Upsample};
 
 /// Arguments of `lse bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,17 +44,17 @@ pub struct Args {
     /// ONNX Runtime intra-op threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    #[arg(long, value_enum, default_value_t = Upsample::Probabilities)]
+    #[arg(long, value_parser = lse_cli::choice(Upsample::ALL, Upsample::help), default_value_t = Upsample::Probabilities)]
     pub upsample: Upsample,
-    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), default_value_t = Provider::Auto)]
     pub provider: Provider,
     /// Measure every combination of these providers with --precision and --batch,
     /// one row each (cpu,cuda,tensorrt).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), value_delimiter = ',')]
     pub matrix: Vec<Provider>,
     /// Precisions (a list with --matrix): TensorRT builds its engine in it; the CPU
     /// and CUDA providers run the --fp16-model file for fp16.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "fp32")]
+    #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), value_delimiter = ',', default_value = "fp32")]
     pub precision: Vec<Precision>,
     /// The float16 export of the same network (lse-train export --precision fp16),
     /// for the fp16 rows of the CPU and CUDA providers.
@@ -125,7 +126,7 @@ fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
         opts.device = Device::Auto;
     }
     let img = match &a.image {
-        Some(p) => crate::imageio::read_rgb(p)?,
+        Some(p) => lse_runtime::imageio::read_rgb(p)?,
         None => image::RgbImage::from_fn(a.size[0], a.size[1], |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
         }),
@@ -179,7 +180,7 @@ fn accuracy(
     batch: usize,
     mode: Upsample,
 ) -> anyhow::Result<f64> {
-    let files = crate::label::list_images(images, &[])?;
+    let files = lse_runtime::label::list_images(images, &[])?;
     if files.is_empty() {
         anyhow::bail!("no PNG or JPEG images under {}", images.display());
     }
@@ -188,20 +189,20 @@ fn accuracy(
     for chunk in files.chunks(batch) {
         let imgs = chunk
             .iter()
-            .map(|p| crate::imageio::read_rgb(p))
+            .map(|p| lse_runtime::imageio::read_rgb(p))
             .collect::<Result<Vec<_>, _>>()?;
         let preds = predict::segment_batch(engine, &imgs, mode)?;
         for (p, mut ids) in chunk.iter().zip(preds) {
             ids.iter_mut().for_each(|v| *v = lut[*v as usize]);
             let name = p.file_name().context("an image without a file name")?;
-            crate::imageio::write_gray_png(&tmp.join(name).with_extension("png"), &ids)?;
+            lse_runtime::imageio::write_gray_png(&tmp.join(name).with_extension("png"), &ids)?;
         }
     }
     let res = super::eval::evaluate(
         &tmp,
         gt,
         super::eval::Ids::Label,
-        crate::labels::ClassSubset::All19,
+        lse_runtime::labels::ClassSubset::All19,
     );
     let _ = std::fs::remove_dir_all(&tmp);
     let res = res?;

@@ -6,8 +6,8 @@ use anyhow::Context;
 use lse_runtime::datasets::{Dataset, DatasetSpec};
 
 use super::eval::CheckpointOnSplit;
-use crate::config::Config;
-use crate::premise::{self, PremiseReport, PremiseSettings};
+use lse_trainer::config::Config;
+use lse_trainer::premise::{self, PremiseReport, PremiseSettings};
 
 /// Arguments of `lse-train premise`.
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         mean_bgr: Config::default().mean_bgr,
     };
     let n = a.on.images(&target);
-    let bar = crate::train::bar(n as u64, "premise", "images", a.json);
+    let bar = lse_trainer::train::bar(n as u64, "premise", "images", a.json);
     let report = premise::measure(
         &model,
         &target,

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::datasets::DatasetSummary;
-use crate::engine::{Engine, EngineOptions, Provider};
+use lse_runtime::datasets::DatasetSummary;
+use lse_runtime::engine::{Engine, EngineOptions, Provider};
 
 /// Arguments of `lse info`.
 #[derive(Debug, clap::Args)]
@@ -32,10 +32,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.json {
         return super::print_json(&serde_json::json!({
             "model": path,
-            "input": {"name": crate::contract::INPUT, "type": "float32", "shape": ["N", 3, "H", "W"], "channels": "RGB", "range": [0, 255]},
+            "input": {"name": lse_runtime::contract::INPUT, "type": "float32", "shape": ["N", 3, "H", "W"], "channels": "RGB", "range": [0, 255]},
             "outputs": [
-                {"name": crate::contract::OUTPUT_TRAIN_IDS, "type": "uint8", "shape": ["N", "H", "W"]},
-                {"name": crate::contract::OUTPUT_SCORES, "type": "float32", "shape": ["N", m.num_classes(), "H", "W"]},
+                {"name": lse_runtime::contract::OUTPUT_TRAIN_IDS, "type": "uint8", "shape": ["N", "H", "W"]},
+                {"name": lse_runtime::contract::OUTPUT_SCORES, "type": "float32", "shape": ["N", m.num_classes(), "H", "W"]},
             ],
             "datasets": {
                 "source": DatasetSummary::describe(&m.source),
@@ -53,13 +53,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!(
         "input          {}: float32 N x 3 x H x W, RGB 0..255 (BGR + mean {:?} inside the graph)",
-        crate::contract::INPUT,
+        lse_runtime::contract::INPUT,
         m.mean_bgr
     );
     println!(
         "outputs        {}: uint8 N x H x W; {}: float32 N x {} x H x W (logits)",
-        crate::contract::OUTPUT_TRAIN_IDS,
-        crate::contract::OUTPUT_SCORES,
+        lse_runtime::contract::OUTPUT_TRAIN_IDS,
+        lse_runtime::contract::OUTPUT_SCORES,
         m.num_classes()
     );
     println!("training size  {}x{}", m.train_size[0], m.train_size[1]);
