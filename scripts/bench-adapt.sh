@@ -39,15 +39,12 @@ THREADS="${LSE_BENCH_THREADS:-$(nproc)}"
 NTRAIN="${LSE_BENCH_TRAIN:-400}"            # source images and target-train images adapted on
 NVAL="${LSE_BENCH_VAL:-100}"                # target-val images (reported)
 REGIME="${LSE_BENCH_REGIME:-default}"      # default: lse synth's built-in domains
+source "$root/scripts/lib/regime.sh"
+regime_domains "$REGIME" LSE_BENCH_REGIME
 if [ "$REGIME" = default ]; then
-  sfx=""; domains=(); regen="scripts/bench-adapt.sh"
+  sfx=""; regen="scripts/bench-adapt.sh"
 else
-  domains_file="$root/scripts/regimes/$REGIME.json"
-  if [ ! -f "$domains_file" ]; then
-    echo "[bench] LSE_BENCH_REGIME=$REGIME: no $domains_file" >&2; exit 2
-  fi
-  sfx="-$REGIME"; domains=(--domains "$domains_file")
-  regen="LSE_BENCH_REGIME=$REGIME scripts/bench-adapt.sh"
+  sfx="-$REGIME"; regen="LSE_BENCH_REGIME=$REGIME scripts/bench-adapt.sh"
 fi
 SRC_DATA="${LSE_BENCH_SOURCE_DATA:-$root/out/bench/data-$SIZE}"   # the source model's data
 DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN$sfx}"

@@ -32,12 +32,8 @@ SRC_MODEL="${LSE_DEMO_SOURCE_MODEL:-$root/models/source-synth}"
 # through the source's camera) is where the paper's premise holds best on the tuning
 # split (scripts/premise-sweep.sh, docs/synthetic-domains.md).
 REGIME="${LSE_DEMO_REGIME:-source-camera}"
-domains=()
-if [ "$REGIME" != default ]; then
-  [ -f "$root/scripts/regimes/$REGIME.json" ] || {
-    echo "[demo] error: LSE_DEMO_REGIME=$REGIME: no scripts/regimes/$REGIME.json" >&2; exit 2; }
-  domains=(--domains "$root/scripts/regimes/$REGIME.json")
-fi
+source "$root/scripts/lib/regime.sh"
+regime_domains "$REGIME" LSE_DEMO_REGIME
 BIN="$root/target/release"
 PY="$root/.venv/bin/python"
 

@@ -9,6 +9,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+source "$root/scripts/lib/regime.sh"
 
 SIZE="${LSE_PREMISE_SIZE:-256x128}"
 IMAGES="${LSE_PREMISE_IMAGES:-60}"
@@ -23,14 +24,12 @@ fi
 
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(default)
-  for f in scripts/regimes/*.json; do names+=("$(basename "$f" .json)"); done
+  read -r -a names <<< "default $(regime_names)"
 fi
 for name in "${names[@]}"; do
   dir="$OUT/$name"
   [ -f "$dir/premise.json" ] && continue
-  domains=()
-  [ "$name" = default ] || domains=(--domains "scripts/regimes/$name.json")
+  regime_domains "$name" "premise-sweep.sh"
   if [ ! -f "$dir/data/synth.json" ]; then
     rm -rf "$dir/data"
     "$BIN/lse" synth --out "$dir/data" --train 0 --val "$IMAGES" --size "$SIZE" --seed 1000 \
