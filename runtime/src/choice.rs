@@ -31,6 +31,44 @@ pub trait Choice: Copy + PartialEq + 'static {
     }
 }
 
+/// Implements [`Choice`], `Display` (the name) and `FromStr` (the name; an unknown
+/// one is an error that names it, `what` the kind of thing, and lists the names)
+/// for an enum, from one line per variant: `Variant => "name", "help"`.
+#[macro_export]
+macro_rules! choice {
+    ($ty:ident, $what:literal { $($variant:ident => $name:literal, $help:literal;)+ }) => {
+        impl $crate::choice::Choice for $ty {
+            const ALL: &'static [Self] = &[$($ty::$variant),+];
+            fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+            fn help(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $help),+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str($crate::choice::Choice::name(*self))
+            }
+        }
+
+        impl ::std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                use $crate::choice::Choice;
+                Self::from_name(s).ok_or_else(|| {
+                    format!("unknown {} `{s}` (expected one of: {})", $what, Self::names())
+                })
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::Choice;
@@ -41,15 +79,10 @@ mod tests {
         Pear,
     }
 
-    impl Choice for Fruit {
-        const ALL: &'static [Self] = &[Fruit::Apple, Fruit::Pear];
-        fn name(self) -> &'static str {
-            match self {
-                Fruit::Apple => "apple",
-                Fruit::Pear => "pear",
-            }
-        }
-    }
+    crate::choice!(Fruit, "fruit" {
+        Apple => "apple", "";
+        Pear => "pear", "a pear";
+    });
 
     #[test]
     fn names_round_trip_and_unknown_ones_are_none() {
@@ -59,5 +92,10 @@ mod tests {
         assert_eq!(Fruit::from_name("Apple"), None);
         assert_eq!(Fruit::from_name("plum"), None);
         assert_eq!(Fruit::names(), "apple, pear");
+        assert_eq!(Fruit::Pear.help(), "a pear");
+        assert_eq!(Fruit::Pear.to_string(), "pear");
+        assert_eq!("apple".parse::<Fruit>(), Ok(Fruit::Apple));
+        let e = "plum".parse::<Fruit>().unwrap_err();
+        assert_eq!(e, "unknown fruit `plum` (expected one of: apple, pear)");
     }
 }

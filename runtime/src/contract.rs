@@ -55,46 +55,10 @@ pub enum Precision {
     Fp16,
 }
 
-impl Precision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-        }
-    }
-}
-
-impl crate::choice::Choice for Precision {
-    const ALL: &'static [Self] = &[Precision::Fp32, Precision::Fp16];
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "float32 everywhere",
-            Precision::Fp16 => {
-                "float16 weights and compute; input, scores and arg-max stay float32"
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            _ => Err(format!("unknown precision `{s}` (expected fp32 or fp16)")),
-        }
-    }
-}
+crate::choice!(Precision, "precision" {
+    Fp32 => "fp32", "float32 everywhere";
+    Fp16 => "fp16", "float16 weights and compute; input, scores and arg-max stay float32";
+});
 
 /// Everything a model carries about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -35,34 +35,12 @@ pub enum Provider {
     Cpu,
 }
 
-impl crate::choice::Choice for Provider {
-    const ALL: &'static [Self] = &[
-        Provider::Auto,
-        Provider::Tensorrt,
-        Provider::Cuda,
-        Provider::Cpu,
-    ];
-    fn name(self) -> &'static str {
-        match self {
-            Provider::Auto => "auto",
-            Provider::Tensorrt => "tensorrt",
-            Provider::Cuda => "cuda",
-            Provider::Cpu => "cpu",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Provider::Auto => "TensorRT, then CUDA, then CPU: the first that works",
-            _ => "",
-        }
-    }
-}
-
-impl std::fmt::Display for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::choice::Choice::name(*self))
-    }
-}
+crate::choice!(Provider, "execution provider" {
+    Auto => "auto", "TensorRT, then CUDA, then CPU: the first that works";
+    Tensorrt => "tensorrt", "";
+    Cuda => "cuda", "";
+    Cpu => "cpu", "";
+});
 
 /// Errors of loading and running models.
 #[derive(Debug, thiserror::Error)]

@@ -50,29 +50,10 @@ pub enum OutputIds {
     Train,
 }
 
-impl crate::choice::Choice for OutputIds {
-    const ALL: &'static [Self] = &[OutputIds::Label, OutputIds::Train];
-    fn name(self) -> &'static str {
-        match self {
-            OutputIds::Label => "label",
-            OutputIds::Train => "train",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            OutputIds::Label => {
-                "Cityscapes label ids (the official results format; ignore written as 0)"
-            }
-            OutputIds::Train => "train ids 0..C-1",
-        }
-    }
-}
-
-impl std::fmt::Display for OutputIds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::choice::Choice::name(*self))
-    }
-}
+crate::choice!(OutputIds, "output ids" {
+    Label => "label", "Cityscapes label ids (the official results format; ignore written as 0)";
+    Train => "train", "train ids 0..C-1";
+});
 
 /// A part of a tree: `index` (1-based) of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

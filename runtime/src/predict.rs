@@ -28,29 +28,11 @@ pub enum Upsample {
     Labels,
 }
 
-impl crate::choice::Choice for Upsample {
-    const ALL: &'static [Self] = &[Upsample::Probabilities, Upsample::Labels];
-    fn name(self) -> &'static str {
-        match self {
-            Upsample::Probabilities => "probabilities",
-            Upsample::Labels => "labels",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            Upsample::Probabilities => {
-                "bilinear upsampling of the class probabilities, then arg-max (the protocol)"
-            }
-            Upsample::Labels => "arg-max first, then nearest-neighbour upsampling (faster)",
-        }
-    }
-}
-
-impl std::fmt::Display for Upsample {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::choice::Choice::name(*self))
-    }
-}
+crate::choice!(Upsample, "upsampling" {
+    Probabilities => "probabilities",
+        "bilinear upsampling of the class probabilities, then arg-max (the protocol)";
+    Labels => "labels", "arg-max first, then nearest-neighbour upsampling (faster)";
+});
 
 /// Errors of predicting an image.
 #[derive(Debug, thiserror::Error)]

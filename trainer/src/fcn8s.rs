@@ -53,31 +53,11 @@ pub enum InitScheme {
     Scratch,
 }
 
-impl lse_runtime::choice::Choice for InitScheme {
-    const ALL: &'static [Self] = &[InitScheme::Reference, InitScheme::Scratch];
-    fn name(self) -> &'static str {
-        match self {
-            InitScheme::Reference => "reference",
-            InitScheme::Scratch => "scratch",
-        }
-    }
-    fn help(self) -> &'static str {
-        match self {
-            InitScheme::Reference => {
-                "the reference code's: convolutions zero, to be overwritten by ImageNet VGG16"
-            }
-            InitScheme::Scratch => {
-                "for training from scratch: He-normal convolutions, strong skips"
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for InitScheme {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(lse_runtime::choice::Choice::name(*self))
-    }
-}
+lse_runtime::choice!(InitScheme, "initialisation" {
+    Reference => "reference",
+        "the reference code's: convolutions zero, to be overwritten by ImageNet VGG16";
+    Scratch => "scratch", "for training from scratch: He-normal convolutions, strong skips";
+});
 
 /// The network's shape: class count and channel width multiplier.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
