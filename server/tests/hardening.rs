@@ -1,6 +1,7 @@
 //! Connection-level hardening: the 413 answer reaches clients that send their whole
-//! body before reading, slow headers are cut off while other clients are served, and
-//! the connection cap holds. Needs `lse-train` built (`cargo build --workspace`).
+//! body before reading, slow headers and idle connections are cut off while other
+//! clients are served, and the connection cap holds. Needs `lse-train` built
+//! (`cargo build --workspace`).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -107,4 +108,62 @@ fn connection_cap_holds_and_frees() {
     third.read_to_end(&mut answer).unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Reads one answer with a Content-Length from a kept-alive connection.
+fn read_one(s: &mut TcpStream) -> Resp {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return parse_response(&buf).unwrap();
+            }
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_while_others_are_served() {
+    // The header timeout is far longer than the test: only the idle timer can close.
+    let server = Server::start(&["--idle-timeout-ms", "1000", "--header-timeout-ms", "30000"]);
+    let a = server.addr;
+    let get_healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One request, then silence.
+    let mut idle = TcpStream::connect(a).unwrap();
+    idle.write_all(get_healthz).unwrap();
+    assert_eq!(read_one(&mut idle).status, 200);
+    // Connected, never a byte.
+    let silent = TcpStream::connect(a).unwrap();
+    let t0 = Instant::now();
+    let watch = |mut s: TcpStream| std::thread::spawn(move || closed_by_server(&mut s));
+    let (idle, silent) = (watch(idle), watch(silent));
+    // Meanwhile a busy kept-alive connection is served, request after request.
+    let mut busy = TcpStream::connect(a).unwrap();
+    let mut served = 0;
+    while !(idle.is_finished() && silent.is_finished()) && t0.elapsed() < Duration::from_secs(10) {
+        busy.write_all(get_healthz).unwrap();
+        assert_eq!(read_one(&mut busy).status, 200, "request {served}");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(idle.join().unwrap(), "the idle connection was not closed");
+    assert!(
+        silent.join().unwrap(),
+        "the silent connection was not closed"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(served > 0);
+    let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
+    assert_eq!(r.status, 200, "{}", r.text());
 }
