@@ -139,56 +139,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            precheck_length(limit, req, next)
+            crate::limit::limit_body(limit, req, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// How much of an over-limit body is read and thrown away before the 413 answer, and
-/// for how long at most.
-const DRAIN_MAX_BYTES: u64 = 256 << 20;
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
-
-/// Refuses a body whose declared length is over the limit without storing it.
-///
-/// Hand-written rather than tower-http's `RequestBodyLimitLayer`: that layer (like
-/// answering at once) replies while the client is still sending, and a client that
-/// writes its whole body before reading (Python's `requests` and `urllib`) then sees
-/// the connection reset instead of the 413. So the body is read and discarded first,
-/// up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`], as production servers do; past
-/// either bound the answer goes out with `Connection: close`.
-async fn precheck_length(limit: usize, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let Some(n) = declared.filter(|&n| n > limit as u64) else {
-        return next.run(req).await;
-    };
-    let drained = n <= DRAIN_MAX_BYTES
-        && tokio::time::timeout(DRAIN_MAX_TIME, drain(req.into_body()))
-            .await
-            .is_ok_and(|read| read >= n);
-    let mut resp = ApiError::body_too_large(limit).into_response();
-    if !drained {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// Reads a body to its end, keeping nothing; returns the bytes read.
-async fn drain(body: axum::body::Body) -> u64 {
-    use futures_util::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut read = 0u64;
-    while let Some(Ok(chunk)) = stream.next().await {
-        read += chunk.len() as u64;
-    }
-    read
 }
 
 /// Counts requests by route and status and times them.

@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod input;
+pub mod limit;
 pub mod listen;
 pub mod metrics;
 pub mod models;

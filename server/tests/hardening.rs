@@ -1,7 +1,7 @@
 //! Connection-level hardening: the 413 answer reaches clients that send their whole
-//! body before reading, slow headers and idle connections are cut off while other
-//! clients are served, and the connection cap holds. Needs `lse-train` built
-//! (`cargo build --workspace`).
+//! body before reading (with a Content-Length or chunked), slow headers and idle
+//! connections are cut off while other clients are served, and the connection cap
+//! holds. Needs `lse-train` built (`cargo build --workspace`).
 
 mod common;
 
@@ -45,6 +45,56 @@ fn over_limit_body_gets_413_json_when_sent_whole() {
     }
     // The connection stays usable for the next request.
     assert_eq!(get(server.addr, "/healthz").unwrap().status, 200);
+}
+
+/// Posts 64 MiB with `Transfer-Encoding: chunked` and no length, the whole body
+/// before the answer, then reuses the connection.
+const BIG_CHUNKED_POST: &str = r#"
+import http.client, json, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection(host, port, timeout=120)
+chunks = (b"\0" * (1 << 20) for _ in range(64))
+headers = {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}
+conn.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
+r = conn.getresponse()
+body = json.loads(r.read())
+assert r.status == 413 and body["error"] == "body_too_large", (r.status, body)
+conn.request("GET", "/healthz")
+r = conn.getresponse()
+assert r.status == 200, r.status
+r.read()
+print("ok")
+"#;
+
+#[test]
+fn over_limit_chunked_body_gets_413_json_when_sent_whole() {
+    let server = Server::start(&["--max-body-mb", "1"]);
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let (host, port) = (server.addr.ip().to_string(), server.addr.port().to_string());
+    for route in ["/v1/segment", "/v2/models/default/infer"] {
+        let out = Command::new(&py)
+            .args(["-c", BIG_CHUNKED_POST, &host, &port, route])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{route}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A chunked body within the limit is still served.
+    let body = png(40, 30, 3);
+    let mut req = format!(
+        "POST /v1/segment?output=trainids HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = raw(server.addr, &req).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// Whether the server closed `s` (EOF or reset) before its read timeout.
