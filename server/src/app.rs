@@ -17,7 +17,7 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{BoxError, Json, Router};
 use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
-use lse_runtime::{imageio, predict};
+use lse_runtime::{imageio, palette, predict};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -405,13 +405,7 @@ fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
             .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
     };
     // Label ids and colours come from the model's own metadata, as in `lse segment`.
-    let colors = || -> Vec<u8> {
-        train
-            .as_raw()
-            .iter()
-            .flat_map(|&t| m.color_lut[t as usize])
-            .collect()
-    };
+    let colors = || palette::colorize_with(&train, &m.color_lut);
     let (body, content_type) = match kind {
         OutputKind::LabelIds => {
             let ids: Vec<u8> = train
@@ -431,13 +425,10 @@ fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
             };
             (png(map.as_raw(), 1)?, "image/png")
         }
-        OutputKind::Color => (png(&colors(), 3)?, "image/png"),
+        OutputKind::Color => (png(colors().as_raw(), 3)?, "image/png"),
         OutputKind::Overlay => {
-            let mut blended = colors();
-            for (c, &p) in blended.iter_mut().zip(d.p.image.as_raw()) {
-                *c = (p as f32 * (1.0 - OVERLAY_ALPHA) + *c as f32 * OVERLAY_ALPHA).round() as u8;
-            }
-            (png(&blended, 3)?, "image/png")
+            let blended = palette::blend(&d.p.image, &colors(), OVERLAY_ALPHA);
+            (png(blended.as_raw(), 3)?, "image/png")
         }
         OutputKind::Json => {
             let post = post_started.elapsed();
