@@ -7,11 +7,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use lse_test_support::python;
 
 /// Posts 64 MiB the way `requests`/`urllib` do (the whole body, then the answer).
 const BIG_POST: &str = r#"
@@ -29,7 +29,7 @@ print("ok")
 #[test]
 fn over_limit_body_gets_413_json_when_sent_whole() {
     let server = Server::start(&["--max-body-mb", "1"]);
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let py = python();
     for route in ["/v1/segment", "/v2/models/default/infer"] {
         let url = format!("http://{}{route}", server.addr);
         let out = Command::new(&py)
@@ -69,7 +69,7 @@ print("ok")
 #[test]
 fn over_limit_chunked_body_gets_413_json_when_sent_whole() {
     let server = Server::start(&["--max-body-mb", "1"]);
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let py = python();
     let (host, port) = (server.addr.ip().to_string(), server.addr.port().to_string());
     for route in ["/v1/segment", "/v2/models/default/infer"] {
         let out = Command::new(&py)
