@@ -2,6 +2,7 @@
 //! metrics are layers; decoding, resizing, upsampling and encoding run on the blocking
 //! thread pool; inference runs in the worker pool ([`crate::pool`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -393,67 +394,86 @@ struct Done {
 
 /// Upsamples the prediction to the image's size and encodes the answer.
 fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
-    let (w, h) = d.p.image.dimensions();
     let post_started = Instant::now();
     let train = pipeline::train_ids(&d.p)?;
     d.metrics
         .observe_stage("postprocess", post_started.elapsed());
     let encode_started = Instant::now();
-    let m = &d.model;
-    let png = |data: &[u8], channels: u8| {
-        imageio::encode_png(data, w, h, channels)
-            .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
+    let (body, content_type) = match picture(kind, &d, &train) {
+        Some((pixels, channels)) => (encode_picture(&d, &pixels, channels)?, "image/png"),
+        None => (
+            json_answer(&d, &train, post_started.elapsed())?,
+            "application/json",
+        ),
     };
+    d.metrics.observe_stage("encode", encode_started.elapsed());
+    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    add_answer_headers(&mut resp, &d, post_started.elapsed());
+    Ok(resp)
+}
+
+/// The pixels of a picture answer and their channels (1: grey, 3: RGB), at the
+/// image's size; `None` for `output=json`.
+fn picture<'a>(kind: OutputKind, d: &Done, train: &'a GrayImage) -> Option<(Cow<'a, [u8]>, u8)> {
+    let m = &d.model;
     // Label ids and colours come from the model's own metadata, as in `lse segment`.
-    let colors = || palette::colorize_with(&train, &m.color_lut);
-    let (body, content_type) = match kind {
+    let colors = || palette::colorize_with(train, &m.color_lut);
+    Some(match kind {
         OutputKind::LabelIds => {
-            let ids: Vec<u8> = train
-                .as_raw()
-                .iter()
-                .map(|&t| m.label_lut[t as usize])
-                .collect();
-            (png(&ids, 1)?, "image/png")
+            let ids = train.as_raw().iter().map(|&t| m.label_lut[t as usize]);
+            (Cow::Owned(ids.collect()), 1)
         }
-        OutputKind::TrainIds => (png(train.as_raw(), 1)?, "image/png"),
+        OutputKind::TrainIds => (Cow::Borrowed(train.as_raw().as_slice()), 1),
         OutputKind::Confidence | OutputKind::Entropy => {
+            let (w, h) = train.dimensions();
             let (conf, ent) = predict::confidence_entropy(d.p.out.scores(), w, h);
             let map = if kind == OutputKind::Confidence {
                 conf
             } else {
                 ent
             };
-            (png(map.as_raw(), 1)?, "image/png")
+            (Cow::Owned(map.into_raw()), 1)
         }
-        OutputKind::Color => (png(colors().as_raw(), 3)?, "image/png"),
+        OutputKind::Color => (Cow::Owned(colors().into_raw()), 3),
         OutputKind::Overlay => {
             let blended = palette::blend(&d.p.image, &colors(), OVERLAY_ALPHA);
-            (png(blended.as_raw(), 3)?, "image/png")
+            (Cow::Owned(blended.into_raw()), 3)
         }
-        OutputKind::Json => {
-            let post = post_started.elapsed();
-            let v = serde_json::json!({
-                "width": w,
-                "height": h,
-                "model": m.info.id,
-                "classes": class_shares(&m.meta, &train),
-                "batch_size": d.p.out.batch_size,
-                "timings_ms": {
-                    "decode": ms(d.p.decode),
-                    "queue": ms(d.p.out.queued),
-                    "inference": ms(d.p.out.inference),
-                    "postprocess": ms(post),
-                    "total": ms(d.started.elapsed()),
-                },
-            });
-            (
-                serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?,
-                "application/json",
-            )
-        }
-    };
-    d.metrics.observe_stage("encode", encode_started.elapsed());
-    let post = post_started.elapsed();
+        OutputKind::Json => return None,
+    })
+}
+
+/// Encodes a picture answer of the image's size as PNG.
+fn encode_picture(d: &Done, pixels: &[u8], channels: u8) -> Result<Vec<u8>, ApiError> {
+    let (w, h) = d.p.image.dimensions();
+    imageio::encode_png(pixels, w, h, channels)
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
+}
+
+/// The `output=json` answer; `post` is the post-processing time so far.
+fn json_answer(d: &Done, train: &GrayImage, post: Duration) -> Result<Vec<u8>, ApiError> {
+    let (w, h) = d.p.image.dimensions();
+    let m = &d.model;
+    let v = serde_json::json!({
+        "width": w,
+        "height": h,
+        "model": m.info.id,
+        "classes": class_shares(&m.meta, train),
+        "batch_size": d.p.out.batch_size,
+        "timings_ms": {
+            "decode": ms(d.p.decode),
+            "queue": ms(d.p.out.queued),
+            "inference": ms(d.p.out.inference),
+            "postprocess": ms(post),
+            "total": ms(d.started.elapsed()),
+        },
+    });
+    serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `Server-Timing` (with `post`, the post-processing and encoding time), the model id
+/// and the batch size.
+fn add_answer_headers(resp: &mut Response, d: &Done, post: Duration) {
     let timing = format!(
         "decode;dur={}, queue;dur={}, infer;dur={}, post;dur={}",
         ms(d.p.decode),
@@ -461,16 +481,14 @@ fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
         ms(d.p.out.inference),
         ms(post)
     );
-    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let hdrs = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&timing) {
         hdrs.insert("server-timing", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&m.info.id) {
+    if let Ok(v) = HeaderValue::from_str(&d.model.info.id) {
         hdrs.insert("x-lse-model", v);
     }
     hdrs.insert("x-lse-batch-size", HeaderValue::from(d.p.out.batch_size));
-    Ok(resp)
 }
 
 /// `POST /v1/segment?output=...&model=...`
