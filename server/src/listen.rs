@@ -23,7 +23,7 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::conn::auto::{Builder, UpgradeableConnection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -86,9 +86,7 @@ pub async fn serve(
     let _ = open.acquire_many(cap).await;
 }
 
-/// Serves one connection on its own task until it closes: on `stop`, or once idle for
-/// `limits.idle_timeout`, the connection shuts down gracefully (an HTTP/1 connection
-/// between requests closes at once; HTTP/2 sends GOAWAY and finishes its streams).
+/// Serves one connection on its own task until it closes (see [`drive`]).
 fn spawn_connection(
     builder: &Builder<TokioExecutor>,
     stream: TcpStream,
@@ -115,27 +113,52 @@ fn spawn_connection(
     };
     let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
     tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        let mut closing = false;
-        let result = loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                _ = activity.expired(limits), if !closing => {
-                    tracing::debug!("closing an idle connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                _ = stop.wait_for(|s| *s), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        };
-        if let Err(e) = result {
+        let conn = std::pin::pin!(conn);
+        let shutdown = UpgradeableConnection::graceful_shutdown;
+        if let Err(e) = drive(conn, shutdown, &activity, limits, &mut stop).await {
             tracing::debug!(error = %e, "connection closed with an error");
         }
         drop(permit);
     });
+}
+
+/// Polls the connection `conn` until it closes. On `stop`, or once idle for
+/// `limits.idle_timeout`, it is shut down gracefully with `shutdown` (an HTTP/1
+/// connection between requests closes at once; HTTP/2 sends GOAWAY and finishes its
+/// streams); one still open after a further idle period is dropped.
+async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    shutdown: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    limits: ConnLimits,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = activity.expired(limits) => {
+                if closing {
+                    // Shut down but still open, idle all along (an HTTP/2 client that
+                    // does not answer the GOAWAY's ping): drop it.
+                    tracing::debug!("dropping a connection that outlived its shutdown");
+                    return Ok(());
+                }
+                tracing::debug!("closing an idle connection");
+                shutdown(conn.as_mut());
+                closing = true;
+                activity.restart_idle();
+            }
+            _ = stop.wait_for(|s| *s), if !closing => {
+                shutdown(conn.as_mut());
+                closing = true;
+                activity.restart_idle();
+            }
+        }
+    }
 }
 
 /// What one connection is doing, shared by its socket ([`IdleIo`]), its requests
@@ -154,10 +177,16 @@ struct ActivityState {
     /// When bytes arrived with no request in progress: an HTTP/1 request header has
     /// begun, and hyper's header-read timeout takes over.
     head_since: Option<Instant>,
-    /// An HTTP/2 connection: frames between requests (pings, window updates) begin no
-    /// header and leave the idle timer running.
+    /// An HTTP/2 connection (seen in its first bytes, the connection preface, or in a
+    /// request's version): frames between requests (settings, pings, window updates)
+    /// begin no header and leave the idle timer running.
     http2: bool,
+    /// Whether any byte has arrived.
+    read_any: bool,
 }
+
+/// The start of HTTP/2's connection preface (no HTTP/1 request begins so).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl Activity {
     fn new() -> Self {
@@ -167,14 +196,17 @@ impl Activity {
                 idle_since: Instant::now(),
                 head_since: None,
                 http2: false,
+                read_any: false,
             }),
             changed: Notify::new(),
         }
     }
 
-    fn update(&self, f: impl FnOnce(&mut ActivityState)) {
-        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
-        self.changed.notify_one();
+    /// Changes the state; `f` tells whether the idle timer must look again.
+    fn update(&self, f: impl FnOnce(&mut ActivityState) -> bool) {
+        if f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner)) {
+            self.changed.notify_one();
+        }
     }
 
     /// When the connection is due to close: `None` while a request is in progress.
@@ -206,12 +238,26 @@ impl Activity {
         }
     }
 
-    /// Bytes arrived from the client.
-    fn on_read(&self) {
+    /// Starts the idle time anew (when a shutdown begins).
+    fn restart_idle(&self) {
         self.update(|s| {
-            if s.busy == 0 && !s.http2 && s.head_since.is_none() {
+            s.idle_since = Instant::now();
+            true
+        });
+    }
+
+    /// `bytes` arrived from the client.
+    fn on_read(&self, bytes: &[u8]) {
+        self.update(|s| {
+            if !s.read_any {
+                s.read_any = true;
+                s.http2 = bytes.starts_with(H2_PREFACE);
+            }
+            let begins = s.busy == 0 && !s.http2 && s.head_since.is_none();
+            if begins {
                 s.head_since = Some(Instant::now());
             }
+            begins
         });
     }
 }
@@ -225,6 +271,7 @@ impl Busy {
             s.busy += 1;
             s.head_since = None;
             s.http2 |= version == hyper::Version::HTTP_2;
+            true
         });
         Self(activity.clone())
     }
@@ -237,6 +284,7 @@ impl Drop for Busy {
             if s.busy == 0 {
                 s.idle_since = Instant::now();
             }
+            true
         });
     }
 }
@@ -283,7 +331,7 @@ impl AsyncRead for IdleIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
+            self.activity.on_read(&buf.filled()[before..]);
         }
         r
     }

@@ -160,6 +160,23 @@ fn connection_cap_holds_and_frees() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
+/// Whether the server closed `s` (EOF or reset) before a read timeout, whatever it
+/// sent first.
+fn read_until_closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut;
+            }
+        }
+    }
+}
+
 /// Reads one answer with a Content-Length from a kept-alive connection.
 fn read_one(s: &mut TcpStream) -> Resp {
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -195,13 +212,18 @@ fn idle_connections_are_closed_while_others_are_served() {
     assert_eq!(read_one(&mut idle).status, 200);
     // Connected, never a byte.
     let silent = TcpStream::connect(a).unwrap();
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, no request.
+    let mut h2 = TcpStream::connect(a).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
     let t0 = Instant::now();
-    let watch = |mut s: TcpStream| std::thread::spawn(move || closed_by_server(&mut s));
-    let (idle, silent) = (watch(idle), watch(silent));
+    let watch = |mut s: TcpStream| std::thread::spawn(move || read_until_closed(&mut s));
+    let (idle, silent, h2) = (watch(idle), watch(silent), watch(h2));
     // Meanwhile a busy kept-alive connection is served, request after request.
     let mut busy = TcpStream::connect(a).unwrap();
     let mut served = 0;
-    while !(idle.is_finished() && silent.is_finished()) && t0.elapsed() < Duration::from_secs(10) {
+    let all_closed = || idle.is_finished() && silent.is_finished() && h2.is_finished();
+    while !all_closed() && t0.elapsed() < Duration::from_secs(10) {
         busy.write_all(get_healthz).unwrap();
         assert_eq!(read_one(&mut busy).status, 200, "request {served}");
         served += 1;
@@ -212,6 +234,7 @@ fn idle_connections_are_closed_while_others_are_served() {
         silent.join().unwrap(),
         "the silent connection was not closed"
     );
+    assert!(h2.join().unwrap(), "the HTTP/2 connection was not closed");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert!(served > 0);
     let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
