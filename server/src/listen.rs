@@ -172,7 +172,7 @@ struct Activity {
 struct ActivityState {
     /// Requests whose answer has not been sent to its end.
     busy: usize,
-    /// When the connection was accepted or its last answer ended.
+    /// When the connection was accepted, its last answer ended, or its shutdown began.
     idle_since: Instant,
     /// When bytes arrived with no request in progress: an HTTP/1 request header has
     /// begun, and hyper's header-read timeout takes over.
