@@ -2,6 +2,7 @@
 //! metrics are layers; decoding, resizing, upsampling and encoding run on the blocking
 //! thread pool; inference runs in the worker pool ([`crate::pool`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{BoxError, Json, Router};
 use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
-use lse_runtime::{imageio, predict};
+use lse_runtime::{imageio, palette, predict};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -139,56 +140,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            precheck_length(limit, req, next)
+            crate::limit::limit_body(limit, req, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// How much of an over-limit body is read and thrown away before the 413 answer, and
-/// for how long at most.
-const DRAIN_MAX_BYTES: u64 = 256 << 20;
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
-
-/// Refuses a body whose declared length is over the limit without storing it.
-///
-/// Hand-written rather than tower-http's `RequestBodyLimitLayer`: that layer (like
-/// answering at once) replies while the client is still sending, and a client that
-/// writes its whole body before reading (Python's `requests` and `urllib`) then sees
-/// the connection reset instead of the 413. So the body is read and discarded first,
-/// up to [`DRAIN_MAX_BYTES`] and [`DRAIN_MAX_TIME`], as production servers do; past
-/// either bound the answer goes out with `Connection: close`.
-async fn precheck_length(limit: usize, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let Some(n) = declared.filter(|&n| n > limit as u64) else {
-        return next.run(req).await;
-    };
-    let drained = n <= DRAIN_MAX_BYTES
-        && tokio::time::timeout(DRAIN_MAX_TIME, drain(req.into_body()))
-            .await
-            .is_ok_and(|read| read >= n);
-    let mut resp = ApiError::body_too_large(limit).into_response();
-    if !drained {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// Reads a body to its end, keeping nothing; returns the bytes read.
-async fn drain(body: axum::body::Body) -> u64 {
-    use futures_util::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut read = 0u64;
-    while let Some(Ok(chunk)) = stream.next().await {
-        read += chunk.len() as u64;
-    }
-    read
 }
 
 /// Counts requests by route and status and times them.
@@ -438,76 +394,86 @@ struct Done {
 
 /// Upsamples the prediction to the image's size and encodes the answer.
 fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
-    let (w, h) = d.p.image.dimensions();
     let post_started = Instant::now();
     let train = pipeline::train_ids(&d.p)?;
     d.metrics
         .observe_stage("postprocess", post_started.elapsed());
     let encode_started = Instant::now();
+    let (body, content_type) = match picture(kind, &d, &train) {
+        Some((pixels, channels)) => (encode_picture(&d, &pixels, channels)?, "image/png"),
+        None => (
+            json_answer(&d, &train, post_started.elapsed())?,
+            "application/json",
+        ),
+    };
+    d.metrics.observe_stage("encode", encode_started.elapsed());
+    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    add_answer_headers(&mut resp, &d, post_started.elapsed());
+    Ok(resp)
+}
+
+/// The pixels of a picture answer and their channels (1: grey, 3: RGB), at the
+/// image's size; `None` for `output=json`.
+fn picture<'a>(kind: OutputKind, d: &Done, train: &'a GrayImage) -> Option<(Cow<'a, [u8]>, u8)> {
     let m = &d.model;
-    let png = |data: &[u8], channels: u8| {
-        imageio::encode_png(data, w, h, channels)
-            .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
-    };
     // Label ids and colours come from the model's own metadata, as in `lse segment`.
-    let colors = || -> Vec<u8> {
-        train
-            .as_raw()
-            .iter()
-            .flat_map(|&t| m.color_lut[t as usize])
-            .collect()
-    };
-    let (body, content_type) = match kind {
+    let colors = || palette::colorize_with(train, &m.color_lut);
+    Some(match kind {
         OutputKind::LabelIds => {
-            let ids: Vec<u8> = train
-                .as_raw()
-                .iter()
-                .map(|&t| m.label_lut[t as usize])
-                .collect();
-            (png(&ids, 1)?, "image/png")
+            let ids = train.as_raw().iter().map(|&t| m.label_lut[t as usize]);
+            (Cow::Owned(ids.collect()), 1)
         }
-        OutputKind::TrainIds => (png(train.as_raw(), 1)?, "image/png"),
+        OutputKind::TrainIds => (Cow::Borrowed(train.as_raw().as_slice()), 1),
         OutputKind::Confidence | OutputKind::Entropy => {
+            let (w, h) = train.dimensions();
             let (conf, ent) = predict::confidence_entropy(d.p.out.scores(), w, h);
             let map = if kind == OutputKind::Confidence {
                 conf
             } else {
                 ent
             };
-            (png(map.as_raw(), 1)?, "image/png")
+            (Cow::Owned(map.into_raw()), 1)
         }
-        OutputKind::Color => (png(&colors(), 3)?, "image/png"),
+        OutputKind::Color => (Cow::Owned(colors().into_raw()), 3),
         OutputKind::Overlay => {
-            let mut blended = colors();
-            for (c, &p) in blended.iter_mut().zip(d.p.image.as_raw()) {
-                *c = (p as f32 * (1.0 - OVERLAY_ALPHA) + *c as f32 * OVERLAY_ALPHA).round() as u8;
-            }
-            (png(&blended, 3)?, "image/png")
+            let blended = palette::blend(&d.p.image, &colors(), OVERLAY_ALPHA);
+            (Cow::Owned(blended.into_raw()), 3)
         }
-        OutputKind::Json => {
-            let post = post_started.elapsed();
-            let v = serde_json::json!({
-                "width": w,
-                "height": h,
-                "model": m.info.id,
-                "classes": class_shares(&m.meta, &train),
-                "batch_size": d.p.out.batch_size,
-                "timings_ms": {
-                    "decode": ms(d.p.decode),
-                    "queue": ms(d.p.out.queued),
-                    "inference": ms(d.p.out.inference),
-                    "postprocess": ms(post),
-                    "total": ms(d.started.elapsed()),
-                },
-            });
-            (
-                serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))?,
-                "application/json",
-            )
-        }
-    };
-    d.metrics.observe_stage("encode", encode_started.elapsed());
-    let post = post_started.elapsed();
+        OutputKind::Json => return None,
+    })
+}
+
+/// Encodes a picture answer of the image's size as PNG.
+fn encode_picture(d: &Done, pixels: &[u8], channels: u8) -> Result<Vec<u8>, ApiError> {
+    let (w, h) = d.p.image.dimensions();
+    imageio::encode_png(pixels, w, h, channels)
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))
+}
+
+/// The `output=json` answer; `post` is the post-processing time so far.
+fn json_answer(d: &Done, train: &GrayImage, post: Duration) -> Result<Vec<u8>, ApiError> {
+    let (w, h) = d.p.image.dimensions();
+    let m = &d.model;
+    let v = serde_json::json!({
+        "width": w,
+        "height": h,
+        "model": m.info.id,
+        "classes": class_shares(&m.meta, train),
+        "batch_size": d.p.out.batch_size,
+        "timings_ms": {
+            "decode": ms(d.p.decode),
+            "queue": ms(d.p.out.queued),
+            "inference": ms(d.p.out.inference),
+            "postprocess": ms(post),
+            "total": ms(d.started.elapsed()),
+        },
+    });
+    serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `Server-Timing` (with `post`, the post-processing and encoding time), the model id
+/// and the batch size.
+fn add_answer_headers(resp: &mut Response, d: &Done, post: Duration) {
     let timing = format!(
         "decode;dur={}, queue;dur={}, infer;dur={}, post;dur={}",
         ms(d.p.decode),
@@ -515,16 +481,14 @@ fn render(kind: OutputKind, d: Done) -> Result<Response, ApiError> {
         ms(d.p.out.inference),
         ms(post)
     );
-    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let hdrs = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&timing) {
         hdrs.insert("server-timing", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&m.info.id) {
+    if let Ok(v) = HeaderValue::from_str(&d.model.info.id) {
         hdrs.insert("x-lse-model", v);
     }
     hdrs.insert("x-lse-batch-size", HeaderValue::from(d.p.out.batch_size));
-    Ok(resp)
 }
 
 /// `POST /v1/segment?output=...&model=...`

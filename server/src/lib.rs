@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod input;
+pub mod limit;
 pub mod listen;
 pub mod metrics;
 pub mod models;
@@ -216,6 +217,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let app = app::router(state.clone());
     let limits = listen::ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.header_timeout_ms),
+        idle_timeout: Duration::from_millis(state.cfg.idle_timeout_ms),
         max_connections: state.cfg.max_connections as usize,
     };
     listen::serve(listener, app, limits, stop_rx).await;

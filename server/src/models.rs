@@ -47,7 +47,7 @@ pub struct Served {
     /// Train id -> Cityscapes label id, from the model's metadata.
     pub label_lut: [u8; 256],
     /// Train id -> colour, from the model's metadata.
-    pub color_lut: [[u8; 3]; 256],
+    pub color_lut: lse_runtime::palette::ColorLut,
 }
 
 impl Served {

@@ -1,16 +1,17 @@
 //! Connection-level hardening: the 413 answer reaches clients that send their whole
-//! body before reading, slow headers are cut off while other clients are served, and
-//! the connection cap holds. Needs `lse-train` built (`cargo build --workspace`).
+//! body before reading (with a Content-Length or chunked), slow headers and idle
+//! connections are cut off while other clients are served, and the connection cap
+//! holds. Needs `lse-train` built (`cargo build --workspace`).
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+use lse_test_support::python;
 
 /// Posts 64 MiB the way `requests`/`urllib` do (the whole body, then the answer).
 const BIG_POST: &str = r#"
@@ -28,7 +29,7 @@ print("ok")
 #[test]
 fn over_limit_body_gets_413_json_when_sent_whole() {
     let server = Server::start(&["--max-body-mb", "1"]);
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let py = python();
     for route in ["/v1/segment", "/v2/models/default/infer"] {
         let url = format!("http://{}{route}", server.addr);
         let out = Command::new(&py)
@@ -44,6 +45,56 @@ fn over_limit_body_gets_413_json_when_sent_whole() {
     }
     // The connection stays usable for the next request.
     assert_eq!(get(server.addr, "/healthz").unwrap().status, 200);
+}
+
+/// Posts 64 MiB with `Transfer-Encoding: chunked` and no length, the whole body
+/// before the answer, then reuses the connection.
+const BIG_CHUNKED_POST: &str = r#"
+import http.client, json, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection(host, port, timeout=120)
+chunks = (b"\0" * (1 << 20) for _ in range(64))
+headers = {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}
+conn.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
+r = conn.getresponse()
+body = json.loads(r.read())
+assert r.status == 413 and body["error"] == "body_too_large", (r.status, body)
+conn.request("GET", "/healthz")
+r = conn.getresponse()
+assert r.status == 200, r.status
+r.read()
+print("ok")
+"#;
+
+#[test]
+fn over_limit_chunked_body_gets_413_json_when_sent_whole() {
+    let server = Server::start(&["--max-body-mb", "1"]);
+    let py = python();
+    let (host, port) = (server.addr.ip().to_string(), server.addr.port().to_string());
+    for route in ["/v1/segment", "/v2/models/default/infer"] {
+        let out = Command::new(&py)
+            .args(["-c", BIG_CHUNKED_POST, &host, &port, route])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{route}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A chunked body within the limit is still served.
+    let body = png(40, 30, 3);
+    let mut req = format!(
+        "POST /v1/segment?output=trainids HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = raw(server.addr, &req).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// Whether the server closed `s` (EOF or reset) before its read timeout.
@@ -107,4 +158,85 @@ fn connection_cap_holds_and_frees() {
     third.read_to_end(&mut answer).unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Whether the server closed `s` (EOF or reset) before a read timeout, whatever it
+/// sent first.
+fn read_until_closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut;
+            }
+        }
+    }
+}
+
+/// Reads one answer with a Content-Length from a kept-alive connection.
+fn read_one(s: &mut TcpStream) -> Resp {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return parse_response(&buf).unwrap();
+            }
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_while_others_are_served() {
+    // The header timeout is far longer than the test: only the idle timer can close.
+    let server = Server::start(&["--idle-timeout-ms", "1000", "--header-timeout-ms", "30000"]);
+    let a = server.addr;
+    let get_healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One request, then silence.
+    let mut idle = TcpStream::connect(a).unwrap();
+    idle.write_all(get_healthz).unwrap();
+    assert_eq!(read_one(&mut idle).status, 200);
+    // Connected, never a byte.
+    let silent = TcpStream::connect(a).unwrap();
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, no request.
+    let mut h2 = TcpStream::connect(a).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let t0 = Instant::now();
+    let watch = |mut s: TcpStream| std::thread::spawn(move || read_until_closed(&mut s));
+    let (idle, silent, h2) = (watch(idle), watch(silent), watch(h2));
+    // Meanwhile a busy kept-alive connection is served, request after request.
+    let mut busy = TcpStream::connect(a).unwrap();
+    let mut served = 0;
+    let all_closed = || idle.is_finished() && silent.is_finished() && h2.is_finished();
+    while !all_closed() && t0.elapsed() < Duration::from_secs(10) {
+        busy.write_all(get_healthz).unwrap();
+        assert_eq!(read_one(&mut busy).status, 200, "request {served}");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(idle.join().unwrap(), "the idle connection was not closed");
+    assert!(
+        silent.join().unwrap(),
+        "the silent connection was not closed"
+    );
+    assert!(h2.join().unwrap(), "the HTTP/2 connection was not closed");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(served > 0);
+    let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
+    assert_eq!(r.status, 200, "{}", r.text());
 }

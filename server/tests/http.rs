@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use image::ImageFormat;
+use lse_test_support::ok;
 
 #[test]
 fn every_endpoint_answers() {
@@ -315,12 +316,10 @@ fn concurrent_answers_equal_lse_segment() {
         inputs.push((path, bytes));
     }
     let out = dir.path().join("lse");
-    let mut cmd = Command::new(&lse);
-    cmd.arg("segment").arg(model());
-    for (p, _) in &inputs {
-        cmd.arg(p);
-    }
-    run_ok(cmd.arg("--out").arg(&out));
+    let mut args = vec!["segment".to_string(), path_str(model())];
+    args.extend(inputs.iter().map(|(p, _)| path_str(p)));
+    args.extend(["--out".to_string(), path_str(&out)]);
+    ok(&lse, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let expected: Vec<image::GrayImage> = (0..inputs.len())
         .map(|i| {
             let p = out.join(format!("img{i}_labelIds.png"));

@@ -9,16 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn python() -> std::path::PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} not found: run scripts/setup.sh (it installs tritonclient)",
-        py.display()
-    );
-    py
-}
+use lse_test_support::{ok, python};
 
 #[test]
 fn official_clients_agree_with_v1_and_lse_segment() {
@@ -30,13 +21,13 @@ fn official_clients_agree_with_v1_and_lse_segment() {
         images.push(p);
     }
     let out = dir.path().join("lse");
-    let mut cmd = Command::new(workspace_bin("lse"));
-    cmd.arg("segment")
-        .arg(model())
-        .args(&images)
-        .arg("--out")
-        .arg(&out);
-    run_ok(&mut cmd);
+    let mut args = vec!["segment".to_string(), path_str(model())];
+    args.extend(images.iter().map(|p| path_str(p)));
+    args.extend(["--out".to_string(), path_str(&out)]);
+    ok(
+        &workspace_bin("lse"),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let labels: Vec<_> = (0..images.len())
         .map(|i| out.join(format!("img{i}_labelIds.png")))
         .collect();

@@ -1,6 +1,8 @@
-//! Shared helpers of the integration tests: a tiny exported model, the real
+//! The server's own helpers of the integration tests: a tiny exported model, the real
 //! `lse-serve` binary on a loopback port, and a minimal HTTP/1.1 client on
 //! `std::net::TcpStream` (no client library, so malformed requests are easy too).
+//! Running the workspace's other binaries and the venv's Python come from
+//! `lse-test-support`.
 
 #![allow(dead_code)]
 
@@ -12,26 +14,17 @@ use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use image::{ImageFormat, RgbImage};
+use lse_test_support::{beside, ok};
 
-/// `target/<profile>`: the folder of the workspace's binaries for this test build.
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf()
+/// The `lse-serve` binary under test.
+pub fn lse_serve() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lse-serve"))
 }
 
-/// A workspace binary that these tests need but Cargo does not build for them.
+/// A workspace binary that these tests need but Cargo does not build for them
+/// (`lse`, `lse-train`), beside `lse-serve`.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let p = profile_dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} not found: build the workspace first (`cargo build --workspace`, same profile as the tests)",
-        p.display()
-    );
-    p
+    beside(lse_serve(), name)
 }
 
 /// A width-1/8 FCN8s at a 64x32 training size, exported once per test binary.
@@ -57,48 +50,27 @@ pub fn model() -> &'static Path {
 pub fn export_tiny(dir: &Path, seed: u64) -> PathBuf {
     std::fs::create_dir_all(dir).expect("create the test model folder");
     let train = workspace_bin("lse-train");
-    let ckpt = dir.join("tiny.safetensors");
+    let ckpt = path_str(&dir.join("tiny.safetensors"));
     let onnx = dir.join("model.onnx");
-    let seed = seed.to_string();
-    run_ok(
-        Command::new(&train)
-            .args([
-                "init",
-                "--width",
-                "0.125",
-                "--classes",
-                "19",
-                "--seed",
-                &seed,
-                "--out",
-            ])
-            .arg(&ckpt),
-    );
-    run_ok(
-        Command::new(&train)
-            .arg("export")
-            .arg(&ckpt)
-            .arg("--out")
-            .arg(&onnx)
-            .args(["--train-size", "64x32"]),
+    lse_test_support::init_tiny(&train, &ckpt, seed);
+    ok(
+        &train,
+        &[
+            "export",
+            &ckpt,
+            "--out",
+            &path_str(&onnx),
+            "--train-size",
+            "64x32",
+        ],
     );
     std::fs::remove_file(&ckpt).expect("remove the checkpoint");
     onnx
 }
 
-/// Runs a command and fails the test with its output if it fails.
-pub fn run_ok(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// A path as a command-line argument (the tests' temporary paths are UTF-8).
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("a UTF-8 path").to_string()
 }
 
 /// A running `lse-serve`; killed when dropped.
@@ -119,12 +91,7 @@ impl Server {
 
     /// Starts the server in `cwd`; `with_model` adds `--model <tiny model>`.
     pub fn start_in(cwd: Option<&Path>, with_model: bool, args: &[&str]) -> Self {
-        Self::start_exe(
-            Path::new(env!("CARGO_BIN_EXE_lse-serve")),
-            cwd,
-            with_model,
-            args,
-        )
+        Self::start_exe(lse_serve(), cwd, with_model, args)
     }
 
     /// Starts the binary `exe` (a copy of lse-serve) in `cwd`.
@@ -207,10 +174,9 @@ impl Server {
 
     /// Sends a signal with the `kill` command.
     pub fn signal(&self, sig: &str) {
-        run_ok(
-            Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(self.pid().to_string()),
+        ok(
+            Path::new("kill"),
+            &[&format!("-{sig}"), &self.pid().to_string()],
         );
     }
 
