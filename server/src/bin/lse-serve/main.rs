@@ -1,7 +1,8 @@
 //! `lse-serve`: HTTP segmentation with an LSE model (see the README, "HTTP API").
 
+mod args;
+
 use clap::Parser;
-use lse_server::Config;
 
 /// glibc raises its mmap threshold adaptively up to 32 MiB, after which the
 /// multi-megabyte per-image buffers (class scores, probabilities) are carved out of its
@@ -25,8 +26,9 @@ fn tune_allocator() {}
 
 fn main() {
     tune_allocator();
-    let cfg = Config::parse();
-    lse_cli::init_tracing(cfg.verbose);
+    let args = args::Args::parse();
+    lse_cli::init_tracing(args.verbose);
+    let cfg = args.into_config();
     // Decoding, resizing, upsampling and encoding run on the blocking pool: a few
     // threads per core keep the cores busy without holding many images in memory.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
