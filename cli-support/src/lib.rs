@@ -28,6 +28,30 @@ where
     })
 }
 
+/// `-v`, `-vv`: more log output, for every binary (flatten it into the command line).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Verbosity {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Verbosity {
+    /// Starts logging at this verbosity ([`init_tracing`]).
+    pub fn init_tracing(self) {
+        init_tracing(self.verbose);
+    }
+}
+
+/// Ends a binary: an error is printed as one `error:` line with its causes, and the
+/// process exits with status 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 /// Parses an image size `WIDTHxHEIGHT` (e.g. `512x256`; `X` works too), each side
 /// 1..=16384; the error names the value.
 pub fn parse_size(s: &str) -> Result<[u32; 2], String> {

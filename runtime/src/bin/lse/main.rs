@@ -10,9 +10,8 @@ mod cli;
     about = "Segment, label, evaluate and inspect LSE domain-adapted segmentation models"
 )]
 struct Cli {
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: lse_cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +36,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    lse_cli::init_tracing(cli.verbose);
+    cli.verbosity.init_tracing();
     let result = match cli.command {
         Command::Info(a) => cli::info::run(a),
         Command::Segment(a) => cli::segment::run(a),
@@ -47,8 +46,5 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::ExportTriton(a) => cli::export_triton::run(a),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    lse_cli::exit_on_error(result);
 }

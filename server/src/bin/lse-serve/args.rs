@@ -92,9 +92,8 @@ pub struct Args {
     /// pixel is decoded; larger images get 413.
     #[arg(long, default_value_t = 40_000_000)]
     pub max_pixels: u64,
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub verbosity: lse_cli::Verbosity,
 }
 
 impl Args {

@@ -27,7 +27,7 @@ fn tune_allocator() {}
 fn main() {
     tune_allocator();
     let args = args::Args::parse();
-    lse_cli::init_tracing(args.verbose);
+    args.verbosity.init_tracing();
     let cfg = args.into_config();
     // Decoding, resizing, upsampling and encoding run on the blocking pool: a few
     // threads per core keep the cores busy without holding many images in memory.
@@ -44,8 +44,5 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(lse_server::serve(cfg)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    lse_cli::exit_on_error(runtime.block_on(lse_server::serve(cfg)));
 }

@@ -10,9 +10,8 @@ mod cli;
     about = "Train VGG16-FCN8s on a synthetic source, adapt it to a real target with LSE, export to ONNX"
 )]
 struct Cli {
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: lse_cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +40,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    lse_cli::init_tracing(cli.verbose);
+    cli.verbosity.init_tracing();
     let result = match cli.command {
         Command::Init(a) => cli::init::run(a),
         Command::Train(a) => cli::train::run(a),
@@ -52,8 +51,5 @@ fn main() {
         Command::Publish(a) => cli::publish::run(a),
         Command::Report(a) => cli::report::run(a),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    lse_cli::exit_on_error(result);
 }
