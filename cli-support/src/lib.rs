@@ -99,6 +99,41 @@ pub fn init_tracing(verbose: u8) {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Size {
+        Small,
+        Large,
+    }
+
+    impl Display for Size {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                Size::Small => "small",
+                Size::Large => "large",
+            })
+        }
+    }
+
+    #[test]
+    fn choice_takes_the_listed_names_only_and_shows_their_help() {
+        let help = |s: Size| if s == Size::Large { "the big one" } else { "" };
+        let cmd = clap::Command::new("t").arg(
+            clap::Arg::new("size")
+                .long("size")
+                .value_parser(choice(&[Size::Small, Size::Large], help)),
+        );
+        let m = cmd
+            .clone()
+            .try_get_matches_from(["t", "--size", "large"])
+            .unwrap();
+        assert_eq!(m.get_one::<Size>("size"), Some(&Size::Large));
+        let e = cmd.clone().try_get_matches_from(["t", "--size", "Large"]);
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("'Large'") && e.contains("small, large"), "{e}");
+        let long_help = cmd.clone().render_long_help().to_string();
+        assert!(long_help.contains("large: the big one"), "{long_help}");
+    }
+
     #[test]
     fn sizes_parse_and_bad_ones_are_named() {
         assert_eq!(parse_size("512x256"), Ok([512, 256]));
