@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lse_test_support::python;
+use lse_test_support::{check_ok, python};
 
 /// Posts 64 MiB the way `requests`/`urllib` do (the whole body, then the answer).
 const BIG_POST: &str = r#"
@@ -32,16 +32,7 @@ fn over_limit_body_gets_413_json_when_sent_whole() {
     let py = python();
     for route in ["/v1/segment", "/v2/models/default/infer"] {
         let url = format!("http://{}{route}", server.addr);
-        let out = Command::new(&py)
-            .args(["-c", BIG_POST, &url])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{route}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        check_ok(Command::new(&py).args(["-c", BIG_POST, &url]));
     }
     // The connection stays usable for the next request.
     assert_eq!(get(server.addr, "/healthz").unwrap().status, 200);
@@ -72,16 +63,7 @@ fn over_limit_chunked_body_gets_413_json_when_sent_whole() {
     let py = python();
     let (host, port) = (server.addr.ip().to_string(), server.addr.port().to_string());
     for route in ["/v1/segment", "/v2/models/default/infer"] {
-        let out = Command::new(&py)
-            .args(["-c", BIG_CHUNKED_POST, &host, &port, route])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{route}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        check_ok(Command::new(&py).args(["-c", BIG_CHUNKED_POST, &host, &port, route]));
     }
     // A chunked body within the limit is still served.
     let body = png(40, 30, 3);
