@@ -4,13 +4,14 @@
 //!
 //! Hand-written rather than `axum::serve`, which offers none of these: a client that
 //! sends half a request header, or connects and sends nothing, would keep its
-//! connection (and a file descriptor) forever. hyper's header-read timeout covers a
-//! header that has begun (and, in hyper 1.x, also runs while a kept-alive HTTP/1
-//! connection waits for its next request); it does not run before the first byte of a
-//! connection, nor for HTTP/2. The idle timeout ([`Activity`]) closes a connection that
-//! has no request in progress and has sent nothing since it was accepted or since its
-//! last answer. The connection cap stops accepting (the kernel's backlog holds further
-//! clients) until one closes.
+//! connection (and a file descriptor) forever. Both timeouts are kept here, per
+//! connection ([`Activity`]), rather than by hyper: hyper's header-read timer also runs
+//! while a kept-alive HTTP/1 connection waits for its next request (so it would cut
+//! every idle period to the header timeout), and it runs neither before a connection's
+//! first byte nor for HTTP/2. A connection with no request in progress is held to the
+//! idle timeout until bytes arrive, then (HTTP/1) to the header timeout until hyper
+//! hands the request over. The connection cap stops accepting (the kernel's backlog
+//! holds further clients) until one closes.
 
 use std::convert::Infallible;
 use std::io;
@@ -33,8 +34,7 @@ use tower::ServiceExt;
 /// Limits of the HTTP connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
-    /// Longest time to receive a request's header (hyper's timer; it also runs while a
-    /// kept-alive HTTP/1 connection waits for its next request).
+    /// Longest time to receive a request's header, from its first byte.
     pub header_timeout: Duration,
     /// Longest time a connection may sit idle: accepted or done with its last answer,
     /// and nothing received since.
@@ -43,11 +43,11 @@ pub struct ConnLimits {
     pub max_connections: usize,
 }
 
-fn builder(limits: ConnLimits) -> Builder<TokioExecutor> {
+/// hyper's own header-read timer is off: [`Activity`] keeps the header and idle
+/// timeouts apart (see the module documentation).
+fn builder() -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(None);
     b
 }
 
@@ -59,7 +59,7 @@ pub async fn serve(
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = builder(limits);
+    let builder = builder();
     let cap = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
     let open = Arc::new(Semaphore::new(cap as usize));
     loop {
@@ -175,7 +175,7 @@ struct ActivityState {
     /// When the connection was accepted, its last answer ended, or its shutdown began.
     idle_since: Instant,
     /// When bytes arrived with no request in progress: an HTTP/1 request header has
-    /// begun, and hyper's header-read timeout takes over.
+    /// begun, and the header-read timeout takes over from the idle one.
     head_since: Option<Instant>,
     /// An HTTP/2 connection (seen in its first bytes, the connection preface, or in a
     /// request's version): frames between requests (settings, pings, window updates)
@@ -209,9 +209,9 @@ impl Activity {
         }
     }
 
-    /// When the connection is due to close: `None` while a request is in progress.
-    /// A begun header that never became a request (hyper's own timer normally ends it
-    /// first) is held to the header-read timeout.
+    /// When the connection is due to close: `None` while a request is in progress; a
+    /// begun header that has not become a request yet is held to the header-read
+    /// timeout, an idle connection to the idle timeout.
     fn deadline(&self, limits: ConnLimits) -> Option<Instant> {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match (s.busy, s.head_since) {

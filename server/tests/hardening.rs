@@ -222,3 +222,25 @@ fn idle_connections_are_closed_while_others_are_served() {
     let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn an_idle_kept_alive_connection_outlives_the_header_timeout() {
+    // The header timeout is far shorter than the idle one: a kept-alive connection
+    // that waits between requests is held to the idle timeout only, while a header
+    // that has begun is still held to the header timeout.
+    let server = Server::start(&["--header-timeout-ms", "300", "--idle-timeout-ms", "30000"]);
+    let a = server.addr;
+    let get_healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut kept = TcpStream::connect(a).unwrap();
+    kept.write_all(get_healthz).unwrap();
+    assert_eq!(read_one(&mut kept).status, 200);
+    let mut half = TcpStream::connect(a).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    kept.write_all(get_healthz).unwrap();
+    assert_eq!(read_one(&mut kept).status, 200);
+    assert!(
+        closed_by_server(&mut half),
+        "the half-sent header was not closed"
+    );
+}

@@ -72,17 +72,15 @@ pub struct Args {
     /// Largest request body in MiB; larger bodies get 413.
     #[arg(long, default_value_t = 20.0)]
     pub max_body_mb: f64,
-    /// Longest time a client may take to send a request's header, in milliseconds (the
-    /// timer also runs while a kept-alive HTTP/1 connection waits for its next request).
-    /// Past it the connection is closed.
+    /// Longest time a client may take to send a request's header, in milliseconds,
+    /// from its first byte. Past it the connection is closed.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
     /// Longest time a connection may sit idle, in milliseconds: no request in progress
     /// and nothing received since it was accepted or since its last answer. Past it the
     /// connection is closed (an HTTP/2 one gets GOAWAY); a request header that has begun
-    /// is bounded by --header-timeout-ms instead. Between requests on HTTP/1.1 hyper's
-    /// header timer runs too, so keep it below --header-timeout-ms (as by default).
-    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// is bounded by --header-timeout-ms instead.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
     /// HTTP connections open at once; further clients wait in the kernel's backlog
     /// until one closes (keeps file descriptors for models and the gRPC service).
