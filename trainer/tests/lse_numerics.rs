@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use lse_test_support::python;
+use lse_test_support::{check_ok, python};
 use lse_trainer::losses::{DEFAULT_FOCAL, source_loss, target_loss};
 use lse_trainer::lse::{
     self, DegenerateGroups, Window, class_mean_normalized_entropy, class_scores, entropy, generate,
@@ -133,16 +133,11 @@ fn prepared() -> &'static Prepared {
         });
         std::fs::write(dir.path().join("inputs.json"), cfg.to_string()).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/lse_reference.py");
-        let out = Command::new(&py)
-            .arg(&script)
-            .arg(dir.path())
-            .arg(dir.path())
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "lse_reference.py failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        check_ok(
+            Command::new(&py)
+                .arg(&script)
+                .arg(dir.path())
+                .arg(dir.path()),
         );
         let json: RefJson =
             serde_json::from_slice(&std::fs::read(dir.path().join("ref.json")).unwrap()).unwrap();

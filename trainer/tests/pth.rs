@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use lse_test_support::python;
+use lse_test_support::{check_ok, python};
 use lse_trainer::checkpoint;
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
 use lse_trainer::pth::{PthError, load_state_dict};
@@ -28,16 +28,10 @@ fn fixtures() -> &'static Path {
             .expect("tempdir");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let py = python();
-        let out = Command::new(&py)
-            .arg(root.join("tests/py/pth_fixtures.py"))
-            .arg(dir.path())
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "fixture script failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        check_ok(
+            Command::new(&py)
+                .arg(root.join("tests/py/pth_fixtures.py"))
+                .arg(dir.path()),
         );
         dir
     })
