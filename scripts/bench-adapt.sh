@@ -55,10 +55,8 @@ RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results$sfx.md}"
 BIN="${LSE_BENCH_BIN:-$root/target/release}"   # a copy keeps a long run on one build
 PY="$root/.venv/bin/python"
 
-if [ -z "${LSE_SKIP_BUILD:-}" ]; then
-  bash scripts/setup.sh
-  cargo build --release --workspace --bins -q
-fi
+source "$root/scripts/lib/build.sh"
+release_build
 if [ ! -f "$SRC" ]; then
   echo "[bench] no source model at $SRC: running scripts/train-source.sh" >&2
   LSE_SKIP_BUILD=1 LSE_SRC_SIZE="$SIZE" LSE_BENCH_DATA="$SRC_DATA" bash scripts/train-source.sh

@@ -17,10 +17,8 @@ THREADS="${LSE_PREMISE_THREADS:-$(nproc)}"
 MODEL="${LSE_PREMISE_MODEL:-$root/models/source-synth/checkpoint.safetensors}"
 OUT="${LSE_PREMISE_OUT:-$root/out/premise-$SIZE}"
 BIN="${LSE_BENCH_BIN:-$root/target/release}"
-if [ -z "${LSE_SKIP_BUILD:-}" ]; then
-  bash scripts/setup.sh
-  cargo build --release --workspace --bins -q
-fi
+source "$root/scripts/lib/build.sh"
+release_build
 
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then

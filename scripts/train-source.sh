@@ -29,10 +29,8 @@ RUN="${LSE_SRC_RUN:-$root/out/bench/source-$SIZE}"
 MODEL="${LSE_SRC_MODEL:-$root/models/source-synth}"
 BIN="$root/target/release"
 
-if [ -z "${LSE_SKIP_BUILD:-}" ]; then
-  bash scripts/setup.sh
-  cargo build --release --workspace --bins -q
-fi
+source "$root/scripts/lib/build.sh"
+release_build
 
 if [ ! -f "$DATA/synth.json" ]; then
   echo "[source] synthetic pair: $TRAIN source, $TRAIN target-train, $VAL val at $SIZE (seed $SEED)" >&2
