@@ -211,7 +211,7 @@ impl GrpcInferenceService for Service {
         let tensors = outputs
             .into_iter()
             .map(|t| {
-                raw.push(t.data.to_le_bytes());
+                raw.push(t.data.into_le_bytes());
                 InferOutputTensor {
                     name: t.name.into(),
                     datatype: t.datatype.into(),

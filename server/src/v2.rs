@@ -134,10 +134,10 @@ pub enum OutputData {
 }
 
 impl OutputData {
-    /// Little-endian bytes.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
+    /// Little-endian bytes (a UINT8 tensor's own buffer, without a copy).
+    pub fn into_le_bytes(self) -> Vec<u8> {
         match self {
-            Self::U8(v) => v.clone(),
+            Self::U8(v) => v,
             Self::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
@@ -271,9 +271,10 @@ fn pixel_images(input: InputTensor) -> Result<Vec<Source>, ApiError> {
     let (Ok(w32), Ok(h32)) = (w32, h32) else {
         return Err(bad(format!("input `{INPUT_PIXELS}` is {w}x{h} pixels")));
     };
-    let bytes: Vec<u8> = match input.data {
-        InputData::Raw(raw) => raw.to_vec(),
-        InputData::Numbers(v) => numbers_to_u8(&v)?,
+    // Raw bytes are read in place; only JSON numbers need converting.
+    let bytes: std::borrow::Cow<'_, [u8]> = match &input.data {
+        InputData::Raw(raw) => raw.as_ref().into(),
+        InputData::Numbers(v) => numbers_to_u8(v)?.into(),
         InputData::Elements(_) => return Err(bad("UINT8 input given as BYTES elements")),
     };
     let per_image = h * w * 3;

@@ -332,15 +332,15 @@ fn answer(
 ) -> Result<Response, ApiError> {
     let mut binary = Vec::new();
     let tensors: Vec<Value> = outputs
-        .iter()
+        .into_iter()
         .map(|t| {
             let mut o = json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape });
             if t.binary {
-                let bytes = t.data.to_le_bytes();
+                let bytes = t.data.into_le_bytes();
                 o["parameters"] = json!({ "binary_data_size": bytes.len() });
                 binary.extend_from_slice(&bytes);
             } else {
-                o["data"] = match &t.data {
+                o["data"] = match t.data {
                     OutputData::U8(v) => json!(v),
                     OutputData::F32(v) => json!(v),
                 };
