@@ -21,4 +21,5 @@ pub mod premise;
 pub mod pth;
 pub mod report;
 pub mod run;
+pub mod seeding;
 pub mod train;

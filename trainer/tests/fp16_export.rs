@@ -17,31 +17,44 @@ use lse_trainer::checkpoint::{self, CheckpointMeta};
 use lse_trainer::export::{ExportOptions, export_checked_as};
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
 use onnx_protobuf::{Message, ModelProto, tensor_proto::DataType};
-use tch::{Device, nn};
+use tch::{Device, Tensor, nn};
 
 const CONFIG: Fcn8sConfig = Fcn8sConfig {
     width: 0.125,
     classes: 19,
 };
 
-/// A fresh small network, its score layers multiplied by `score_scale`, saved as a
+/// A fresh small network, seeded, its score layers changed by `edit`, saved as a
 /// checkpoint in `dir`.
-fn checkpoint(dir: &Path, score_scale: f64) -> PathBuf {
-    tch::manual_seed(7);
+fn checkpoint(dir: &Path, edit: impl Fn(&str, &mut Tensor)) -> PathBuf {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _net = Fcn8s::new(&vs.root(), CONFIG, InitScheme::Scratch);
+    // Seed and initialisation as one step: the tests of this file run in parallel.
+    lse_trainer::seeding::with_seed(7, || Fcn8s::new(&vs.root(), CONFIG, InitScheme::Scratch));
     for (name, var) in vs.variables() {
         if name.starts_with("score_") {
             let mut v = var.shallow_clone();
-            tch::no_grad(|| {
-                let _ = v.f_mul_scalar_(score_scale).unwrap();
-            });
+            tch::no_grad(|| edit(&name, &mut v));
         }
     }
     let path = dir.join("net.safetensors");
     let meta = CheckpointMeta::new(CONFIG, InitScheme::Scratch);
     checkpoint::save_network(&path, &vs, &meta).unwrap();
     path
+}
+
+/// The seeded network as initialised.
+fn unchanged(_: &str, _: &mut Tensor) {}
+
+/// A network that float16 cannot represent: every score weight and bias is 0 except
+/// class 1's bias of `score_fr`, 1e-9. In float32 class 1 wins at every pixel (its
+/// score is 1e-9 times the bilinear kernels' positive sums, every other score 0); in
+/// float16 1e-9 rounds to 0 (the smallest subnormal is 6e-8), every score is 0 and the
+/// arg-max takes the first class. Agreement is 0 %, whatever the input.
+fn underflowing(name: &str, v: &mut Tensor) {
+    let _ = v.zero_();
+    if name == "score_fr.bias" {
+        let _ = v.get(1).fill_(1e-9);
+    }
 }
 
 fn options() -> ExportOptions {
@@ -163,7 +176,7 @@ fn agreement(fp32: &Path, fp16: &Path) -> f64 {
 #[test]
 fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = checkpoint(dir.path(), 1.0);
+    let ckpt = checkpoint(dir.path(), unchanged);
     let (m16, m32) = (dir.path().join("m16.onnx"), dir.path().join("m32.onnx"));
     let report = export_checked_as(&ckpt, &m16, &options(), Precision::Fp16).unwrap();
     assert_eq!(report["precision"], "fp16");
@@ -199,15 +212,16 @@ fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
 #[test]
 fn fp16_export_under_the_agreement_is_refused_and_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
-    // Score weights near 1e-7 underflow in float16: the logits collapse, the arg-max
-    // no longer follows the float32 network.
-    let ckpt = checkpoint(dir.path(), 1e-6);
+    let ckpt = checkpoint(dir.path(), underflowing);
     let out = dir.path().join("m16.onnx");
     let err = export_checked_as(&ckpt, &out, &options(), Precision::Fp16).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("agreement check failed"), "{msg}");
     assert!(msg.contains("at least 99.50 % is required"), "{msg}");
     assert!(msg.contains("m16.onnx.failed"), "{msg}");
+    // Far from the threshold: the float16 arg-max is class 0 everywhere, the float32
+    // one class 1.
+    assert!(msg.contains("on 0.00 % of the pixels"), "{msg}");
     assert!(!out.exists());
     assert!(dir.path().join("m16.onnx.failed").is_file());
     // The same network in float32 passes its parity check.

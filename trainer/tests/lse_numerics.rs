@@ -67,8 +67,13 @@ struct Prepared {
     json: RefJson,
 }
 
+/// Random inputs drawn as one step with their seed (the tests of this file run in
+/// parallel and libtorch's generator is global).
 fn inputs() -> (Tensor, Tensor, Tensor, Tensor) {
-    tch::manual_seed(7);
+    lse_trainer::seeding::with_seed(7, draw_inputs)
+}
+
+fn draw_inputs() -> (Tensor, Tensor, Tensor, Tensor) {
     let opts = (Kind::Float, Device::Cpu);
     let logits = Tensor::randn([2, C, 6, 7], opts) * 3.0;
     let labels = Tensor::randint(C, [2, 6, 7], (Kind::Int64, Device::Cpu));

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use lse_runtime::contract::ModelMeta;
 use lse_runtime::engine::{EngineOptions, Provider};
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
-use lse_trainer::onnx;
+use lse_trainer::{onnx, seeding};
 use tch::{Device, Kind, Tensor, nn};
 
 fn root() -> PathBuf {
@@ -75,10 +75,9 @@ fn assert_clear_error(o: &Output, needle: &str) {
 
 fn parity_case(width: f64, shapes: &[[i64; 4]]) {
     let dir = tempfile::tempdir().unwrap();
-    tch::manual_seed(42);
     let vs = nn::VarStore::new(Device::Cpu);
     let config = Fcn8sConfig { width, classes: 19 };
-    let net = Fcn8s::new(&vs.root(), config, InitScheme::Scratch);
+    let net = seeding::with_seed(42, || Fcn8s::new(&vs.root(), config, InitScheme::Scratch));
     let path = dir.path().join("m.onnx");
     onnx::export(&net, &vs, &ModelMeta::cityscapes(width, [64, 32]), &path).unwrap();
     let opts = EngineOptions {
@@ -86,7 +85,7 @@ fn parity_case(width: f64, shapes: &[[i64; 4]]) {
         ..Default::default()
     };
     for shape in shapes {
-        let rgb = Tensor::rand(*shape, (Kind::Float, Device::Cpu)) * 255.0;
+        let rgb = seeding::with_seed(42, || Tensor::rand(*shape, (Kind::Float, Device::Cpu))) * 255.0;
         let p = onnx::parity(&net, &path, &rgb, &opts).unwrap();
         eprintln!("width {width} {shape:?}: {p:?}");
         assert!(p.max_abs_diff <= 1e-4, "width {width} {shape:?}: {p:?}");
@@ -440,7 +439,7 @@ fn small_net() -> (nn::VarStore, Fcn8s) {
         width: 0.125,
         classes: 19,
     };
-    let net = Fcn8s::new(&vs.root(), config, InitScheme::Scratch);
+    let net = seeding::with_seed(11, || Fcn8s::new(&vs.root(), config, InitScheme::Scratch));
     (vs, net)
 }
 
@@ -458,8 +457,7 @@ fn scale_scores(vs: &nn::VarStore, factor: f64) {
 }
 
 fn probe() -> Tensor {
-    tch::manual_seed(1234);
-    Tensor::rand([2, 3, 37, 53], (Kind::Float, Device::Cpu)) * 255.0
+    lse_trainer::export::parity_probe()
 }
 
 fn cpu_engine() -> EngineOptions {
