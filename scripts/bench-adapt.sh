@@ -2,25 +2,42 @@
 # The paper's comparison on the built-in synthetic domains, from one committed
 # source-only model (scripts/train-source.sh), and docs/results.md from it.
 #
-#   scripts/bench-adapt.sh              # tune (if not done), then every arm x seed, then the table
+#   scripts/bench-adapt.sh              # tune, ablate, then every arm x seed, then the table
 #   scripts/bench-adapt.sh tune         # only the learning-rate choice on the tuning split
-#   scripts/bench-adapt.sh report       # only rewrite docs/results.md from finished arms
+#   scripts/bench-adapt.sh ablate       # the lr choice, then the window variants on the
+#                                       # tuning split and the choice among them
+#   scripts/bench-adapt.sh report       # only rewrite the results page from finished arms
 #   LSE_BENCH_REGIME=source-camera scripts/bench-adapt.sh
 #                                       # the same with the target domain of
 #                                       # scripts/regimes/NAME.json (lse synth --domains),
 #                                       # into docs/results-NAME.md
+#   LSE_BENCH_PROTOCOL=short scripts/bench-adapt.sh
+#                                       # the earlier, shorter protocol (batch 4, 3 rounds)
+#                                       # into docs/results[-NAME]-short.md
+#
+# Protocols:
+#   reference (default)  the reference code's: batch 1 (one source image and one example
+#                        per iteration), p = 0.10 ... 0.40 (7 rounds), Adam (0.9, 0.99);
+#                        lr from LSE_BENCH_LRS (1e-6, the reference's, 3e-6, 1e-5)
+#   short                batch 4, p = 0.10, 0.15, 0.20; lr from 1e-5, 1e-4
 #
 # Arms, each seed from the same source model and data:
 #   source-only    the source model itself
-#   control        source-only training continued for as many iterations as LSE ran
-#                  (same lr, batch and source batches)
+#   control        source-only training continued for as many iterations as the compared
+#                  LSE arm ran (same lr, batch and source batches)
 #   self-training  the LSE round with window scale 1.0 (no zoom), same selection/thresholds
-#   lse-nofocal    LSE without the focal term
-#   lse            LSE with the focal term (the paper's method)
+#   lse            LSE with the reference's window settings (the paper's method)
+#   lse-chosen     LSE with the window variant chosen on the tuning split (only when the
+#                  choice is not the reference's)
+#   lse-nofocal    the compared LSE arm without the focal term
 #   oracle         the source model fine-tuned on the target-train labels (seed 0 only)
-# The adaptation learning rate is chosen on a separate labelled tuning split of the
-# target (its own seed; never val), by LSE's mIoU after the last round, from
-# LSE_BENCH_LRS. The choice is written to OUT/tuning.json and used by every arm.
+# Choices, on a separate labelled tuning split of the target (its own seed; never val):
+#   1. the adaptation learning rate, by LSE's mIoU after the last round, from
+#      LSE_BENCH_LRS (OUT/tuning.json), used by every arm;
+#   2. the window variant (placement grid, masks nearest / any-ignored, their best
+#      combination, multi-scale windows), by the same criterion (OUT/choice.json, copied
+#      to docs/results[-NAME]-choice.json). The val arms of a chosen variant run only once
+#      that file is committed: the choice is on record before any val number of it exists.
 #
 # It resumes: a finished arm is skipped, an interrupted one continues (--resume).
 set -euo pipefail
@@ -30,9 +47,15 @@ cd "$root"
 MODE="${1:-all}"
 SIZE="${LSE_BENCH_SIZE:-256x128}"
 SEEDS="${LSE_BENCH_SEEDS:-0 1 2}"
-PSCHED="${LSE_BENCH_P:-0.1,0.15,0.2}"
-BATCH="${LSE_BENCH_BATCH:-4}"
-LRS="${LSE_BENCH_LRS:-1e-5 1e-4}"           # candidates, chosen on the tuning split
+PROTOCOL="${LSE_BENCH_PROTOCOL:-reference}"
+case "$PROTOCOL" in
+  reference) psched=0.1,0.15,0.2,0.25,0.3,0.35,0.4; batch=1; lrs="1e-6 3e-6 1e-5"; psfx="-ref" ;;
+  short) psched=0.1,0.15,0.2; batch=4; lrs="1e-5 1e-4"; psfx="" ;;
+  *) echo "LSE_BENCH_PROTOCOL must be reference or short, not '$PROTOCOL'" >&2; exit 2 ;;
+esac
+PSCHED="${LSE_BENCH_P:-$psched}"
+BATCH="${LSE_BENCH_BATCH:-$batch}"
+LRS="${LSE_BENCH_LRS:-$lrs}"                # candidates, chosen on the tuning split
 ORACLE_ITERS="${LSE_BENCH_ORACLE_ITERS:-1500}"
 ORACLE_LR="${LSE_BENCH_ORACLE_LR:-1e-4}"
 THREADS="${LSE_BENCH_THREADS:-$(nproc)}"
@@ -46,12 +69,18 @@ if [ "$REGIME" = default ]; then
 else
   sfx="-$REGIME"; regen="LSE_BENCH_REGIME=$REGIME scripts/bench-adapt.sh"
 fi
+if [ "$PROTOCOL" = short ]; then
+  dsfx="-short"; regen="LSE_BENCH_PROTOCOL=short $regen"
+else
+  dsfx=""
+fi
 SRC_DATA="${LSE_BENCH_SOURCE_DATA:-$root/out/bench/data-$SIZE}"   # the source model's data
 DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN$sfx}"
 TUNE_DATA="$SRC_DATA-tune$sfx"
 SRC="${LSE_BENCH_SOURCE:-$root/models/source-synth/checkpoint.safetensors}"
-OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN$sfx}"
-RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results$sfx.md}"
+OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN$sfx$psfx}"
+RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results$sfx$dsfx.md}"
+CHOICE_RECORD="${RESULTS%.md}-choice.json"   # the committed record of the variant choice
 BIN="${LSE_BENCH_BIN:-$root/target/release}"   # a copy keeps a long run on one build
 PY="$root/.venv/bin/python"
 
@@ -117,25 +146,80 @@ tune() {
   echo "[bench] chosen on the tuning split: $(cat "$OUT/tuning.json")" >&2
 }
 
+chosen_lr() {
+  "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["lr"])' "$OUT/tuning.json"
+}
+
+# The window variants and their lse-train flags (bench_adapt.py variant-args NAME).
+variant_args() { "$PY" scripts/bench_adapt.py variant-args "$1"; }
+
+# tune_variant NAME: LSE with the variant's windows on the tuning split, seed 0.
+tune_variant() {
+  local lr; lr=$(chosen_lr)
+  local -a extra; read -r -a extra <<< "$(variant_args "$1")"
+  if [ "$1" = reference ]; then # the reference is the lr run already made
+    return 0
+  fi
+  run_arm "tune-$1" 0 adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" \
+    --focal true --set val_split=tune "${extra[@]}"
+}
+
+# The ablation on the tuning split: placement, each mask, their best combination, then
+# multi-scale windows on the best so far; the choice into OUT/choice.json and the
+# committed record.
+ablate() {
+  tune
+  if [ ! -f "$OUT/choice.json" ]; then
+    for v in grid nearest any-ignored; do tune_variant "$v"; done
+    local combo; combo=$("$PY" scripts/bench_adapt.py combination "$OUT")
+    if [ -n "$combo" ]; then tune_variant "$combo"; fi
+    local multi; multi=$("$PY" scripts/bench_adapt.py multiscale "$OUT")
+    tune_variant "$multi"
+    "$PY" scripts/bench_adapt.py choose-variant "$OUT" > "$OUT/choice.json.tmp"
+    mv "$OUT/choice.json.tmp" "$OUT/choice.json"
+  fi
+  if [ ! -f "$CHOICE_RECORD" ] || ! cmp -s "$OUT/choice.json" "$CHOICE_RECORD"; then
+    cp "$OUT/choice.json" "$CHOICE_RECORD"
+  fi
+  echo "[bench] window variant chosen on the tuning split: $(cat "$OUT/choice.json")" >&2
+}
+
+# The choice counts only once its record is committed, unchanged, before val runs.
+choice_committed() {
+  (cd "$root" && git ls-files --error-unmatch "$CHOICE_RECORD" >/dev/null 2>&1 \
+    && git diff --quiet HEAD -- "$CHOICE_RECORD")
+}
+
 arms() {
-  local lr
-  lr=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["lr"])' "$OUT/tuning.json")
-  echo "[bench] adaptation lr $lr (chosen on the tuning split)" >&2
+  local lr variant
+  lr=$(chosen_lr)
+  variant=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["variant"])' "$OUT/choice.json")
+  local -a vargs; read -r -a vargs <<< "$(variant_args "$variant")"
+  if [ "$variant" != reference ] && ! choice_committed; then
+    echo "[bench] commit $CHOICE_RECORD (the choice, made on the tuning split) before any val run of it" >&2
+    exit 3
+  fi
+  echo "[bench] adaptation lr $lr, window variant $variant (chosen on the tuning split)" >&2
   if [ ! -f "$OUT/source-only/eval.json" ]; then
     mkdir -p "$OUT/source-only"
     "$BIN/lse-train" eval "$SRC" --target "cityscapes:$DATA/target" --split val --json \
       --device cpu --threads "$THREADS" > "$OUT/source-only/eval.json.tmp"
     mv "$OUT/source-only/eval.json.tmp" "$OUT/source-only/eval.json"
   fi
-  local first=1
+  local adapt=(adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr")
+  local first=1 compared
   for seed in $SEEDS; do
-    run_arm lse "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" --focal true
+    run_arm lse "$seed" "${adapt[@]}" --focal true
+    compared=lse
+    if [ "$variant" != reference ]; then
+      run_arm lse-chosen "$seed" "${adapt[@]}" --focal true "${vargs[@]}"
+      compared=lse-chosen
+    fi
+    run_arm self-training "$seed" "${adapt[@]}" --focal true --window-scale 1.0
     run_arm control "$seed" train "${common[@]}" --lr "$lr" \
-      --iterations "$(adapt_iterations "$OUT/lse-s$seed")"
-    run_arm self-training "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" \
-      --focal true --window-scale 1.0
+      --iterations "$(adapt_iterations "$OUT/$compared-s$seed")"
     if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then # the ablation; LSE_BENCH_NOFOCAL=0 skips it
-      run_arm lse-nofocal "$seed" adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" --focal false
+      run_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
     fi
     # The oracle once, after the first seed's arms (LSE_BENCH_ORACLE=0 skips it, e.g.
     # in a second instance running other seeds beside the first).
@@ -145,15 +229,20 @@ arms() {
         --threads "$THREADS" --quiet --lr "$ORACLE_LR" --iterations "$ORACLE_ITERS"
       first=0
     fi
-    "$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS" "$regen"
+    report
   done
+}
+
+report() {
+  "$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS" "$regen" "$PROTOCOL"
 }
 
 case "$MODE" in
   tune) tune ;;
+  ablate) ablate ;;
   report) ;;
-  all) tune; arms ;;
-  *) echo "usage: scripts/bench-adapt.sh [all|tune|report]" >&2; exit 2 ;;
+  all) ablate; arms ;;
+  *) echo "usage: scripts/bench-adapt.sh [all|tune|ablate|report]" >&2; exit 2 ;;
 esac
-"$PY" scripts/bench_adapt.py report "$OUT" "$RESULTS" "$regen"
+report
 echo "[bench] wrote $RESULTS" >&2

@@ -1,11 +1,17 @@
 """Helpers of scripts/bench-adapt.sh (standard library only).
 
-  bench_adapt.py choose OUT "LR1 LR2 ..."   the tuning split's choice, as JSON
-  bench_adapt.py report OUT RESULTS_MD      docs/results.md (+ results.svg beside it)
+  bench_adapt.py choose OUT "LR1 LR2 ..."   the tuning split's lr choice, as JSON
+  bench_adapt.py variant-args NAME          lse-train flags of a window variant
+  bench_adapt.py combination OUT            the best placement with the best mask (or nothing)
+  bench_adapt.py multiscale OUT             the best variant so far with multi-scale windows
+  bench_adapt.py choose-variant OUT         the tuning split's window variant choice, as JSON
+  bench_adapt.py report OUT RESULTS_MD [REGEN] [PROTOCOL]
+                                            docs/results.md (+ results.svg beside it)
 """
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -16,8 +22,15 @@ ARMS = [
     ("self-training", "self-training (window scale 1.0)"),
     ("lse-nofocal", "LSE without focal term"),
     ("lse", "LSE with focal term"),
+    ("lse-chosen", "LSE, window variant chosen on the tuning split"),
     ("oracle", "oracle: fine-tuned on target-train labels"),
 ]
+ADAPTING = ("self-training", "lse-nofocal", "lse", "lse-chosen")
+PROTOCOLS = {
+    "reference": "the reference code's protocol: batch 1 (one source image and one generated "
+                 "example per iteration), p = 0.10 ... 0.40 (7 rounds), Adam (0.9, 0.99)",
+    "short": "the earlier short protocol: batch 4, p = 0.10, 0.15, 0.20 (3 rounds), Adam (0.9, 0.99)",
+}
 
 
 def load(path):
@@ -33,9 +46,91 @@ def choose(out, lrs):
     best = max(scores, key=lambda k: scores[k])
     print(json.dumps({
         "lr": float(best),
+        "lr_name": best,
         "criterion": "LSE (focal) mIoU on the tuning split after the last round, seed 0",
         "tune_miou": scores,
     }))
+
+
+# Window variants: a name is "reference" or parts joined by "+", each one setting.
+VARIANT_PARTS = {
+    "grid": ["--window-placement", "grid"],
+    "nearest": ["--window-mask", "nearest"],
+    "any-ignored": ["--window-mask", "any-ignored"],
+    "ms": ["--window-scale", "0.5,0.75"],
+}
+PLACEMENTS = ["reference", "grid"]
+MASKS = ["reference", "nearest", "any-ignored"]
+
+
+def variant_args(name):
+    if name == "reference":
+        return []
+    args = []
+    for part in name.split("+"):
+        if part not in VARIANT_PARTS:
+            raise SystemExit(f"unknown window variant part '{part}' in '{name}'")
+        args += VARIANT_PARTS[part]
+    return args
+
+
+def variant_dir(out, name):
+    """The tuning run of a variant (the reference is the chosen lr's run)."""
+    if name == "reference":
+        lr = load(os.path.join(out, "tuning.json"))["lr_name"]
+        return os.path.join(out, f"tune-lse-lr{lr}-s0")
+    return os.path.join(out, f"tune-{name}-s0")
+
+
+def tune_score(out, name):
+    """LSE's tuning-split mIoU after the last round, or None when the run is not finished."""
+    d = variant_dir(out, name)
+    if not os.path.isfile(os.path.join(d, "model.safetensors")):
+        return None
+    return load(os.path.join(d, "run.json"))["evaluation"]["miou"]
+
+
+def best_of(out, names):
+    """The best finished variant of `names` (ties: the earlier, i.e. the simpler)."""
+    scored = [(n, tune_score(out, n)) for n in names]
+    scored = [(n, v) for n, v in scored if v is not None]
+    return max(scored, key=lambda nv: nv[1])[0] if scored else "reference"
+
+
+def combination(out):
+    place, mask = best_of(out, PLACEMENTS), best_of(out, MASKS)
+    if place != "reference" and mask != "reference":
+        print(f"{place}+{mask}")
+
+
+def multiscale(out):
+    names = ["reference", "grid", "nearest", "any-ignored"]
+    combo = f"{best_of(out, PLACEMENTS)}+{best_of(out, MASKS)}"
+    if tune_score(out, combo) is not None:
+        names.append(combo)
+    best = best_of(out, names)
+    print("ms" if best == "reference" else f"{best}+ms")
+
+
+def tuned_variants(out):
+    names = ["reference"]
+    for name in sorted(os.listdir(out)):
+        if name.startswith("tune-") and not name.startswith("tune-lse-lr") and name.endswith("-s0"):
+            names.append(name[len("tune-"):-len("-s0")])
+    return names
+
+
+def choose_variant(out):
+    names = tuned_variants(out)
+    best = best_of(out, names)
+    print(json.dumps({
+        "variant": best,
+        "flags": variant_args(best),
+        "criterion": "LSE (focal) mIoU on the tuning split after the last round, seed 0, "
+                     "at the chosen lr; ties go to the simpler variant",
+        "tune_miou": {n: tune_score(out, n) for n in names},
+        "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=1))
 
 
 def runs(out):
@@ -107,15 +202,17 @@ def svg_bars(rows, path):
     os.replace(path + ".tmp", path)
 
 
-def report(out, results, regen="scripts/bench-adapt.sh"):
+def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
     regime = regen.split("LSE_BENCH_REGIME=")[1].split()[0] if "LSE_BENCH_REGIME=" in regen else None
     title = f"the `{regime}` synthetic target (scripts/regimes/{regime}.json)" if regime else "the built-in synthetic domains"
     L = [f"# Results: LSE on {title}", "",
+         f"Protocol: {PROTOCOLS[protocol]}.", "",
          f"Written by `scripts/bench-adapt.sh` on {time.strftime('%Y-%m-%d')} from the runs in "
          f"`{os.path.relpath(out)}`; regenerate with `{regen}` (it resumes). "
-         "What the numbers say and why: `docs/synthetic-domains.md`.", ""]
+         "What the numbers say and why: `docs/synthetic-domains.md`. Arms with fewer seeds than "
+         "the others are still running or were cut for time; the seeds column says which.", ""]
     rows, summary = [], {}
     L += ["## mIoU per arm (target val, 19 classes)", "",
           "Wall times are per run on the machine that ran the benchmark, including any "
@@ -134,21 +231,164 @@ def report(out, results, regen="scripts/bench-adapt.sh"):
     svg = os.path.splitext(results)[0] + ".svg"
     svg_bars(rows, svg)
     L += ["", f"![mIoU per arm]({os.path.basename(svg)})", ""]
-    if summary.get("lse") is not None:
-        L += ["## The goal: LSE (focal) at least 2 mIoU above each baseline, mean over seeds", ""]
-        for arm in ("source-only", "control", "self-training"):
-            if summary.get(arm) is not None:
-                d = summary["lse"] - summary[arm]
-                L.append(f"- vs {arm}: {d:+.2f} mIoU ({'met' if d >= 2 else 'not met'})")
-        if summary.get("oracle") is not None and summary.get("source-only") is not None:
-            L.append(f"- oracle gap (oracle - source-only): {summary['oracle'] - summary['source-only']:+.2f} mIoU")
-        L.append("")
+    goal(L, found, summary)
+    ablation(L, out)
     per_class(L, found)
     rounds_table(L, found)
+    window_table(L, out, found, results)
     settings(L, out, found, tuning)
     with open(results + ".tmp", "w") as f:
         f.write("\n".join(L) + "\n")
     os.replace(results + ".tmp", results)
+
+
+def goal(L, found, summary):
+    """LSE (each variant run) against the baselines: the difference of means, and the
+    per-seed differences (same seed, same data order) with their spread."""
+    for arm in ("lse", "lse-chosen"):
+        if summary.get(arm) is None:
+            continue
+        label = dict(ARMS)[arm]
+        L += [f"## The goal: {label} at least 2 mIoU above each baseline, mean over seeds", ""]
+        mine = {seed: miou(r) for seed, r in found.get(arm, [])}
+        for base in ("source-only", "control", "self-training"):
+            if summary.get(base) is None:
+                continue
+            d = summary[arm] - summary[base]
+            line = f"- vs {base}: {d:+.2f} mIoU ({'met' if d >= 2 else 'not met'})"
+            theirs = {seed: miou(r) for seed, r in found.get(base, [])}
+            paired = [mine[k] - theirs[k] for k in sorted(mine) if k in theirs]
+            if paired and base != "source-only":
+                m, sd = mean_sd(paired)
+                line += (f"; per seed {', '.join(f'{x:+.2f}' for x in paired)} "
+                         f"(mean {m:+.2f}, sd {sd:.2f}, {'all' if min(paired) > 0 else 'not all'} positive)")
+            L.append(line)
+        if summary.get("oracle") is not None and summary.get("source-only") is not None:
+            L.append(f"- oracle gap (oracle - source-only): {summary['oracle'] - summary['source-only']:+.2f} mIoU")
+        L.append("")
+
+
+def ablation(L, out):
+    """The tuning split's lr and window-variant runs (seed 0), and the choice."""
+    tuning_path = os.path.join(out, "tuning.json")
+    if not os.path.isfile(tuning_path):
+        return
+    L += ["## Choices on the tuning split (60 labelled images of their own seed; never val)", "",
+          "LSE (focal) mIoU on the tuning split, seed 0, per round; the choice is the best "
+          "after the last round.", "",
+          "| run | settings | " + " | ".join(f"round {k}" for k in range(1, 8)) + " | after last round |",
+          "|---|---|" + "---|" * 8]
+    tuning = load(tuning_path)
+    for lr in tuning["tune_miou"]:
+        d = os.path.join(out, f"tune-lse-lr{lr}-s0")
+        ablation_row(L, d, f"lr {lr}", "reference windows")
+    for name in tuned_variants(out)[1:]:
+        ablation_row(L, variant_dir(out, name), name, " ".join(variant_args(name)))
+    L.append("")
+    L.append(f"- Learning rate chosen: {tuning['lr']:g}.")
+    choice_path = os.path.join(out, "choice.json")
+    if os.path.isfile(choice_path):
+        c = load(choice_path)
+        L.append(f"- Window variant chosen: **{c['variant']}** ({' '.join(c['flags']) or 'the reference settings'}), "
+                 f"recorded {c['chosen_at']} before any val run of it.")
+    L.append("")
+
+
+def ablation_row(L, d, name, settings_text):
+    rec_path = os.path.join(d, "run.json")
+    if not os.path.isfile(rec_path):
+        return
+    rec = load(rec_path)
+    per_round = [r.get("miou") for r in rec.get("rounds", [])]
+    cells = [fmt(None if v is None else v * 100, 2) for v in per_round] + ["–"] * (7 - len(per_round))
+    done = os.path.isfile(os.path.join(d, "model.safetensors"))
+    final = fmt(rec["evaluation"]["miou"] * 100, 2) if done and rec.get("evaluation") else "running"
+    L.append(f"| {name} | `{settings_text}` | " + " | ".join(cells[:7]) + f" | {final} |")
+
+
+def window_table(L, out, found, results):
+    """What each adapting arm trains on: window-level ignored share and precision, where
+    the trained pixels come from, and the coverage maps (copied from seed 0's run)."""
+    rows = []
+    for arm in ADAPTING:
+        for seed, r in found.get(arm, []):
+            ws = [x["diagnostics"]["window"] for x in r["rounds"]
+                  if (x.get("diagnostics") or {}).get("window")]
+            if not ws:
+                continue
+            trained = sum(w["trained_pixels"] for w in ws)
+            wmean = lambda key: sum((w[key] or 0) * w["trained_pixels"] for w in ws) / max(trained, 1)
+            pixels = sum(w["examples_pixels"] for w in ws)
+            ignored = sum((w["ignored_share"] or 0) * w["examples_pixels"] for w in ws) / max(pixels, 1)
+            rows.append((arm, seed, ignored, wmean("precision"), wmean("central_quarter_share"),
+                         wmean("top_bottom_bands_share")))
+    if not rows:
+        return
+    L += ["## What each arm trains on (window level, all rounds)", "",
+          "Every generated example after upsampling and masking, against its window's ground "
+          "truth (cut and brought to size by nearest neighbour); measured only, never used. "
+          "Uniform coverage puts 25 % of the trained pixels in the central quarter and 50 % in "
+          "the top and bottom quarter-bands.", "",
+          "| arm | seed | ignored % | precision of trained labels % | central quarter % | top + bottom bands % |",
+          "|---|---|---|---|---|---|"]
+    for arm, seed, ign, prec, cq, tb in rows:
+        L.append(f"| {arm} | {seed} | {fmt(ign * 100)} | {fmt(prec * 100)} | {fmt(cq * 100)} | {fmt(tb * 100)} |")
+    L.append("")
+    maps = []
+    base = os.path.splitext(results)[0]
+    for arm in ADAPTING:
+        seeds = sorted(seed for seed, _ in found.get(arm, []))
+        if not seeds:
+            continue
+        src = os.path.join(out, f"{arm}-s{seeds[0]}", "coverage.png")
+        if os.path.isfile(src):
+            dst = f"{base}-coverage-{arm}.png"
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+            maps.append((arm, os.path.basename(dst)))
+    if maps:
+        L += ["Coverage maps (seed 0, all rounds): trained pixels per image position relative to a "
+              "uniform spread, from 0 (dark blue) through 1 to 3 or more (yellow); the bar under "
+              "each map is the scale.", "",
+              "| " + " | ".join(a for a, _ in maps) + " |", "|" + "---|" * len(maps),
+              "| " + " | ".join(f"![{a}]({f})" for a, f in maps) + " |", ""]
+    per_class_window(L, found)
+
+
+def per_class_window(L, found):
+    """Per class: precision of the trained window labels, mean over seeds and rounds."""
+    table, names = {}, None
+    for arm in ADAPTING:
+        acc = {}
+        for _, r in found.get(arm, []):
+            for x in r["rounds"]:
+                w = (x.get("diagnostics") or {}).get("window")
+                if not w:
+                    continue
+                names = [c["class"] for c in w["per_class"]]
+                for i, c in enumerate(w["per_class"]):
+                    if c["precision"] is not None and c["trained_share"]:
+                        px = c["trained_share"] * w["trained_pixels"]
+                        a = acc.setdefault(i, [0.0, 0.0])  # precision x pixels, pixels
+                        a[0] += c["precision"] * px
+                        a[1] += px
+        if acc:
+            total = sum(a[1] for a in acc.values())
+            table[arm] = {i: (a[0] / a[1], a[1] / total) for i, a in acc.items()}
+    if not table or not names:
+        return
+    arms = list(table)
+    L += ["Per class: precision of the trained window labels and the class's share of the trained "
+          "pixels (%, all seeds and rounds).", "",
+          "| class | " + " | ".join(f"{a} precision | {a} share" for a in arms) + " |",
+          "|---|" + "---|---|" * len(arms)]
+    for i, n in enumerate(names):
+        cells = []
+        for a in arms:
+            p, sh = table[a].get(i, (None, None))
+            cells += [fmt(None if p is None else p * 100), fmt(None if sh is None else sh * 100)]
+        L.append(f"| {n} | " + " | ".join(cells) + " |")
+    L.append("")
 
 
 def per_class(L, found):
@@ -180,7 +420,7 @@ def rounds_table(L, found):
           "| arm | round | p | \\|S\\| | kept % | kept precision % | dropped precision % | "
           "confident acc. % | others acc. % | H full | H windows | H source | val mIoU |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arm in ("self-training", "lse-nofocal", "lse"):
+    for arm in ADAPTING:
         rs = found.get(arm, [])
         if not rs:
             continue
@@ -217,7 +457,8 @@ def settings(L, out, found, tuning):
     if lse:
         cfg_path = os.path.join(out, f"lse-s{lse[0][0]}", "config.toml")
         if os.path.isfile(cfg_path):
-            keep = ("source_size", "target_size", "batch_size", "p_schedule", "patches", "window_scale",
+            keep = ("source_size", "target_size", "batch_size", "p_schedule", "patches", "window_scales",
+                    "window_placement", "window_mask",
                     "epochs_per_round", "focal", "focal_beta", "focal_gamma", "degenerate_groups", "lr_weights")
             with open(cfg_path) as f:
                 lines = [l.strip() for l in f if l.split("=")[0].strip() in keep]
@@ -231,8 +472,16 @@ def main():
     cmd = sys.argv[1]
     if cmd == "choose":
         choose(sys.argv[2], sys.argv[3])
+    elif cmd == "variant-args":
+        print(" ".join(variant_args(sys.argv[2])))
+    elif cmd == "combination":
+        combination(sys.argv[2])
+    elif cmd == "multiscale":
+        multiscale(sys.argv[2])
+    elif cmd == "choose-variant":
+        choose_variant(sys.argv[2])
     elif cmd == "report":
-        report(*sys.argv[2:5])
+        report(*sys.argv[2:6])
     else:
         raise SystemExit(f"unknown command {cmd}")
 

@@ -14,7 +14,9 @@
 //! lr_weights = 1e-6
 //! p_schedule = [0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40]
 //! patches = 4
-//! window_scale = 0.5
+//! window_scales = [0.5]
+//! window_placement = "random"
+//! window_mask = "exact-zero"
 //! focal = true
 //! ```
 
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use lse_runtime::datasets::DatasetKind;
 
 use crate::fcn8s::InitScheme;
-use crate::lse::DegenerateGroups;
+use crate::lse::{DegenerateGroups, WindowMask, WindowPlacement};
 
 /// Errors of reading and checking a configuration; each names the key or file.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,18 @@ pub struct Config {
     /// Scale-invariant examples (random windows) per confident image, K.
     pub patches: usize,
     /// Window height and width as a share of the image's (0.5: half; 1.0: no crop,
-    /// plain self-training with the same thresholds).
-    pub window_scale: f64,
+    /// plain self-training with the same thresholds); window `i` of an image takes
+    /// `window_scales[i % len]`. The reference's is `[0.5]`. A single number is read as
+    /// a list of one, and `window_scale` (the key of earlier runs) as this key.
+    #[serde(alias = "window_scale", deserialize_with = "one_or_many")]
+    pub window_scales: Vec<f64>,
+    /// Where the windows fall: `random` (the reference's uniform top-left corners) or
+    /// `grid` (the windows of a scale tile the image).
+    pub window_placement: WindowPlacement,
+    /// How the reliable mask is carried into a window: `exact-zero` (the reference's:
+    /// ignored where the bilinearly upsampled mask is exactly 0), `nearest` or
+    /// `any-ignored`.
+    pub window_mask: WindowMask,
     /// Passes over the generated examples per round.
     pub epochs_per_round: usize,
     /// At most this many training iterations per round (0: |S| * K * epochs, as
@@ -142,7 +154,9 @@ impl Default for Config {
             source_iterations: 100_000,
             p_schedule: vec![0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40],
             patches: 4,
-            window_scale: 0.5,
+            window_scales: vec![crate::lse::DEFAULT_WINDOW_SCALE],
+            window_placement: WindowPlacement::Random,
+            window_mask: WindowMask::ExactZero,
             epochs_per_round: 2,
             max_round_iterations: 0,
             degenerate_groups: DegenerateGroups::Keep,
@@ -219,6 +233,7 @@ impl Config {
             .split_once('=')
             .ok_or_else(|| bad("expected key=value".into()))?;
         let (key, raw) = (key.trim(), raw.trim());
+        let key = Self::current_key(key);
         let mut table = match toml::Value::try_from(&*self).expect("the config serialises") {
             toml::Value::Table(t) => t,
             _ => unreachable!("a struct serialises to a table"),
@@ -238,6 +253,14 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
         Ok(())
+    }
+
+    /// The key a setting has now, for the keys of earlier versions.
+    fn current_key(key: &str) -> &str {
+        match key {
+            "window_scale" => "window_scales",
+            other => other,
+        }
     }
 
     /// Settings that may be unset (absent from the TOML form when `None`).
@@ -342,10 +365,11 @@ impl Config {
             "1..64",
         )?;
         range(
-            "window_scale",
-            self.window_scale,
-            self.window_scale > 0.0 && self.window_scale <= 1.0,
-            "in (0, 1]",
+            "window_scales",
+            format!("{:?}", self.window_scales),
+            !self.window_scales.is_empty()
+                && self.window_scales.iter().all(|s| *s > 0.0 && *s <= 1.0),
+            "a non-empty list of scales in (0, 1]",
         )?;
         range(
             "epochs_per_round",
@@ -413,6 +437,20 @@ impl Config {
     }
 }
 
+/// A list of numbers, or one number read as a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(f64),
+        Many(Vec<f64>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// Reads an override value: TOML, `WxH` sizes, or a bare string.
 fn parse_value(raw: &str) -> toml::Value {
     if let Some((w, h)) = raw.split_once(['x', 'X'])
@@ -455,6 +493,27 @@ mod tests {
     }
 
     #[test]
+    fn window_settings_and_the_earlier_key() {
+        let c = Config::default();
+        assert_eq!(c.window_scales, vec![0.5]);
+        assert_eq!(c.window_placement, WindowPlacement::Random);
+        assert_eq!(c.window_mask, WindowMask::ExactZero);
+        // An earlier run's config.toml (`window_scale = 1.0`) still reads.
+        let old = Config::from_toml("window_scale = 1.0\n", "config.toml").unwrap();
+        assert_eq!(old.window_scales, vec![1.0]);
+        let mut c = c;
+        c.set("window_scale=1.0").unwrap();
+        assert_eq!(c.window_scales, vec![1.0]);
+        c.set("window_scales=[0.5, 0.75]").unwrap();
+        c.set("window_placement=grid").unwrap();
+        c.set("window_mask=any-ignored").unwrap();
+        assert_eq!(c.window_scales, vec![0.5, 0.75]);
+        assert_eq!(c.window_placement, WindowPlacement::Grid);
+        assert_eq!(c.window_mask, WindowMask::AnyIgnored);
+        assert_eq!(Config::from_toml(&c.to_toml(), "t").unwrap(), c);
+    }
+
+    #[test]
     fn toml_round_trip_and_overrides() {
         let mut c = Config::from_toml("lr_weights = 1e-4\nfocal = false\n", "t").unwrap();
         assert_eq!(c.lr_weights, 1e-4);
@@ -481,7 +540,9 @@ mod tests {
         let mut c = Config::default();
         c.set("window_scale=1.5").unwrap();
         let e = c.validate().unwrap_err();
-        assert!(e.to_string().contains("window_scale"), "{e}");
+        assert!(e.to_string().contains("window_scales"), "{e}");
+        let e = Config::default().set("window_mask=zero").unwrap_err();
+        assert!(e.to_string().contains("exact-zero"), "{e}");
         let e = Config::default().set("patches=-1").unwrap_err();
         assert!(e.to_string().contains("patches"), "{e}");
     }

@@ -157,6 +157,7 @@ impl PseudoLabelCounts {
                 .collect(),
             confusions: self.top_confusions(5),
             premise,
+            window: None,
         }
     }
 }
@@ -250,6 +251,202 @@ pub struct RoundDiagnostics {
     /// The most frequent confusions among kept pseudo-labels.
     pub confusions: Vec<Confusion>,
     pub premise: Premise,
+    /// What was trained on: the generated examples after masking (absent in runs
+    /// made before it was measured).
+    #[serde(default)]
+    pub window: Option<WindowDiagnostics>,
+}
+
+/// What a round actually trains on: every generated example after upsampling and
+/// masking, pixel by pixel, against the ground truth of its window (cut and brought
+/// to the example's size by nearest neighbour, as the labels are), and where in the
+/// image the trained pixels come from.
+#[derive(Debug, Clone)]
+pub struct WindowCounts {
+    classes: usize,
+    /// Image size `(h, w)`; the coverage map is over image positions.
+    size: (usize, usize),
+    /// Example pixels, and of those the ignored ones (pseudo-label 255).
+    pixels: u64,
+    ignored: u64,
+    /// Per pseudo-label class: trained pixels, those with a ground-truth label, and
+    /// the correct ones among them.
+    trained: Vec<u64>,
+    labelled: Vec<u64>,
+    correct: Vec<u64>,
+    /// `coverage[y * w + x]`: trained pixels whose interpolation point is nearest to
+    /// image position `(y, x)`.
+    coverage: Vec<u64>,
+}
+
+impl WindowCounts {
+    pub fn new(classes: usize, h: usize, w: usize) -> Self {
+        Self {
+            classes,
+            size: (h, w),
+            pixels: 0,
+            ignored: 0,
+            trained: vec![0; classes],
+            labelled: vec![0; classes],
+            correct: vec![0; classes],
+            coverage: vec![0; h * w],
+        }
+    }
+
+    /// Adds one example of `rows.len() x cols.len()` pixels: its pseudo-labels (255 =
+    /// ignored), the window's ground truth at the same size (255 = unlabelled), and
+    /// for each example row and column the image row and column its pixels come from
+    /// (`lse::nearest_indices` plus the window's corner).
+    pub fn add_window(&mut self, pseudo: &[u8], truth: &[u8], rows: &[i64], cols: &[i64]) {
+        let (h, w) = self.size;
+        assert_eq!(pseudo.len(), rows.len() * cols.len(), "example size");
+        assert_eq!(pseudo.len(), truth.len(), "ground-truth size");
+        for (i, &y) in rows.iter().enumerate() {
+            for (j, &x) in cols.iter().enumerate() {
+                let k = i * cols.len() + j;
+                self.pixels += 1;
+                let (p, t) = (pseudo[k] as usize, truth[k] as usize);
+                if p >= self.classes {
+                    self.ignored += 1;
+                    continue;
+                }
+                self.trained[p] += 1;
+                assert!((y as usize) < h && (x as usize) < w, "source ({y}, {x}) outside {h}x{w}");
+                self.coverage[y as usize * w + x as usize] += 1;
+                if t < self.classes {
+                    self.labelled[p] += 1;
+                    self.correct[p] += u64::from(p == t);
+                }
+            }
+        }
+    }
+
+    /// The round's summary, the coverage map in at most `64 x 32` bins.
+    pub fn summary(&self) -> WindowDiagnostics {
+        let trained: u64 = self.trained.iter().sum();
+        WindowDiagnostics {
+            examples_pixels: self.pixels,
+            trained_pixels: trained,
+            ignored_share: ratio(self.ignored, self.pixels),
+            precision: ratio(self.correct.iter().sum(), self.labelled.iter().sum()),
+            per_class: (0..self.classes)
+                .map(|k| WindowClass {
+                    class: labels::train_name(k as u8).to_string(),
+                    trained_share: ratio(self.trained[k], trained),
+                    precision: ratio(self.correct[k], self.labelled[k]),
+                })
+                .collect(),
+            central_quarter_share: self.region_share(|y, x, h, w| {
+                (h / 4..h - h / 4).contains(&y) && (w / 4..w - w / 4).contains(&x)
+            }),
+            top_bottom_bands_share: self
+                .region_share(|y, _, h, _| y < h / 4 || y >= h - h / 4),
+            coverage: self.coverage_map(64, 32),
+        }
+    }
+
+    /// Share of the trained pixels that come from the image positions in `region`.
+    fn region_share(&self, region: impl Fn(usize, usize, usize, usize) -> bool) -> Option<f64> {
+        let (h, w) = self.size;
+        let inside: u64 = (0..h * w)
+            .filter(|&i| region(i / w, i % w, h, w))
+            .map(|i| self.coverage[i])
+            .sum();
+        ratio(inside, self.coverage.iter().sum())
+    }
+
+    /// The coverage in `min(w, max_w) x min(h, max_h)` bins, each the density of
+    /// trained pixels over its positions relative to a uniform spread (1 = uniform).
+    fn coverage_map(&self, max_w: usize, max_h: usize) -> CoverageMap {
+        let (h, w) = self.size;
+        let (bw, bh) = (w.min(max_w), h.min(max_h));
+        let mut sum = vec![0u64; bw * bh];
+        let mut area = vec![0u64; bw * bh];
+        for y in 0..h {
+            for x in 0..w {
+                let b = (y * bh / h) * bw + x * bw / w;
+                sum[b] += self.coverage[y * w + x];
+                area[b] += 1;
+            }
+        }
+        let total: u64 = self.coverage.iter().sum();
+        let uniform = total as f64 / (h * w).max(1) as f64;
+        let density = sum
+            .iter()
+            .zip(&area)
+            .map(|(&s, &a)| if uniform > 0.0 { (s as f64 / a as f64 / uniform) as f32 } else { 0.0 })
+            .collect();
+        CoverageMap {
+            width: bw,
+            height: bh,
+            density,
+        }
+    }
+}
+
+/// Where a round's trained pixels come from, binned: `density[row * width + col]`,
+/// the bin's trained pixels per image position relative to a uniform spread (1.0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoverageMap {
+    pub width: usize,
+    pub height: usize,
+    pub density: Vec<f32>,
+}
+
+impl CoverageMap {
+    /// The coverage of several rounds as one map: each round's densities weighted by
+    /// its trained pixels (`None` for no map, or maps of different bins).
+    pub fn combine(rounds: &[&WindowDiagnostics]) -> Option<CoverageMap> {
+        let first = &rounds.first()?.coverage;
+        let (width, height) = (first.width, first.height);
+        if rounds.iter().any(|r| (r.coverage.width, r.coverage.height) != (width, height)) {
+            return None;
+        }
+        let total: u64 = rounds.iter().map(|r| r.trained_pixels).sum();
+        let density = (0..width * height)
+            .map(|i| {
+                let sum: f64 = rounds
+                    .iter()
+                    .map(|r| f64::from(r.coverage.density[i]) * r.trained_pixels as f64)
+                    .sum();
+                (sum / total.max(1) as f64) as f32
+            })
+            .collect();
+        Some(CoverageMap {
+            width,
+            height,
+            density,
+        })
+    }
+}
+
+/// One class of the window-level diagnostics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowClass {
+    pub class: String,
+    /// Share of all trained pixels that carry this pseudo-label.
+    pub trained_share: Option<f64>,
+    /// Precision of those pseudo-labels against the window's ground truth.
+    pub precision: Option<f64>,
+}
+
+/// The labels a round trains on, as recorded in `run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowDiagnostics {
+    /// Pixels of all generated examples, and of those the trained (not ignored) ones.
+    pub examples_pixels: u64,
+    pub trained_pixels: u64,
+    /// Share of the examples' pixels set to ignore.
+    pub ignored_share: Option<f64>,
+    /// Precision of the trained pseudo-labels against the windows' ground truth.
+    pub precision: Option<f64>,
+    pub per_class: Vec<WindowClass>,
+    /// Share of the trained pixels from the central quarter of the image (the middle
+    /// half of its rows and of its columns; 0.25 when spread uniformly).
+    pub central_quarter_share: Option<f64>,
+    /// Share from the top and bottom quarter-bands of rows (0.5 when uniform).
+    pub top_bottom_bands_share: Option<f64>,
+    pub coverage: CoverageMap,
 }
 
 #[cfg(test)]
@@ -315,5 +512,53 @@ mod tests {
         m.add(0.25);
         m.add(0.75);
         assert_eq!(m.get(), Some(0.5));
+    }
+
+    #[test]
+    fn window_counts_by_hand() {
+        // A 2x4 image, 2 classes. One example of 2x2 pixels from the window at rows
+        // 0..2, columns 2..4 (nearest source rows [0, 1], columns [2, 3]).
+        let mut w = WindowCounts::new(2, 2, 4);
+        // pixel: pseudo, truth
+        // (0,0): 0, 0 correct      -> source (0, 2)
+        // (0,1): 255 ignored       -> source (0, 3)
+        // (1,0): 1, 0 wrong        -> source (1, 2)
+        // (1,1): 1, 255 unlabelled -> source (1, 3)
+        w.add_window(&[0, 255, 1, 1], &[0, 0, 0, 255], &[0, 1], &[2, 3]);
+        // A second example: the same window zoomed, every pixel from source (0, 2).
+        w.add_window(&[0, 0], &[0, 1], &[0], &[2, 2]);
+        let s = w.summary();
+        assert_eq!((s.examples_pixels, s.trained_pixels), (6, 5));
+        assert_eq!(s.ignored_share, Some(1.0 / 6.0));
+        // Labelled trained pixels: class 0: 3 (2 correct), class 1: 1 (0 correct).
+        assert_eq!(s.precision, Some(2.0 / 4.0));
+        assert_eq!(s.per_class[0].precision, Some(2.0 / 3.0));
+        assert_eq!(s.per_class[1].precision, Some(0.0));
+        assert_eq!(s.per_class[0].trained_share, Some(3.0 / 5.0));
+        // Coverage: (0,2) 3 pixels, (1,2) 1, (1,3) 1; uniform is 5 / 8 per position.
+        let d = &s.coverage.density;
+        assert_eq!((s.coverage.width, s.coverage.height), (4, 2));
+        assert_eq!(d[2], (3.0 / (5.0 / 8.0)) as f32);
+        assert_eq!(d[6], (1.0 / (5.0 / 8.0)) as f32);
+        assert_eq!(d[0], 0.0);
+        // Rows: h / 4 = 0, so no row is in a quarter-band; columns 1..3 are central.
+        assert_eq!(s.top_bottom_bands_share, Some(0.0));
+        assert_eq!(s.central_quarter_share, Some(4.0 / 5.0));
+    }
+
+    #[test]
+    fn coverage_bins_average_their_positions() {
+        // 4x8 image into at most 4x2 bins: each bin 2x2 positions.
+        let mut w = WindowCounts::new(1, 4, 8);
+        let rows: Vec<i64> = (0..4).collect();
+        let cols: Vec<i64> = (0..8).collect();
+        // Every position once, plus position (0, 0) three more times.
+        w.add_window(&[0; 32], &[255; 32], &rows, &cols);
+        w.add_window(&[0; 3], &[255; 3], &[0], &[0, 0, 0]);
+        let m = w.coverage_map(4, 2);
+        assert_eq!((m.width, m.height), (4, 2));
+        let uniform = 35.0 / 32.0;
+        assert_eq!(m.density[0], ((1.0 + 1.0 + 1.0 + 4.0) / 4.0 / uniform) as f32);
+        assert_eq!(m.density[1], (1.0 / uniform) as f32);
     }
 }

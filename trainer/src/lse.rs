@@ -6,9 +6,10 @@
 //!    union; the first image not kept is the class's boundary image.
 //! 2. Thresholds: [`thresholds`] = mean [`normalized_entropy`] over the pixels
 //!    predicted `c` in `c`'s boundary image.
-//! 3. Generate: [`reliable_mask`] `M = H' < tau_A`, [`random_windows`] and
-//!    [`generate`] (crop, bilinear upsampling with aligned corners, arg-max,
-//!    ignore where the upsampled mask is exactly 0).
+//! 3. Generate: [`reliable_mask`] `M = H' < tau_A`, [`place_windows`] (the
+//!    reference's [`random_windows`], or a [`WindowPlacement::Grid`]) and
+//!    [`generate_with`] (crop, bilinear upsampling with aligned corners, arg-max,
+//!    ignore where the mask carried into the window says so: [`WindowMask`]).
 //! 4. Train for [`iterations_per_round`] iterations.
 //!
 //! Definitions of the degenerate cases (the paper leaves them open):
@@ -356,6 +357,133 @@ pub fn random_windows<R: Rng + ?Sized>(
         .collect()
 }
 
+/// Where a round's windows fall (`window_placement`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowPlacement {
+    /// The reference's: every top-left corner uniform over the positions that keep
+    /// the window inside the image. Positions near the middle are covered by more
+    /// windows than the borders.
+    #[default]
+    Random,
+    /// The windows of one scale tile the image as evenly as the scale allows
+    /// ([`grid_windows`]); at K = 4 and scale 0.5 a 2x2 grid covering every pixel once.
+    Grid,
+}
+
+/// How the reliable mask is carried into an upsampled window (`window_mask`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowMask {
+    /// The reference's: the mask is upsampled bilinearly like the probabilities and a
+    /// pixel is ignored only where the result is exactly 0, i.e. where every source
+    /// pixel it interpolates is unreliable. An ignored region shrinks by up to one
+    /// source pixel per side; a 1-pixel ignored band vanishes.
+    #[default]
+    ExactZero,
+    /// Each pixel takes the mask of the source pixel nearest to its sample point
+    /// ([`nearest_indices`]): ignored regions keep their size.
+    Nearest,
+    /// A pixel is ignored wherever any unreliable source pixel contributes to its
+    /// interpolation: ignored regions grow by up to one source pixel per side.
+    AnyIgnored,
+}
+
+/// Windows for one image: `k` windows, window `i` of scale `scales[i % scales.len()]`,
+/// placed by `placement`. With one scale and [`WindowPlacement::Random`] this draws
+/// exactly what [`random_windows`] draws.
+///
+/// # Panics
+/// When `scales` is empty.
+pub fn place_windows<R: Rng + ?Sized>(
+    rng: &mut R,
+    h: i64,
+    w: i64,
+    k: usize,
+    scales: &[f64],
+    placement: WindowPlacement,
+) -> Vec<Window> {
+    assert!(!scales.is_empty(), "at least one window scale");
+    let scale_of = |i: usize| scales[i % scales.len()];
+    match placement {
+        WindowPlacement::Random => (0..k)
+            .map(|i| random_windows(rng, h, w, 1, scale_of(i))[0])
+            .collect(),
+        WindowPlacement::Grid => {
+            let mut out = vec![None; k];
+            for (s, &scale) in scales.iter().enumerate() {
+                let slots: Vec<usize> = (s..k).step_by(scales.len()).collect();
+                let placed = grid_windows(rng, h, w, slots.len(), scale);
+                for (slot, win) in slots.into_iter().zip(placed) {
+                    out[slot] = Some(win);
+                }
+            }
+            out.into_iter().map(|w| w.expect("every slot placed")).collect()
+        }
+    }
+}
+
+/// `m` windows of [`window_size`]`(h, w, scale)` on a grid: `ceil(h / wh)` rows and
+/// `ceil(w / ww)` columns of positions spread evenly from one border to the other
+/// (the first at 0, the last touching the far border), so the cells cover the image
+/// with the least overlap the size allows. Every cell is used `floor(m / cells)` times
+/// in row-major order; the `m % cells` windows left over take distinct cells drawn at
+/// random.
+pub fn grid_windows<R: Rng + ?Sized>(rng: &mut R, h: i64, w: i64, m: usize, scale: f64) -> Vec<Window> {
+    let (wh, ww) = window_size(h, w, scale);
+    let (ys, xs) = (grid_offsets(h, wh), grid_offsets(w, ww));
+    let cells: Vec<Window> = ys
+        .iter()
+        .flat_map(|&y| xs.iter().map(move |&x| Window { y, x, h: wh, w: ww }))
+        .collect();
+    let mut out: Vec<Window> = (0..m / cells.len()).flat_map(|_| cells.iter().copied()).collect();
+    let rest = m % cells.len();
+    if rest > 0 {
+        out.extend(rand::seq::index::sample(rng, cells.len(), rest).into_iter().map(|i| cells[i]));
+    }
+    out
+}
+
+/// Offsets of `ceil(len / win)` windows of length `win` spread evenly over `0..=len -
+/// win` (rounded to the nearest pixel, halves up).
+fn grid_offsets(len: i64, win: i64) -> Vec<i64> {
+    let n = (len + win - 1) / win;
+    if n <= 1 {
+        return vec![0];
+    }
+    let span = len - win;
+    (0..n).map(|i| (2 * i * span + (n - 1)) / (2 * (n - 1))).collect()
+}
+
+/// For upsampling `n_in` samples to `n_out` with aligned corners (output `i` samples
+/// input position `i * (n_in - 1) / (n_out - 1)`): the index of the input sample
+/// nearest to each output's position, halves rounded up. Used for the
+/// [`WindowMask::Nearest`] mask and to carry labels (ground truth) into a window.
+pub fn nearest_indices(n_in: i64, n_out: i64) -> Vec<i64> {
+    if n_out <= 1 {
+        return vec![0; n_out.max(0) as usize];
+    }
+    (0..n_out)
+        .map(|i| (2 * i * (n_in - 1) + (n_out - 1)) / (2 * (n_out - 1)))
+        .collect()
+}
+
+/// For an example of `h x w` made from `win`: the image row of each example row and
+/// the image column of each example column, by [`nearest_indices`].
+pub fn window_sources(win: &Window, h: i64, w: i64) -> (Vec<i64>, Vec<i64>) {
+    let rows = nearest_indices(win.h, h).into_iter().map(|i| i + win.y).collect();
+    let cols = nearest_indices(win.w, w).into_iter().map(|i| i + win.x).collect();
+    (rows, cols)
+}
+
+/// `t` (`... x H x W`) cut to `win` and brought to `h x w` by [`nearest_indices`].
+pub fn window_nearest(t: &Tensor, win: &Window, h: i64, w: i64) -> Tensor {
+    let dev = t.device();
+    let (rows, cols) = window_sources(win, h, w);
+    t.index_select(-2, &Tensor::from_slice(&rows).to_device(dev))
+        .index_select(-1, &Tensor::from_slice(&cols).to_device(dev))
+}
+
 /// The scale-invariant examples of one image.
 #[derive(Debug)]
 pub struct Generated {
@@ -370,16 +498,27 @@ pub struct Generated {
     pub ignored_share: f64,
 }
 
+/// [`generate_with`] and the reference's [`WindowMask::ExactZero`].
+pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window]) -> Generated {
+    generate_with(image, probs, mask, windows, WindowMask::ExactZero)
+}
+
 /// Generates the scale-invariant examples of one image: for each window, crop the
 /// image (`3 x H x W`), the probabilities `P` (`C x H x W`) and the mask `M` (`H x
-/// W`), upsample all three bilinearly with `align_corners = true` back to `H x W`
-/// (one interpolation call for all windows and all three), take the arg-max of the
-/// upsampled `P` as pseudo-label and set it to 255 where the upsampled `M` is exactly
-/// 0. Everything stays on the image's device.
+/// W`), upsample them bilinearly with `align_corners = true` back to `H x W` (one
+/// interpolation call for all windows), take the arg-max of the upsampled `P` as
+/// pseudo-label and set it to 255 where `rule` says the window's pixel is
+/// unreliable. Everything stays on the image's device.
 ///
 /// # Panics
 /// On mismatched spatial sizes or a window outside the image.
-pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window]) -> Generated {
+pub fn generate_with(
+    image: &Tensor,
+    probs: &Tensor,
+    mask: &Tensor,
+    windows: &[Window],
+    rule: WindowMask,
+) -> Generated {
     let (ci, h, w) = image.size3().expect("image must be 3 x H x W");
     let c = probs.size()[0];
     assert_eq!(&probs.size()[1..], &[h, w], "probs and image sizes differ");
@@ -397,6 +536,13 @@ pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window
     }
     let probs = probs.to_kind(Kind::Float).to_device(dev);
     let mask = mask.to_kind(Kind::Float).to_device(dev);
+    // The mask's channel: M itself, or for `AnyIgnored` the unreliable indicator
+    // 1 - M, whose interpolation is exactly 0 only where no unreliable pixel
+    // contributes (sums of exact zeros stay exact; a positive weight of a 1 does not).
+    let mask_channel = match rule {
+        WindowMask::AnyIgnored => mask.ones_like() - &mask,
+        WindowMask::ExactZero | WindowMask::Nearest => mask.shallow_clone(),
+    };
     let image = image.to_kind(Kind::Float);
     let upsample = |t: &Tensor| t.upsample_bilinear2d([h, w], true, None, None);
     // Image, P and M of each window are copied straight into one K x (3 + C + 1) x
@@ -409,7 +555,7 @@ pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window
         let cut = |t: &Tensor| t.narrow(-2, win.y, win.h).narrow(-1, win.x, win.w);
         dst.narrow(0, 0, ci).copy_(&cut(&image));
         dst.narrow(0, ci, c).copy_(&cut(&probs));
-        dst.get(ci + c).copy_(&cut(&mask));
+        dst.get(ci + c).copy_(&cut(&mask_channel));
     };
     let (wh, ww) = (windows[0].h, windows[0].w);
     let up = if windows.iter().all(|win| (win.h, win.w) == (wh, ww)) {
@@ -434,7 +580,17 @@ pub fn generate(image: &Tensor, probs: &Tensor, mask: &Tensor, windows: &[Window
     let images = up.narrow(1, 0, ci).contiguous();
     let m = up.select(1, ci + c);
     let arg = up.narrow(1, ci, c).max_dim(1, false).1;
-    let ignore = m.eq(0.0);
+    let ignore = match rule {
+        WindowMask::ExactZero => m.eq(0.0),
+        WindowMask::AnyIgnored => m.gt(0.0),
+        WindowMask::Nearest => {
+            let near: Vec<Tensor> = windows
+                .iter()
+                .map(|win| window_nearest(&mask, win, h, w))
+                .collect();
+            Tensor::stack(&near, 0).eq(0.0)
+        }
+    };
     let labels = arg.masked_fill(&ignore, IGNORE_LABEL);
     let ignored_share = ignore
         .to_kind(Kind::Double)
@@ -774,5 +930,129 @@ mod tests {
                 .double_value(&[]);
             assert!(d < 1e-6, "window {i}: {d}");
         }
+    }
+
+    /// How many windows cover each pixel of an `h x w` image.
+    fn coverage(h: i64, w: i64, windows: &[Window]) -> Vec<u32> {
+        let mut c = vec![0u32; (h * w) as usize];
+        for win in windows {
+            for y in win.y..win.y + win.h {
+                for x in win.x..win.x + win.w {
+                    c[(y * w + x) as usize] += 1;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn grid_of_four_half_windows_covers_every_pixel_once() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (h, w) in [(128, 256), (512, 1024), (6, 10)] {
+            let ws = place_windows(&mut rng, h, w, 4, &[0.5], WindowPlacement::Grid);
+            assert_eq!(ws.len(), 4);
+            assert!(coverage(h, w, &ws).iter().all(|&n| n == 1), "{h}x{w}: {ws:?}");
+        }
+        // An odd size: the 2x2 grid's cells touch both borders and overlap by one
+        // row and one column; every pixel is still covered.
+        let ws = place_windows(&mut rng, 7, 9, 4, &[0.5], WindowPlacement::Grid);
+        let c = coverage(7, 9, &ws);
+        assert!(c.iter().all(|&n| (1..=4).contains(&n)), "{c:?}");
+        assert_eq!(ws.iter().map(|w| (w.y, w.x)).collect::<Vec<_>>(), [(0, 0), (0, 4), (3, 0), (3, 4)]);
+    }
+
+    #[test]
+    fn grid_with_fewer_or_more_windows_than_cells() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        // 3 windows of a 2x2 grid: 3 distinct cells.
+        let ws = grid_windows(&mut rng, 8, 8, 3, 0.5);
+        let mut cells: Vec<(i64, i64)> = ws.iter().map(|w| (w.y, w.x)).collect();
+        cells.sort_unstable();
+        cells.dedup();
+        assert_eq!(cells.len(), 3);
+        // 9 windows: every cell twice, one cell a third time.
+        let c = coverage(8, 8, &grid_windows(&mut rng, 8, 8, 9, 0.5));
+        let mut counts: Vec<u32> = [0, 4, 32, 36].iter().map(|&i| c[i]).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [2, 2, 2, 3]);
+        // Scale 1: one cell, the image.
+        let full = grid_windows(&mut rng, 5, 7, 2, 1.0);
+        assert!(full.iter().all(|w| *w == Window { y: 0, x: 0, h: 5, w: 7 }));
+    }
+
+    #[test]
+    fn random_placement_of_one_scale_draws_as_the_reference() {
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut b = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        assert_eq!(
+            place_windows(&mut a, 64, 128, 4, &[0.5], WindowPlacement::Random),
+            random_windows(&mut b, 64, 128, 4, 0.5)
+        );
+    }
+
+    #[test]
+    fn several_scales_alternate_over_the_windows() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for placement in [WindowPlacement::Random, WindowPlacement::Grid] {
+            let ws = place_windows(&mut rng, 64, 128, 4, &[0.5, 0.75], placement);
+            let sizes: Vec<(i64, i64)> = ws.iter().map(|w| (w.h, w.w)).collect();
+            assert_eq!(sizes, [(32, 64), (48, 96), (32, 64), (48, 96)], "{placement:?}");
+        }
+    }
+
+    #[test]
+    fn nearest_indices_by_hand() {
+        // 4 -> 8 with aligned corners: positions i * 3 / 7.
+        assert_eq!(nearest_indices(4, 8), [0, 0, 1, 1, 2, 2, 3, 3]);
+        // 3 -> 5: positions 0, 0.5, 1, 1.5, 2 (halves up).
+        assert_eq!(nearest_indices(3, 5), [0, 1, 1, 2, 2]);
+        assert_eq!(nearest_indices(5, 5), [0, 1, 2, 3, 4]);
+        assert_eq!(nearest_indices(7, 1), [0]);
+    }
+
+    #[test]
+    fn mask_rules_on_a_one_pixel_band() {
+        // An 8x8 mask, reliable except the column 3 (a 1-pixel band). The 4x4 window
+        // at (2, 2) holds the band at its column 1 and is upsampled to 8x8: output
+        // column j samples window column j * 3 / 7 = 0, .43, .86, 1.29, 1.71, 2.14,
+        // 2.57, 3. The band is at 1.0: no sample point falls on it exactly.
+        let mask = Tensor::ones([8, 8], cpu());
+        let _ = mask.narrow(1, 3, 1).fill_(0.0);
+        let probs = Tensor::randn([3, 8, 8], cpu()).softmax(0, Kind::Float);
+        let img = Tensor::zeros([3, 8, 8], cpu());
+        let win = [Window { y: 2, x: 2, h: 4, w: 4 }];
+        let ignored_columns = |rule| {
+            let g = generate_with(&img, &probs, &mask, &win, rule);
+            let labels: Vec<i64> = Vec::try_from(g.labels.flatten(0, -1)).unwrap();
+            let cols: Vec<usize> = (0..8).filter(|&x| labels[x] == 255).collect();
+            // The mask does not change along rows.
+            for y in 1..8 {
+                let row: Vec<usize> = (0..8).filter(|&x| labels[y * 8 + x] == 255).collect();
+                assert_eq!(row, cols, "{rule:?} row {y}");
+            }
+            cols
+        };
+        // The reference: only where every interpolated pixel is unreliable: the band
+        // vanishes.
+        assert_eq!(ignored_columns(WindowMask::ExactZero), Vec::<usize>::new());
+        // Nearest: the samples whose nearest window column is 1 (positions .86, 1.29).
+        assert_eq!(ignored_columns(WindowMask::Nearest), [2, 3]);
+        // Any ignored pixel contributing: every sample strictly between 0 and 2.
+        assert_eq!(ignored_columns(WindowMask::AnyIgnored), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn mask_rules_agree_without_zoom_and_exact_zero_is_the_reference() {
+        let probs = Tensor::randn([4, 6, 9], cpu()).softmax(0, Kind::Float);
+        let img = Tensor::randn([3, 6, 9], cpu());
+        let mask = Tensor::rand([6, 9], cpu()).gt(0.5).to_kind(Kind::Float);
+        let full = [Window { y: 0, x: 0, h: 6, w: 9 }];
+        let zoom = [Window { y: 1, x: 2, h: 3, w: 4 }];
+        let labels = |w: &[Window], rule| generate_with(&img, &probs, &mask, w, rule).labels;
+        let reference = labels(&full, WindowMask::ExactZero);
+        for rule in [WindowMask::Nearest, WindowMask::AnyIgnored] {
+            assert!(labels(&full, rule).equal(&reference), "{rule:?}");
+        }
+        assert!(generate(&img, &probs, &mask, &zoom).labels.equal(&labels(&zoom, WindowMask::ExactZero)));
     }
 }

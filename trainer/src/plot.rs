@@ -234,3 +234,79 @@ mod tests {
         }
     }
 }
+
+/// Colours of the coverage maps, from 0 to the top of the scale (a perceptually
+/// ordered dark-blue → green → yellow ramp, as viridis).
+const RAMP: [[f32; 3]; 5] = [
+    [68.0, 1.0, 84.0],
+    [59.0, 82.0, 139.0],
+    [33.0, 145.0, 140.0],
+    [94.0, 201.0, 98.0],
+    [253.0, 231.0, 37.0],
+];
+
+/// The colour of `v` on a scale from 0 to `top` (clamped), interpolated on [`RAMP`].
+fn ramp(v: f32, top: f32) -> [u8; 3] {
+    let t = (v / top).clamp(0.0, 1.0) * (RAMP.len() - 1) as f32;
+    let i = (t.floor() as usize).min(RAMP.len() - 2);
+    let f = t - i as f32;
+    std::array::from_fn(|c| (RAMP[i][c] + (RAMP[i + 1][c] - RAMP[i][c]) * f).round() as u8)
+}
+
+/// Top of the coverage maps' colour scale: three times the uniform density.
+pub const COVERAGE_TOP: f32 = 3.0;
+
+/// A coverage map as a PNG picture: each bin a `cell x cell` square coloured by its
+/// density on the scale 0 .. [`COVERAGE_TOP`] (1 = uniform), with a colour bar of
+/// the scale along the bottom (its left end 0, its right end the top).
+pub fn coverage_png(map: &crate::diagnostics::CoverageMap, cell: u32) -> anyhow::Result<Vec<u8>> {
+    let (w, h) = (map.width as u32 * cell, map.height as u32 * cell);
+    let bar = cell.max(6);
+    let mut img = image::RgbImage::new(w, h + bar + 2);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        *px = if y < h {
+            let i = (y / cell) as usize * map.width + (x / cell) as usize;
+            image::Rgb(ramp(map.density[i], COVERAGE_TOP))
+        } else if y < h + 2 {
+            image::Rgb([255, 255, 255])
+        } else {
+            image::Rgb(ramp(COVERAGE_TOP * x as f32 / (w.max(2) - 1) as f32, COVERAGE_TOP))
+        };
+    }
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding the coverage map")?;
+    Ok(png)
+}
+
+#[cfg(test)]
+mod coverage_tests {
+    use super::*;
+
+    #[test]
+    fn ramp_ends_and_middle() {
+        assert_eq!(ramp(0.0, 3.0), [68, 1, 84]);
+        assert_eq!(ramp(3.0, 3.0), [253, 231, 37]);
+        assert_eq!(ramp(9.0, 3.0), [253, 231, 37]);
+        assert_eq!(ramp(1.5, 3.0), [33, 145, 140]);
+        // Halfway between the first two anchors.
+        assert_eq!(ramp(0.375, 3.0), [64, 42, 112]);
+    }
+
+    #[test]
+    fn coverage_png_colours_each_bin() {
+        let map = crate::diagnostics::CoverageMap {
+            width: 2,
+            height: 1,
+            density: vec![0.0, 3.0],
+        };
+        let png = coverage_png(&map, 4).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (8, 4 + 6 + 2));
+        assert_eq!(img.get_pixel(1, 1).0, [68, 1, 84]);
+        assert_eq!(img.get_pixel(6, 3).0, [253, 231, 37]);
+        // The colour bar runs from 0 to the top.
+        assert_eq!(img.get_pixel(0, 11).0, [68, 1, 84]);
+        assert_eq!(img.get_pixel(7, 11).0, [253, 231, 37]);
+    }
+}

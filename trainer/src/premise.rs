@@ -34,7 +34,7 @@ pub const CONFIDENT: f64 = 0.9;
 pub struct PremiseSettings {
     /// Prediction size `[width, height]`.
     pub size: [u32; 2],
-    /// Window scales (fraction of the image side), as LSE's `window_scale`.
+    /// Window scales (fraction of the image side), as LSE's `window_scales`.
     pub scales: Vec<f64>,
     /// Windows per image and scale.
     pub patches: usize,

@@ -9,6 +9,10 @@
 //! - per round, a grid of a few confident images: the image with its windows, its
 //!   masked pseudo-labels (Cityscapes palette, ignored pixels black), the ground
 //!   truth when it exists, and every window's example image and pseudo-label;
+//! - what each round trained on, at the level of its windows: ignored share and
+//!   precision of the examples' pseudo-labels, per class, and the coverage map of
+//!   where in the image the trained pixels come from (also `RUN_DIR/coverage.png`
+//!   for the whole run);
 //! - per-class IoU before and after adaptation, side by side.
 //!
 //! Pictures are embedded as data URIs, so the file can be mailed or archived alone.
@@ -20,6 +24,7 @@ use anyhow::Context;
 use base64::Engine;
 use lse_runtime::labels;
 
+use crate::diagnostics::{CoverageMap, WindowDiagnostics};
 use crate::run::{self, Phase, RoundStats, RunDir, RunRecord};
 
 /// File names of one pictured confident image in `samples/round-NN/`.
@@ -51,9 +56,33 @@ pub fn write(run: &RunDir) -> anyhow::Result<PathBuf> {
     let record = run.read_record()?;
     let metrics = run.read_metrics();
     let html = render(run, &record, &metrics)?;
+    if let Some(map) = run_coverage(&record) {
+        let png = crate::plot::coverage_png(&map, COVERAGE_CELL)?;
+        run::write_atomic(&run.root.join(COVERAGE_FILE), &png)?;
+    }
     let path = run.report_path();
     run::write_atomic(&path, html.as_bytes())?;
     Ok(path)
+}
+
+/// The whole run's coverage map, next to `report.html`.
+pub const COVERAGE_FILE: &str = "coverage.png";
+/// Pixels per side of one coverage bin in the pictures.
+const COVERAGE_CELL: u32 = 8;
+
+/// Each round's window-level diagnostics, for the rounds that have them.
+fn window_rounds(record: &RunRecord) -> Vec<(&RoundStats, &WindowDiagnostics)> {
+    record
+        .rounds
+        .iter()
+        .filter_map(|r| Some((r, r.diagnostics.as_ref()?.window.as_ref()?)))
+        .collect()
+}
+
+/// The coverage of every round together (`None` without window diagnostics).
+pub fn run_coverage(record: &RunRecord) -> Option<CoverageMap> {
+    let rounds: Vec<&WindowDiagnostics> = window_rounds(record).into_iter().map(|r| r.1).collect();
+    CoverageMap::combine(&rounds)
 }
 
 /// Escapes text for HTML.
@@ -92,7 +121,9 @@ padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-c
 figure{margin:0}figcaption{font-size:.8em;color:#555}img{width:100%;image-rendering:pixelated;\
 display:block}.frame{position:relative}.win{position:absolute;border:2px solid #fff;\
 outline:1px solid #000;box-sizing:border-box}.sample{border:1px solid #ddd;padding:8px;\
-margin:10px 0}.up{color:#080}.down{color:#b00}.svg svg{max-width:100%;height:auto}";
+margin:10px 0}.up{color:#080}.down{color:#b00}.svg svg{max-width:100%;height:auto}\
+.wide{overflow-x:auto;max-width:100%}.maps{display:grid;grid-template-columns:repeat(auto-fill,\
+minmax(300px,1fr));gap:10px}";
 
 fn render(
     run: &RunDir,
@@ -120,6 +151,7 @@ fn render(
     )?;
     if !record.rounds.is_empty() {
         rounds_table(&mut h, record)?;
+        windows_section(&mut h, record)?;
         class_tables(&mut h, record)?;
         samples(&mut h, run, record)?;
     }
@@ -162,7 +194,7 @@ fn rounds_table(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
          confident images (diagnostics: the target's labels are read only for this table, \
          never for training). Premise: mean normalised entropy H/ln C of the predictions on \
          full target images, on their up-scaled windows, and on source images.</p>\
-         <table id=\"rounds\"><tr><th>round</th><th>p</th><th>|S|</th><th>examples</th>\
+         <div class=\"wide\"><table id=\"rounds\"><tr><th>round</th><th>p</th><th>|S|</th><th>examples</th>\
          <th>iterations</th><th>ignored %</th><th>kept %</th><th>kept precision %</th>\
          <th>dropped precision %</th><th>confident acc. %</th><th>others acc. %</th>\
          <th>H full</th><th>H windows</th><th>H source</th><th>source loss</th>\
@@ -200,7 +232,7 @@ fn rounds_table(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
             secs
         )?;
     }
-    h.push_str("</table>\n");
+    h.push_str("</table></div>\n");
     confusions(h, record)
 }
 
@@ -233,6 +265,70 @@ fn confusions(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What each round trained on: the examples' pseudo-labels after masking, against
+/// the windows' ground truth, and where in the image they come from.
+fn windows_section(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
+    let rounds = window_rounds(record);
+    if rounds.is_empty() {
+        return Ok(());
+    }
+    h.push_str(
+        "<h2>What was trained on (window level)</h2><p>Every generated example after \
+         upsampling and masking, against its window's ground truth (cut and brought to the \
+         example's size by nearest neighbour). The kept share and precision above are over \
+         the full images; these are over the labels the network actually trains on. A uniform \
+         spread puts 25 % of the trained pixels in the central quarter of the image (middle \
+         half of rows and columns) and 50 % in the top and bottom quarter-bands.</p>\
+         <div class=\"wide\"><table id=\"windows\"><tr><th>round</th><th>trained pixels</th>\
+         <th>ignored %</th><th>precision %</th><th>central quarter %</th>\
+         <th>top + bottom bands %</th></tr>\n",
+    );
+    for (r, w) in &rounds {
+        writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.round,
+            w.trained_pixels,
+            pct(w.ignored_share),
+            pct(w.precision),
+            pct(w.central_quarter_share),
+            pct(w.top_bottom_bands_share)
+        )?;
+    }
+    h.push_str("</table></div>\n");
+    coverage_maps(h, record, &rounds)
+}
+
+/// The coverage maps of the whole run and of each round.
+fn coverage_maps(
+    h: &mut String,
+    record: &RunRecord,
+    rounds: &[(&RoundStats, &WindowDiagnostics)],
+) -> anyhow::Result<()> {
+    writeln!(
+        h,
+        "<h3>Coverage: where the trained pixels come from</h3><p>Trained pixels per image \
+         position relative to a uniform spread; colour from 0 (dark blue) through 1 (uniform) \
+         to {} or more (yellow), the bar below each map shows the scale.</p><div class=\"maps\">",
+        crate::plot::COVERAGE_TOP
+    )?;
+    let uri = |map: &CoverageMap| -> anyhow::Result<String> {
+        let png = crate::plot::coverage_png(map, COVERAGE_CELL)?;
+        Ok(format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        ))
+    };
+    if let Some(map) = run_coverage(record) {
+        figure(h, &uri(&map)?, "all rounds")?;
+    }
+    for (r, w) in rounds {
+        figure(h, &uri(&w.coverage)?, &format!("round {}", r.round))?;
+    }
+    h.push_str("</div>\n");
+    Ok(())
+}
+
 /// Per round and class: images kept, threshold, kept share and precision.
 fn class_tables(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
     h.push_str("<h2>Per class and round</h2>\n");
@@ -241,7 +337,8 @@ fn class_tables(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
             h,
             "<details><summary>Round {} (p = {:.2}): thresholds and pseudo-labels per class</summary>\
              <table><tr><th>class</th><th>images kept</th><th>τ</th><th>kept %</th>\
-             <th>kept precision %</th><th>dropped precision %</th></tr>",
+             <th>kept precision %</th><th>dropped precision %</th>\
+             <th>share of trained window pixels %</th><th>window precision %</th></tr>",
             r.round, r.p
         )?;
         for c in 0..r.kept_per_class.len() {
@@ -251,15 +348,23 @@ fn class_tables(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
                 r.thresholds.get(c).copied().flatten()
             };
             let d = r.diagnostics.as_ref().and_then(|d| d.per_class.get(c));
+            let wd = r
+                .diagnostics
+                .as_ref()
+                .and_then(|d| d.window.as_ref())
+                .and_then(|w| w.per_class.get(c));
             writeln!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td></tr>",
                 labels::train_name(c as u8),
                 r.kept_per_class[c],
                 num(tau, 3),
                 pct(d.and_then(|d| d.kept_share)),
                 pct(d.and_then(|d| d.kept_precision)),
                 pct(d.and_then(|d| d.dropped_precision)),
+                pct(wd.and_then(|w| w.trained_share)),
+                pct(wd.and_then(|w| w.precision)),
             )?;
         }
         h.push_str("</table></details>\n");

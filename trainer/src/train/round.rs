@@ -12,7 +12,7 @@ use lse_runtime::{imageio, palette};
 
 use super::*;
 use crate::diagnostics::{
-    Mean, Premise, PseudoLabelCounts, mean_normalized_entropy, pixel_accuracy,
+    Mean, Premise, PseudoLabelCounts, WindowCounts, mean_normalized_entropy, pixel_accuracy,
 };
 use crate::run::RoundSample;
 
@@ -21,6 +21,15 @@ type Scores = Vec<Vec<Option<f64>>>;
 
 /// Per image (diagnostics): the `(correct, labelled)` pixels of its prediction.
 type ImageAccuracy = Vec<(u64, u64)>;
+
+/// What the diagnostics accumulate while a round generates its examples: the
+/// full-image pseudo-labels, the premise's entropies (full images, windows) and the
+/// examples actually trained on.
+struct GenerateDiagnostics {
+    counts: PseudoLabelCounts,
+    premise: (Mean, Mean),
+    windows: WindowCounts,
+}
 
 /// The values of a tensor as bytes on the CPU.
 fn to_u8(t: &Tensor) -> Vec<u8> {
@@ -45,37 +54,43 @@ impl Trainer {
             target_images: target.len(),
             ..Default::default()
         };
-        let mut diag_seconds = 0.0;
+        // Diagnostic time inside the rank and generate phases, taken out of theirs.
+        let (mut rank_diag_seconds, mut gen_diag_seconds) = (0.0, 0.0);
         // 1. Rank, 2. thresholds from the boundary images.
         let (scores, image_diags, sel) =
-            self.rank_and_select(r, &target, p, diag_on, &mut stats, &mut diag_seconds)?;
+            self.rank_and_select(r, &target, p, diag_on, &mut stats, &mut rank_diag_seconds)?;
         let thresholds = self.round_thresholds(&target, &sel, &mut stats)?;
 
         // 3. Generate.
         let t2 = Instant::now();
         let classes = self.model.meta.config.classes as usize;
-        let mut counts = PseudoLabelCounts::new(classes);
-        let mut premise = (Mean::default(), Mean::default());
+        let [tw, th] = self.cfg.target_size;
+        let mut diag = diag_on.then(|| GenerateDiagnostics {
+            counts: PseudoLabelCounts::new(classes),
+            premise: (Mean::default(), Mean::default()),
+            windows: WindowCounts::new(classes, th as usize, tw as usize),
+        });
         let ex = self.generate_examples(
             r,
             &target,
             &sel.confident,
             &thresholds,
             &mut stats,
-            diag_on.then_some((&mut counts, &mut premise)),
-            &mut diag_seconds,
+            diag.as_mut(),
+            &mut gen_diag_seconds,
         )?;
         stats.examples = sel.confident.len() * self.cfg.patches;
-        stats
-            .seconds
-            .insert(Phase::Generate, t2.elapsed().as_secs_f64() - diag_seconds);
+        stats.seconds.insert(
+            Phase::Generate,
+            (t2.elapsed().as_secs_f64() - gen_diag_seconds).max(0.0),
+        );
         let full = self.round_iterations(&sel, &mut stats);
 
-        if diag_on {
+        if let Some(diag) = diag {
             let t3 = Instant::now();
-            self.round_diagnostics(&sel, &image_diags, counts, premise, &mut stats)?;
-            diag_seconds += t3.elapsed().as_secs_f64();
-            stats.seconds.insert(Phase::Diagnostics, diag_seconds);
+            self.round_diagnostics(&sel, &image_diags, diag, &mut stats)?;
+            let seconds = rank_diag_seconds + gen_diag_seconds + t3.elapsed().as_secs_f64();
+            stats.seconds.insert(Phase::Diagnostics, seconds);
         }
         for ph in Phase::PREPARATION {
             if let Some(&s) = stats.seconds.get(&ph) {
@@ -174,21 +189,27 @@ impl Trainer {
         &self,
         sel: &lse::Selection,
         image_diags: &[(u64, u64)],
-        mut counts: PseudoLabelCounts,
-        premise: (Mean, Mean),
+        diag: GenerateDiagnostics,
         stats: &mut RoundStats,
     ) -> anyhow::Result<()> {
+        let GenerateDiagnostics {
+            mut counts,
+            premise,
+            windows,
+        } = diag;
         for (i, &(correct, labelled)) in image_diags.iter().enumerate() {
             if sel.confident.binary_search(&i).is_err() {
                 counts.add_other_counts(correct, labelled);
             }
         }
         let source = self.source_entropy()?;
-        stats.diagnostics = Some(counts.summary(Premise {
+        let mut summary = counts.summary(Premise {
             target_full: premise.0.get(),
             target_windows: premise.1.get(),
             source,
-        }));
+        });
+        summary.window = Some(windows.summary());
+        stats.diagnostics = Some(summary);
         Ok(())
     }
 
@@ -267,7 +288,7 @@ impl Trainer {
         confident: &[usize],
         thresholds: &[Option<f64>],
         stats: &mut RoundStats,
-        mut diag: Option<(&mut PseudoLabelCounts, &mut (Mean, Mean))>,
+        mut diag: Option<&mut GenerateDiagnostics>,
         diag_seconds: &mut f64,
     ) -> anyhow::Result<RoundExamples> {
         let size = self.cfg.target_size;
@@ -288,23 +309,32 @@ impl Trainer {
             let probs = self.model.probs(&img);
             let mask = lse::reliable_mask(&probs, thresholds, self.cfg.degenerate_groups);
             let (h, w) = (probs.size()[1], probs.size()[2]);
-            let windows =
-                lse::random_windows(&mut rng, h, w, self.cfg.patches, self.cfg.window_scale);
-            let g = tch::no_grad(|| lse::generate(&img, &probs, &mask, &windows));
+            let windows = lse::place_windows(
+                &mut rng,
+                h,
+                w,
+                self.cfg.patches,
+                &self.cfg.window_scales,
+                self.cfg.window_placement,
+            );
+            let g = tch::no_grad(|| {
+                lse::generate_with(&img, &probs, &mask, &windows, self.cfg.window_mask)
+            });
             ignored += g.ignored_share * windows.len() as f64;
             let t = Instant::now();
             let truth = match diag.as_mut() {
-                Some((counts, premise)) => {
+                Some(d) => {
                     let truth = data::label_at(target, i, size)?.expect("labels checked");
                     let pred = to_u8(&probs.argmax(0, false));
                     let kept: Vec<bool> = to_u8(&mask).iter().map(|&m| m != 0).collect();
-                    counts.add_confident(&pred, &kept, truth.as_raw());
-                    premise.0.add(mean_normalized_entropy(&probs));
+                    d.counts.add_confident(&pred, &kept, truth.as_raw());
+                    d.premise.0.add(mean_normalized_entropy(&probs));
                     for win in &windows {
-                        premise.1.add(mean_normalized_entropy(
+                        d.premise.1.add(mean_normalized_entropy(
                             &self.model.probs(&lse::window_image(&img, win)),
                         ));
                     }
+                    add_trained_windows(&mut d.windows, &truth, &windows, &g);
                     Some(truth)
                 }
                 None => None,
@@ -392,6 +422,24 @@ impl Trainer {
             windows: windows.to_vec(),
             truth: truth.is_some(),
         })
+    }
+}
+
+/// Adds the examples of one image, as trained on, to the window-level counts: each
+/// example's pseudo-labels against its window's ground truth (nearest neighbour, as
+/// labels are carried), and the image positions its pixels come from.
+fn add_trained_windows(
+    counts: &mut WindowCounts,
+    truth: &GrayImage,
+    windows: &[lse::Window],
+    g: &lse::Generated,
+) {
+    let (h, w) = (truth.height() as i64, truth.width() as i64);
+    let truth = Tensor::from_slice(truth.as_raw()).view([h, w]);
+    for (k, win) in windows.iter().enumerate() {
+        let window_truth = to_u8(&lse::window_nearest(&truth, win, h, w));
+        let (rows, cols) = lse::window_sources(win, h, w);
+        counts.add_window(&to_u8(&g.labels.get(k as i64)), &window_truth, &rows, &cols);
     }
 }
 

@@ -18,9 +18,17 @@ pub struct Args {
     /// Examples (windows) per confident image, K.
     #[arg(long)]
     pub patches: Option<usize>,
-    /// Window side as a share of the image's (1.0: plain self-training).
+    /// Window side as a share of the image's, comma-separated for several scales
+    /// (window i takes scale i mod n; 1.0: plain self-training).
+    #[arg(long, value_delimiter = ',')]
+    pub window_scale: Option<Vec<f64>>,
+    /// Where the windows fall: random (the reference's) or grid.
     #[arg(long)]
-    pub window_scale: Option<f64>,
+    pub window_placement: Option<String>,
+    /// How the mask is carried into a window: exact-zero (the reference's), nearest
+    /// or any-ignored.
+    #[arg(long)]
+    pub window_mask: Option<String>,
     /// Passes over the examples per round.
     #[arg(long)]
     pub epochs_per_round: Option<usize>,
@@ -34,19 +42,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The explicit adaptation flags become overrides (they need a new run).
     let mut extra = Vec::new();
     if let Some(p) = &a.p_schedule {
-        extra.push(format!(
-            "p_schedule=[{}]",
-            p.iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
+        extra.push(format!("p_schedule={}", toml_list(p)));
     }
     if let Some(v) = a.patches {
         extra.push(format!("patches={v}"));
     }
-    if let Some(v) = a.window_scale {
-        extra.push(format!("window_scale={v}"));
+    if let Some(v) = &a.window_scale {
+        extra.push(format!("window_scales={}", toml_list(v)));
+    }
+    if let Some(v) = &a.window_placement {
+        extra.push(format!("window_placement={v}"));
+    }
+    if let Some(v) = &a.window_mask {
+        extra.push(format!("window_mask={v}"));
     }
     if let Some(v) = a.epochs_per_round {
         extra.push(format!("epochs_per_round={v}"));
@@ -64,4 +72,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     t.adapt()?;
     super::train::print_summary(&t);
     Ok(())
+}
+
+/// `[a,b,...]`: a list as a TOML value for an override.
+fn toml_list(v: &[f64]) -> String {
+    let items: Vec<String> = v.iter().map(f64::to_string).collect();
+    format!("[{}]", items.join(","))
 }
