@@ -195,14 +195,6 @@ pub enum Fetch {
 }
 
 impl Fetch {
-    /// The outputs `mode` reads.
-    pub fn for_upsample(mode: crate::predict::Upsample) -> Self {
-        match mode {
-            crate::predict::Upsample::Probabilities => Fetch::Scores,
-            crate::predict::Upsample::Labels => Fetch::TrainIds,
-        }
-    }
-
     fn names(self) -> &'static [&'static str] {
         match self {
             Fetch::Both => &[contract::OUTPUT_TRAIN_IDS, contract::OUTPUT_SCORES],
@@ -756,9 +748,6 @@ mod tests {
             EngineOptions::cuda_options(2),
             vec![("device_id", "2".to_string())]
         );
-        use crate::predict::Upsample;
-        assert_eq!(Fetch::for_upsample(Upsample::Probabilities), Fetch::Scores);
-        assert_eq!(Fetch::for_upsample(Upsample::Labels), Fetch::TrainIds);
     }
 
     /// The committed default model, on the CPU, with each output selection.

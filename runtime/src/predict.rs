@@ -28,6 +28,16 @@ pub enum Upsample {
     Labels,
 }
 
+impl Upsample {
+    /// The outputs this post-processing reads.
+    pub fn fetch(self) -> crate::engine::Fetch {
+        match self {
+            Upsample::Probabilities => crate::engine::Fetch::Scores,
+            Upsample::Labels => crate::engine::Fetch::TrainIds,
+        }
+    }
+}
+
 crate::choice!(Upsample, "upsampling" {
     Probabilities => "probabilities",
         "bilinear upsampling of the class probabilities, then arg-max (the protocol)";
@@ -502,6 +512,13 @@ pub fn segment_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_upsampling_fetches_only_the_output_it_reads() {
+        use crate::engine::Fetch;
+        assert_eq!(Upsample::Probabilities.fetch(), Fetch::Scores);
+        assert_eq!(Upsample::Labels.fetch(), Fetch::TrainIds);
+    }
     use ndarray::Array3;
     use rand::{Rng, SeedableRng};
 

@@ -51,7 +51,7 @@ fn panel<DB: DrawingBackend>(
     title: &str,
     y_label: &str,
     x_max: f64,
-    y_max: f64,
+    y: std::ops::Range<f64>,
     series: Vec<Series>,
 ) -> anyhow::Result<()> {
     let mut chart = ChartBuilder::on(area)
@@ -60,7 +60,7 @@ fn panel<DB: DrawingBackend>(
         .margin_right(30)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .build_cartesian_2d(0f64..x_max, y)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -104,6 +104,18 @@ fn panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The mIoU axis: the values' range with a margin of 15 % of it (at least 0.5 points)
+/// on each side, within 0..100, so that a change of a point is visible.
+fn miou_range(miou: &[(f64, f64)]) -> std::ops::Range<f64> {
+    let lo = miou.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = miou.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return 0.0..100.0;
+    }
+    let pad = ((hi - lo) * 0.15).max(0.5);
+    (lo - pad).max(0.0)..(hi + pad).min(100.0)
+}
+
 /// Draws both panels on `root`.
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
@@ -122,7 +134,7 @@ fn draw<DB: DrawingBackend>(
         .map(|p| p.0)
         .fold(1.0f64, f64::max);
     let y_loss = src.iter().chain(&tgt).map(|p| p.1).fold(1e-3f64, f64::max) * 1.1;
-    let y_miou = miou.iter().map(|p| p.1).fold(10.0f64, f64::max) * 1.15;
+    let y_miou = miou_range(&miou);
     let (h, _) = (root.dim_in_pixel().1, 0);
     let (top, bottom) = root.split_vertically(h * 3 / 5);
     panel(
@@ -130,7 +142,7 @@ fn draw<DB: DrawingBackend>(
         "Training losses",
         "loss (per pixel, nats)",
         x_max,
-        y_loss,
+        0.0..y_loss,
         vec![
             Series {
                 name: "source cross-entropy",
@@ -282,6 +294,15 @@ pub fn coverage_png(map: &crate::diagnostics::CoverageMap, cell: u32) -> anyhow:
 #[cfg(test)]
 mod coverage_tests {
     use super::*;
+
+    #[test]
+    fn miou_axis_fits_the_values() {
+        let r = miou_range(&[(0.0, 45.9), (10.0, 46.9)]);
+        assert!((r.start - 45.75).abs() < 1e-9 && (r.end - 47.05).abs() < 1e-9, "{r:?}");
+        let r = miou_range(&[(0.0, 0.2)]);
+        assert!(r.start == 0.0 && (r.end - 0.7).abs() < 1e-9, "{r:?}");
+        assert_eq!(miou_range(&[]), 0.0..100.0);
+    }
 
     #[test]
     fn ramp_ends_and_middle() {

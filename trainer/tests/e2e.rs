@@ -225,6 +225,26 @@ fn train_adapt_resume_export_label_eval() {
             );
         }
         assert_eq!(d["per_class"].as_array().unwrap().len(), 19);
+        // What was trained on: every pixel of every example is counted once.
+        let w = &d["window"];
+        let size = rec["train_size"].as_array().unwrap();
+        let pixels_per_example = size[0].as_u64().unwrap() * size[1].as_u64().unwrap();
+        let examples_pixels = w["examples_pixels"].as_u64().unwrap();
+        assert_eq!(examples_pixels, s * 2 * pixels_per_example);
+        let ignored = w["ignored_share"].as_f64().unwrap();
+        let trained = w["trained_pixels"].as_u64().unwrap();
+        assert_eq!(
+            trained,
+            examples_pixels - (ignored * examples_pixels as f64).round() as u64
+        );
+        assert!(w["precision"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)));
+        assert_eq!(w["per_class"].as_array().unwrap().len(), 19);
+        let cov = &w["coverage"];
+        let cells = cov["width"].as_u64().unwrap() * cov["height"].as_u64().unwrap();
+        assert_eq!(cov["density"].as_array().unwrap().len() as u64, cells);
+        // The generate phase's time no longer has the diagnostics of other phases
+        // taken out of it.
+        assert!(r["seconds"]["generate"].as_f64().is_some_and(|t| t >= 0.0));
         assert!(
             !r["samples"].as_array().unwrap().is_empty(),
             "pictured samples"
@@ -236,6 +256,7 @@ fn train_adapt_resume_export_label_eval() {
         "<svg",
         "id=\"rounds\"",
         "id=\"per-class\"",
+        "id=\"windows\"",
         "data:image/png;base64,",
     ] {
         assert!(report.contains(part), "report lacks {part}");
@@ -245,6 +266,7 @@ fn train_adapt_resume_export_label_eval() {
         "checkpoints/round-02.safetensors",
         "model.safetensors",
         "curves.png",
+        "coverage.png",
     ] {
         assert!(a_dir.join(p).is_file(), "{p} missing");
     }

@@ -16,7 +16,7 @@ use anyhow::Context;
 
 use lse_runtime::choice::Choice;
 use lse_runtime::contract::Precision;
-use lse_runtime::engine::{Device, Engine, EngineOptions, Fetch, Provider};
+use lse_runtime::engine::{Device, Engine, EngineOptions, Provider};
 use lse_runtime::predict::{self, Upsample};
 
 /// Arguments of `lse bench`.
@@ -119,7 +119,7 @@ fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
         precision: a.precision[0],
         trt_cache: a.trt_cache.clone(),
         max_batch: a.max_batch.unwrap_or(batch_size).max(batch_size),
-        fetch: Fetch::for_upsample(a.upsample),
+        fetch: a.upsample.fetch(),
         ..Default::default()
     };
     if a.provider == Provider::Cpu {

@@ -118,7 +118,7 @@ fn engine_options(args: &Args, settings: &LabelSettings) -> EngineOptions {
         threads: args.threads,
         max_batch: args.batch,
         // The confidence maps read the scores whatever the upsampling.
-        fetch: match Fetch::for_upsample(settings.upsample) {
+        fetch: match settings.upsample.fetch() {
             Fetch::TrainIds if args.confidence => Fetch::Both,
             f => f,
         },

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use lse_runtime::choice::Choice;
-use lse_runtime::engine::{Engine, EngineOptions, Fetch, Provider};
+use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_runtime::imageio;
 use lse_runtime::palette;
 use lse_runtime::predict::{self, Upsample};
@@ -48,7 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         provider: a.provider,
         ort_lib: a.ort_lib.clone(),
         max_batch: 1,
-        fetch: Fetch::for_upsample(a.upsample),
+        fetch: a.upsample.fetch(),
         ..Default::default()
     };
     a.accel.apply(&mut opts);
