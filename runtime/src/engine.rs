@@ -255,8 +255,8 @@ impl EngineOptions {
     }
 
     /// Session configuration entries: intra-op threads sleep instead of spinning when
-    /// idle, which leaves the cores to decoding and post-processing (measured: `lse
-    /// label` 1.30x -> 0.9x the model-alone time on 2 shared cores).
+    /// idle, which leaves the cores to decoding and post-processing running beside
+    /// inference (`scripts/bench-label.sh` measures the effect).
     pub fn session_entries(&self) -> Vec<(&'static str, String)> {
         vec![("session.intra_op.allow_spinning", "0".into())]
     }

@@ -144,6 +144,10 @@ pub fn synthia_to_train_lut() -> [u8; 256] {
     lut
 }
 
+/// Train ids a SYNTHIA source does not teach: terrain, truck, train. They are left out
+/// of the 16- and 13-class results, and LSE ignores their pixels in the mask.
+pub const SYNTHIA_UNTAUGHT: [u8; 3] = [9, 14, 16];
+
 /// The class subsets results are reported over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ClassSubset {
@@ -178,8 +182,15 @@ impl ClassSubset {
     pub fn train_ids(self) -> Vec<u8> {
         let excluded: &[u8] = match self {
             Self::All19 => &[],
-            Self::Synthia16 => &[9, 14, 16],
-            Self::Synthia13 => &[3, 4, 5, 9, 14, 16],
+            Self::Synthia16 => &SYNTHIA_UNTAUGHT,
+            Self::Synthia13 => &[
+                3,
+                4,
+                5,
+                SYNTHIA_UNTAUGHT[0],
+                SYNTHIA_UNTAUGHT[1],
+                SYNTHIA_UNTAUGHT[2],
+            ],
         };
         (0..NUM_CLASSES as u8)
             .filter(|c| !excluded.contains(c))

@@ -32,10 +32,20 @@ pub fn beside(exe: &Path, name: &str) -> PathBuf {
     let p = exe.with_file_name(name);
     assert!(
         p.is_file(),
-        "{} is missing: build it first with `cargo build -p lse-runtime --bins`",
-        p.display()
+        "{} is missing: build it first with `cargo build -p {} --bins`",
+        p.display(),
+        package_of(name)
     );
     p
+}
+
+/// The workspace package that builds the binary `name`.
+fn package_of(name: &str) -> &'static str {
+    match name {
+        "lse-train" => "lse-trainer",
+        "lse-serve" => "lse-server",
+        _ => "lse-runtime",
+    }
 }
 
 /// Runs `bin` with `args` (logging at `warn`).

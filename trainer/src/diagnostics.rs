@@ -311,7 +311,10 @@ impl WindowCounts {
                     continue;
                 }
                 self.trained[p] += 1;
-                assert!((y as usize) < h && (x as usize) < w, "source ({y}, {x}) outside {h}x{w}");
+                assert!(
+                    (y as usize) < h && (x as usize) < w,
+                    "source ({y}, {x}) outside {h}x{w}"
+                );
                 self.coverage[y as usize * w + x as usize] += 1;
                 if t < self.classes {
                     self.labelled[p] += 1;
@@ -339,8 +342,7 @@ impl WindowCounts {
             central_quarter_share: self.region_share(|y, x, h, w| {
                 (h / 4..h - h / 4).contains(&y) && (w / 4..w - w / 4).contains(&x)
             }),
-            top_bottom_bands_share: self
-                .region_share(|y, _, h, _| y < h / 4 || y >= h - h / 4),
+            top_bottom_bands_share: self.region_share(|y, _, h, _| y < h / 4 || y >= h - h / 4),
             coverage: self.coverage_map(64, 32),
         }
     }
@@ -374,7 +376,13 @@ impl WindowCounts {
         let density = sum
             .iter()
             .zip(&area)
-            .map(|(&s, &a)| if uniform > 0.0 { (s as f64 / a as f64 / uniform) as f32 } else { 0.0 })
+            .map(|(&s, &a)| {
+                if uniform > 0.0 {
+                    (s as f64 / a as f64 / uniform) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
         CoverageMap {
             width: bw,
@@ -399,7 +407,10 @@ impl CoverageMap {
     pub fn combine(rounds: &[&WindowDiagnostics]) -> Option<CoverageMap> {
         let first = &rounds.first()?.coverage;
         let (width, height) = (first.width, first.height);
-        if rounds.iter().any(|r| (r.coverage.width, r.coverage.height) != (width, height)) {
+        if rounds
+            .iter()
+            .any(|r| (r.coverage.width, r.coverage.height) != (width, height))
+        {
             return None;
         }
         let total: u64 = rounds.iter().map(|r| r.trained_pixels).sum();
@@ -558,7 +569,10 @@ mod tests {
         let m = w.coverage_map(4, 2);
         assert_eq!((m.width, m.height), (4, 2));
         let uniform = 35.0 / 32.0;
-        assert_eq!(m.density[0], ((1.0 + 1.0 + 1.0 + 4.0) / 4.0 / uniform) as f32);
+        assert_eq!(
+            m.density[0],
+            ((1.0 + 1.0 + 1.0 + 4.0) / 4.0 / uniform) as f32
+        );
         assert_eq!(m.density[1], (1.0 / uniform) as f32);
     }
 }

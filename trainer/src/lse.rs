@@ -60,10 +60,6 @@ pub enum DegenerateGroups {
     Drop,
 }
 
-/// Classes not learned from a SYNTHIA source (Cityscapes train ids): terrain, truck,
-/// train.
-pub const SYNTHIA_SKIPPED_CLASSES: [usize; 3] = [9, 14, 16];
-
 /// `skip` mask for [`select`]: `true` for the classes in `skipped`.
 pub fn skip_mask(classes: usize, skipped: &[usize]) -> Vec<bool> {
     (0..classes).map(|c| skipped.contains(&c)).collect()
@@ -418,7 +414,9 @@ pub fn place_windows<R: Rng + ?Sized>(
                     out[slot] = Some(win);
                 }
             }
-            out.into_iter().map(|w| w.expect("every slot placed")).collect()
+            out.into_iter()
+                .map(|w| w.expect("every slot placed"))
+                .collect()
         }
     }
 }
@@ -429,17 +427,29 @@ pub fn place_windows<R: Rng + ?Sized>(
 /// with the least overlap the size allows. Every cell is used `floor(m / cells)` times
 /// in row-major order; the `m % cells` windows left over take distinct cells drawn at
 /// random.
-pub fn grid_windows<R: Rng + ?Sized>(rng: &mut R, h: i64, w: i64, m: usize, scale: f64) -> Vec<Window> {
+pub fn grid_windows<R: Rng + ?Sized>(
+    rng: &mut R,
+    h: i64,
+    w: i64,
+    m: usize,
+    scale: f64,
+) -> Vec<Window> {
     let (wh, ww) = window_size(h, w, scale);
     let (ys, xs) = (grid_offsets(h, wh), grid_offsets(w, ww));
     let cells: Vec<Window> = ys
         .iter()
         .flat_map(|&y| xs.iter().map(move |&x| Window { y, x, h: wh, w: ww }))
         .collect();
-    let mut out: Vec<Window> = (0..m / cells.len()).flat_map(|_| cells.iter().copied()).collect();
+    let mut out: Vec<Window> = (0..m / cells.len())
+        .flat_map(|_| cells.iter().copied())
+        .collect();
     let rest = m % cells.len();
     if rest > 0 {
-        out.extend(rand::seq::index::sample(rng, cells.len(), rest).into_iter().map(|i| cells[i]));
+        out.extend(
+            rand::seq::index::sample(rng, cells.len(), rest)
+                .into_iter()
+                .map(|i| cells[i]),
+        );
     }
     out
 }
@@ -452,7 +462,9 @@ fn grid_offsets(len: i64, win: i64) -> Vec<i64> {
         return vec![0];
     }
     let span = len - win;
-    (0..n).map(|i| (2 * i * span + (n - 1)) / (2 * (n - 1))).collect()
+    (0..n)
+        .map(|i| (2 * i * span + (n - 1)) / (2 * (n - 1)))
+        .collect()
 }
 
 /// For upsampling `n_in` samples to `n_out` with aligned corners (output `i` samples
@@ -471,8 +483,14 @@ pub fn nearest_indices(n_in: i64, n_out: i64) -> Vec<i64> {
 /// For an example of `h x w` made from `win`: the image row of each example row and
 /// the image column of each example column, by [`nearest_indices`].
 pub fn window_sources(win: &Window, h: i64, w: i64) -> (Vec<i64>, Vec<i64>) {
-    let rows = nearest_indices(win.h, h).into_iter().map(|i| i + win.y).collect();
-    let cols = nearest_indices(win.w, w).into_iter().map(|i| i + win.x).collect();
+    let rows = nearest_indices(win.h, h)
+        .into_iter()
+        .map(|i| i + win.y)
+        .collect();
+    let cols = nearest_indices(win.w, w)
+        .into_iter()
+        .map(|i| i + win.x)
+        .collect();
     (rows, cols)
 }
 
@@ -781,7 +799,7 @@ mod tests {
 
     #[test]
     fn synthia_skip_mask() {
-        let s = skip_mask(19, &SYNTHIA_SKIPPED_CLASSES);
+        let s = skip_mask(19, &[9, 14, 16]);
         assert_eq!(s.iter().filter(|&&b| b).count(), 3);
         assert!(s[9] && s[14] && s[16] && !s[0]);
     }
@@ -951,14 +969,20 @@ mod tests {
         for (h, w) in [(128, 256), (512, 1024), (6, 10)] {
             let ws = place_windows(&mut rng, h, w, 4, &[0.5], WindowPlacement::Grid);
             assert_eq!(ws.len(), 4);
-            assert!(coverage(h, w, &ws).iter().all(|&n| n == 1), "{h}x{w}: {ws:?}");
+            assert!(
+                coverage(h, w, &ws).iter().all(|&n| n == 1),
+                "{h}x{w}: {ws:?}"
+            );
         }
         // An odd size: the 2x2 grid's cells touch both borders and overlap by one
         // row and one column; every pixel is still covered.
         let ws = place_windows(&mut rng, 7, 9, 4, &[0.5], WindowPlacement::Grid);
         let c = coverage(7, 9, &ws);
         assert!(c.iter().all(|&n| (1..=4).contains(&n)), "{c:?}");
-        assert_eq!(ws.iter().map(|w| (w.y, w.x)).collect::<Vec<_>>(), [(0, 0), (0, 4), (3, 0), (3, 4)]);
+        assert_eq!(
+            ws.iter().map(|w| (w.y, w.x)).collect::<Vec<_>>(),
+            [(0, 0), (0, 4), (3, 0), (3, 4)]
+        );
     }
 
     #[test]
@@ -977,7 +1001,13 @@ mod tests {
         assert_eq!(counts, [2, 2, 2, 3]);
         // Scale 1: one cell, the image.
         let full = grid_windows(&mut rng, 5, 7, 2, 1.0);
-        assert!(full.iter().all(|w| *w == Window { y: 0, x: 0, h: 5, w: 7 }));
+        assert!(full.iter().all(|w| *w
+            == Window {
+                y: 0,
+                x: 0,
+                h: 5,
+                w: 7
+            }));
     }
 
     #[test]
@@ -996,7 +1026,11 @@ mod tests {
         for placement in [WindowPlacement::Random, WindowPlacement::Grid] {
             let ws = place_windows(&mut rng, 64, 128, 4, &[0.5, 0.75], placement);
             let sizes: Vec<(i64, i64)> = ws.iter().map(|w| (w.h, w.w)).collect();
-            assert_eq!(sizes, [(32, 64), (48, 96), (32, 64), (48, 96)], "{placement:?}");
+            assert_eq!(
+                sizes,
+                [(32, 64), (48, 96), (32, 64), (48, 96)],
+                "{placement:?}"
+            );
         }
     }
 
@@ -1020,7 +1054,12 @@ mod tests {
         let _ = mask.narrow(1, 3, 1).fill_(0.0);
         let probs = Tensor::randn([3, 8, 8], cpu()).softmax(0, Kind::Float);
         let img = Tensor::zeros([3, 8, 8], cpu());
-        let win = [Window { y: 2, x: 2, h: 4, w: 4 }];
+        let win = [Window {
+            y: 2,
+            x: 2,
+            h: 4,
+            w: 4,
+        }];
         let ignored_columns = |rule| {
             let g = generate_with(&img, &probs, &mask, &win, rule);
             let labels: Vec<i64> = Vec::try_from(g.labels.flatten(0, -1)).unwrap();
@@ -1046,13 +1085,27 @@ mod tests {
         let probs = Tensor::randn([4, 6, 9], cpu()).softmax(0, Kind::Float);
         let img = Tensor::randn([3, 6, 9], cpu());
         let mask = Tensor::rand([6, 9], cpu()).gt(0.5).to_kind(Kind::Float);
-        let full = [Window { y: 0, x: 0, h: 6, w: 9 }];
-        let zoom = [Window { y: 1, x: 2, h: 3, w: 4 }];
+        let full = [Window {
+            y: 0,
+            x: 0,
+            h: 6,
+            w: 9,
+        }];
+        let zoom = [Window {
+            y: 1,
+            x: 2,
+            h: 3,
+            w: 4,
+        }];
         let labels = |w: &[Window], rule| generate_with(&img, &probs, &mask, w, rule).labels;
         let reference = labels(&full, WindowMask::ExactZero);
         for rule in [WindowMask::Nearest, WindowMask::AnyIgnored] {
             assert!(labels(&full, rule).equal(&reference), "{rule:?}");
         }
-        assert!(generate(&img, &probs, &mask, &zoom).labels.equal(&labels(&zoom, WindowMask::ExactZero)));
+        assert!(
+            generate(&img, &probs, &mask, &zoom)
+                .labels
+                .equal(&labels(&zoom, WindowMask::ExactZero))
+        );
     }
 }

@@ -282,7 +282,10 @@ pub fn coverage_png(map: &crate::diagnostics::CoverageMap, cell: u32) -> anyhow:
         } else if y < h + 2 {
             image::Rgb([255, 255, 255])
         } else {
-            image::Rgb(ramp(COVERAGE_TOP * x as f32 / (w.max(2) - 1) as f32, COVERAGE_TOP))
+            image::Rgb(ramp(
+                COVERAGE_TOP * x as f32 / (w.max(2) - 1) as f32,
+                COVERAGE_TOP,
+            ))
         };
     }
     let mut png = Vec::new();
@@ -298,7 +301,10 @@ mod coverage_tests {
     #[test]
     fn miou_axis_fits_the_values() {
         let r = miou_range(&[(0.0, 45.9), (10.0, 46.9)]);
-        assert!((r.start - 45.75).abs() < 1e-9 && (r.end - 47.05).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.start - 45.75).abs() < 1e-9 && (r.end - 47.05).abs() < 1e-9,
+            "{r:?}"
+        );
         let r = miou_range(&[(0.0, 0.2)]);
         assert!(r.start == 0.0 && (r.end - 0.7).abs() < 1e-9, "{r:?}");
         assert_eq!(miou_range(&[]), 0.0..100.0);

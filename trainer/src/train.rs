@@ -213,7 +213,9 @@ pub fn subset_for(source: DatasetKind) -> ClassSubset {
 /// Classes a source does not teach (skipped in the ranking).
 pub fn skipped_classes(source: DatasetKind) -> Vec<usize> {
     match source {
-        DatasetKind::Synthia => lse::SYNTHIA_SKIPPED_CLASSES.to_vec(),
+        DatasetKind::Synthia => lse_runtime::labels::SYNTHIA_UNTAUGHT
+            .map(usize::from)
+            .to_vec(),
         _ => Vec::new(),
     }
 }

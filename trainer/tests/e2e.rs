@@ -237,7 +237,11 @@ fn train_adapt_resume_export_label_eval() {
             trained,
             examples_pixels - (ignored * examples_pixels as f64).round() as u64
         );
-        assert!(w["precision"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)));
+        assert!(
+            w["precision"]
+                .as_f64()
+                .is_some_and(|v| (0.0..=1.0).contains(&v))
+        );
         assert_eq!(w["per_class"].as_array().unwrap().len(), 19);
         let cov = &w["coverage"];
         let cells = cov["width"].as_u64().unwrap() * cov["height"].as_u64().unwrap();

@@ -85,7 +85,8 @@ fn parity_case(width: f64, shapes: &[[i64; 4]]) {
         ..Default::default()
     };
     for shape in shapes {
-        let rgb = seeding::with_seed(42, || Tensor::rand(*shape, (Kind::Float, Device::Cpu))) * 255.0;
+        let rgb =
+            seeding::with_seed(42, || Tensor::rand(*shape, (Kind::Float, Device::Cpu))) * 255.0;
         let p = onnx::parity(&net, &path, &rgb, &opts).unwrap();
         eprintln!("width {width} {shape:?}: {p:?}");
         assert!(p.max_abs_diff <= 1e-4, "width {width} {shape:?}: {p:?}");
