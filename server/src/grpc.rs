@@ -41,6 +41,39 @@ pub fn server(st: Arc<AppState>) -> GrpcInferenceServiceServer<Service> {
         .max_encoding_message_size(usize::MAX)
 }
 
+/// The gRPC service as a router for [`crate::listen::serve`]. tonic refuses an
+/// over-size request message with `OUT_OF_RANGE`; the convention (and what gRPC's own
+/// implementations answer) is `RESOURCE_EXHAUSTED`, which the router's answers are
+/// rewritten to (this service answers `OUT_OF_RANGE` for nothing else).
+pub fn router(st: Arc<AppState>) -> axum::Router {
+    let limit = st.cfg.max_body_bytes();
+    tonic::service::Routes::new(server(st))
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            move |resp: axum::response::Response| async move { resource_exhausted(resp, limit) },
+        ))
+}
+
+/// `grpc-status: 11` (OUT_OF_RANGE, tonic's over-size refusal) as 8
+/// (RESOURCE_EXHAUSTED) with our sentence.
+fn resource_exhausted(
+    mut resp: axum::response::Response,
+    limit: usize,
+) -> axum::response::Response {
+    let h = resp.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    if out_of_range {
+        let msg = format!(
+            "body_too_large: the request message is larger than the limit of {limit} bytes (--max-body-mb)"
+        );
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+    }
+    resp
+}
+
 /// An HTTP-style error as a gRPC status with the same sentence.
 pub fn status(e: ApiError) -> Status {
     let msg = format!("{}: {}", e.code, e.detail);
@@ -83,6 +116,9 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
             r.inputs.len()
         )));
     }
+    if r.inputs.len() != 1 {
+        return Err(v2::input_count_error(r.inputs.len()));
+    }
     let mut raw = r.raw_input_contents.into_iter();
     let inputs = r
         .inputs
@@ -90,16 +126,16 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
         .map(|i| {
             let data = match raw.next() {
                 Some(bytes) => InputData::Raw(Bytes::from(bytes)),
-                None => contents(&i.datatype, i.contents.unwrap_or_default()),
+                None => contents(&i.datatype, i.contents.unwrap_or_default())?,
             };
-            InputTensor {
+            Ok(InputTensor {
                 name: i.name,
                 datatype: i.datatype,
                 shape: i.shape,
                 data,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     let outputs = r
         .outputs
         .into_iter()
@@ -120,12 +156,22 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
     })
 }
 
-/// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in.
-fn contents(datatype: &str, c: InferTensorContents) -> InputData {
+/// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in
+/// (each checked against 0..=255).
+fn contents(datatype: &str, c: InferTensorContents) -> Result<InputData, ApiError> {
     if datatype == "BYTES" {
-        return InputData::Elements(c.bytes_contents.into_iter().map(Bytes::from).collect());
+        return Ok(InputData::Elements(
+            c.bytes_contents.into_iter().map(Bytes::from).collect(),
+        ));
     }
-    InputData::Numbers(c.uint_contents.into_iter().map(u64::from).collect())
+    let values = c
+        .uint_contents
+        .into_iter()
+        .map(|x| {
+            u8::try_from(x).map_err(|_| v2::bad(format!("UINT8 value {x} is out of range 0..=255")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(InputData::Numbers(values))
 }
 
 fn tensor_meta(t: v2::TensorMeta) -> TensorMetadata {
