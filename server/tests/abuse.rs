@@ -44,8 +44,6 @@ fn the_model_dir_is_sealed_and_loads_need_the_admin_token() {
     std::fs::copy(model(), outside.join("model.onnx")).unwrap();
     symlink(&outside, dir_path.join("evil")).unwrap();
     symlink(dir_path.join("default"), dir_path.join("alias")).unwrap();
-    std::fs::create_dir_all(dir_path.join("broken")).unwrap();
-    std::fs::write(dir_path.join("broken/model.onnx"), b"not a model").unwrap();
     let server = Server::start_in(
         None,
         false,
@@ -87,7 +85,9 @@ fn the_model_dir_is_sealed_and_loads_need_the_admin_token() {
     let r = load(a, "missing", ADMIN);
     r.assert_error(404, "unknown_model");
     assert!(!r.text().contains(&root), "{}", r.text());
-    // A corrupt model: the error names the model once, and no server path.
+    // A corrupt model (put in after the start): the error names the model once, and no server path.
+    std::fs::create_dir_all(dir_path.join("broken")).unwrap();
+    std::fs::write(dir_path.join("broken/model.onnx"), b"not a model").unwrap();
     let r = load(a, "broken", ADMIN);
     r.assert_error(422, "load_failed");
     let detail = r.json()["detail"].as_str().unwrap().to_string();
@@ -99,6 +99,7 @@ fn the_model_dir_is_sealed_and_loads_need_the_admin_token() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     // A server without --admin-token-file refuses every load.
+    std::fs::remove_dir_all(dir_path.join("broken")).unwrap();
     let open = Server::start_in(None, false, &["--model-dir", &dir]);
     load(open.addr, "default", ADMIN).assert_error(403, "forbidden");
 }
@@ -116,6 +117,8 @@ fn request_series(a: SocketAddr) -> Vec<String> {
         .lines()
         .filter(|l| l.starts_with("lse_http_requests_total{"))
         .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
 
