@@ -136,21 +136,28 @@ def series():
 
 
 def p_labels():
-    series()
-    before = series()
     s = socket.create_connection((host, port))
     f = s.makefile("rb")
-    for i in range(1000):
-        for line in (f"M{i}X /healthz", f"GET /nope/{i}", f"GET /v1/model?model=m{i}"):
-            s.sendall(f"{line} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            length = 0
-            while True:
-                h = f.readline()
-                if h in (b"\r\n", b""):
-                    break
-                if h.lower().startswith(b"content-length:"):
-                    length = int(h.split(b":")[1])
-            f.read(length)
+
+    def one(line):
+        s.sendall(f"{line} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        length = 0
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            if h.lower().startswith(b"content-length:"):
+                length = int(h.split(b":")[1])
+        f.read(length)
+
+    kinds = lambda i: (f"M{i}X /healthz", f"GET /nope/{i}", f"GET /v1/model?model=m{i}")
+    for line in kinds(0):  # each kind's series once, before counting
+        one(line)
+    series()
+    before = series()
+    for i in range(1, 1001):
+        for line in kinds(i):
+            one(line)
     s.close()
     return f"3,000 requests: series {before} -> {series()}"
 

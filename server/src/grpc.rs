@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::models::VERSION;
+use crate::v2_http::DataLimits;
 use crate::v2::{self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputRequest};
 
 /// The code generated from proto/inference.proto.
@@ -108,7 +109,7 @@ fn ids_param(p: &HashMap<String, InferParameter>) -> Result<Option<Ids>, ApiErro
 
 /// Translates a gRPC inference request; `raw_input_contents`, when given, holds one
 /// entry per input.
-fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
+fn to_request(r: ModelInferRequest, limits: DataLimits) -> Result<InferRequest, ApiError> {
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
         return Err(v2::bad(format!(
             "{} raw_input_contents for {} inputs",
@@ -126,7 +127,7 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
         .map(|i| {
             let data = match raw.next() {
                 Some(bytes) => InputData::Raw(Bytes::from(bytes)),
-                None => contents(&i.datatype, i.contents.unwrap_or_default())?,
+                None => contents(&i.datatype, i.contents.unwrap_or_default(), limits)?,
             };
             Ok(InputTensor {
                 name: i.name,
@@ -158,7 +159,21 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
 
 /// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in
 /// (each checked against 0..=255).
-fn contents(datatype: &str, c: InferTensorContents) -> Result<InputData, ApiError> {
+fn contents(
+    datatype: &str,
+    c: InferTensorContents,
+    limits: DataLimits,
+) -> Result<InputData, ApiError> {
+    let (n, max) = if datatype == "BYTES" {
+        (c.bytes_contents.len(), limits.elements)
+    } else {
+        (c.uint_contents.len(), limits.values)
+    };
+    if n > max {
+        return Err(v2::bad(format!(
+            "the input has {n} elements, more than {max} (the server's limit for this datatype)"
+        )));
+    }
     if datatype == "BYTES" {
         return Ok(InputData::Elements(
             c.bytes_contents.into_iter().map(Bytes::from).collect(),
@@ -247,7 +262,8 @@ impl GrpcInferenceService for Service {
         v2::check_version(&r.model_version).map_err(status)?;
         let m = self.st.models.get(Some(&r.model_name)).map_err(status)?;
         let id = r.id.clone();
-        let req = to_request(r).map_err(status)?;
+        let limits = crate::v2_http::DataLimits::of(&self.st.cfg);
+        let req = to_request(r, limits).map_err(status)?;
         let ms = self.st.cfg.timeout_ms;
         let outputs = tokio::time::timeout(Duration::from_millis(ms), v2::infer(&self.st, &m, req))
             .await

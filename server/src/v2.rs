@@ -126,8 +126,9 @@ pub struct InferRequest {
     pub binary_default: bool,
 }
 
-/// The elements of an answer tensor.
-#[derive(Debug)]
+/// The elements of an answer tensor (serialised as a flat JSON array).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
 pub enum OutputData {
     U8(Vec<u8>),
     F32(Vec<f32>),

@@ -139,7 +139,7 @@ async fn infer_handler(
     let m = lookup(&st, &p)?;
     let (req, id) = parse_off_runtime(headers, body, DataLimits::of(&st.cfg)).await?;
     let outputs = v2::infer(&st, &m, req).await?;
-    Ok(answer(&m, id, outputs)?)
+    Ok(crate::pipeline::blocking(move || answer(&m, id, outputs)).await?)
 }
 
 /// Splits the body at `Inference-Header-Content-Length` (absent: all JSON).
@@ -489,34 +489,69 @@ impl<'de> serde::de::Visitor<'de> for Flat<'_> {
     }
 }
 
-/// The answer: JSON, or a JSON header followed by the binary outputs.
+/// The answer's JSON header, serialised straight from the tensors (a JSON tree of a
+/// large answer would take many times its size).
+#[derive(serde::Serialize)]
+struct AnswerJson<'a> {
+    model_name: &'a str,
+    model_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    outputs: Vec<AnswerTensor>,
+}
+
+#[derive(serde::Serialize)]
+struct AnswerTensor {
+    name: &'static str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<OutputData>,
+}
+
+#[derive(serde::Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// The answer: JSON, or a JSON header followed by the binary outputs (blocking: CPU
+/// work proportional to the answer).
 fn answer(
     m: &Served,
     id: Option<String>,
     outputs: Vec<OutputTensor>,
 ) -> Result<Response, ApiError> {
     let mut binary = Vec::new();
-    let tensors: Vec<Value> = outputs
+    let tensors: Vec<AnswerTensor> = outputs
         .into_iter()
         .map(|t| {
-            let mut o = json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape });
-            if t.binary {
+            let (parameters, data) = if t.binary {
                 let bytes = t.data.into_le_bytes();
-                o["parameters"] = json!({ "binary_data_size": bytes.len() });
-                binary.extend_from_slice(&bytes);
-            } else {
-                o["data"] = match t.data {
-                    OutputData::U8(v) => json!(v),
-                    OutputData::F32(v) => json!(v),
+                let size = BinarySize {
+                    binary_data_size: bytes.len(),
                 };
+                binary.extend_from_slice(&bytes);
+                (Some(size), None)
+            } else {
+                (None, Some(t.data))
+            };
+            AnswerTensor {
+                name: t.name,
+                datatype: t.datatype,
+                shape: t.shape,
+                parameters,
+                data,
             }
-            o
         })
         .collect();
-    let mut head = json!({ "model_name": m.name, "model_version": VERSION, "outputs": tensors });
-    if let Some(id) = id {
-        head["id"] = json!(id);
-    }
+    let head = AnswerJson {
+        model_name: &m.name,
+        model_version: VERSION,
+        id,
+        outputs: tensors,
+    };
     let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
     if binary.is_empty() {
         return Ok(([(header::CONTENT_TYPE, "application/json")], head).into_response());
