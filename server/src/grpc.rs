@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::models::VERSION;
-use crate::v2_http::DataLimits;
 use crate::v2::{self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputRequest};
+use crate::v2_http::DataLimits;
 
 /// The code generated from proto/inference.proto.
 #[allow(clippy::all, missing_docs)]

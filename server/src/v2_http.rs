@@ -645,7 +645,7 @@ mod tests {
     fn input_and_output_counts_are_bounded() {
         let two = r#"{"inputs":[{"name":"a","shape":[],"datatype":"x"},{"name":"b","shape":[],"datatype":"x"}]}"#;
         assert!(parse(two).unwrap_err().detail.contains("exactly one input"));
-        let outputs = vec![r#"{"name":"labels"}"#; MAX_OUTPUTS + 1].join(",");
+        let outputs = [r#"{"name":"labels"}"#; MAX_OUTPUTS + 1].join(",");
         let many = format!(
             r#"{{"inputs":[{{"name":"image","shape":[1],"datatype":"BYTES","data":["x"]}}],"outputs":[{outputs}]}}"#
         );
