@@ -33,7 +33,7 @@ pub struct Config {
     pub max_batch: u32,
     /// `--batch-wait-ms`: how long a worker waits to fill a batch.
     pub batch_wait_ms: u64,
-    /// `--queue`: requests that may be in the pipeline at once.
+    /// `--queue`: images that may be in the pipeline at once.
     pub queue: u32,
     /// `--timeout-ms`: time limit of one request in milliseconds.
     pub timeout_ms: u64,
@@ -43,7 +43,7 @@ pub struct Config {
     pub header_timeout_ms: u64,
     /// `--idle-timeout-ms`: longest time a connection may sit idle, in milliseconds.
     pub idle_timeout_ms: u64,
-    /// `--max-connections`: HTTP connections open at once.
+    /// `--max-connections`: connections open at once on each listener.
     pub max_connections: u32,
     /// `--max-streams`: requests one HTTP/2 connection (HTTP or gRPC) may have in
     /// progress at once.

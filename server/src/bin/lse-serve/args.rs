@@ -62,8 +62,9 @@ pub struct Args {
     /// waits while other requests are being decoded).
     #[arg(long, default_value_t = 5)]
     pub batch_wait_ms: u64,
-    /// Requests that may be in the pipeline at once (decoding, waiting for a worker, or
-    /// being inferred); more are refused with 503 and Retry-After.
+    /// Images that may be in the pipeline at once (decoding, waiting for a worker, or
+    /// being inferred; each image of a /v2 batch counts); more are refused with 503 and
+    /// Retry-After.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,
     /// Time limit of one request in milliseconds; past it the answer is 504.
@@ -82,8 +83,9 @@ pub struct Args {
     /// is bounded by --header-timeout-ms instead.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
-    /// HTTP connections open at once; further clients wait in the kernel's backlog
-    /// until one closes (keeps file descriptors for models and the gRPC service).
+    /// Connections open at once on each listener (HTTP, and the gRPC service's own);
+    /// further clients wait in the kernel's backlog until one closes. The header and
+    /// idle timeouts hold on both.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Requests one HTTP/2 connection (HTTP or gRPC) may have in progress at once (its
