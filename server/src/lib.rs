@@ -23,6 +23,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_codec;
 pub mod input;
 pub mod limit;
 pub mod listen;
