@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
+        .codec_path("crate::grpc_codec::BoundedCodec")
         .compile_fds(fds)?;
     Ok(())
 }

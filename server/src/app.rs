@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// One permit per image in progress (`--queue`).
     pub admission: Arc<Semaphore>,
+    /// The admin routes' token (`--admin-token-file`); none: they answer 403.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl AppState {
@@ -221,18 +223,41 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The `?model=NAME` of a request (`None`: the default model).
-#[derive(Debug, serde::Deserialize)]
-struct ModelQuery {
-    model: Option<String>,
+/// A request's query as one value per key; a key given twice is refused (400
+/// `bad_query`) rather than one of its values silently winning.
+pub struct SingleQuery(pub HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SingleQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e: QueryRejection| ApiError::bad_request("bad_query", e.body_text()))?;
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if map.contains_key(&k) {
+                return Err(ApiError::bad_request(
+                    "bad_query",
+                    format!(
+                        "`{}` is given more than once in the query",
+                        k.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+            map.insert(k, v);
+        }
+        Ok(Self(map))
+    }
 }
 
 async fn model(
     State(st): State<Arc<AppState>>,
-    query: Result<Query<ModelQuery>, QueryRejection>,
+    SingleQuery(q): SingleQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let m = st.models.get(q.model.as_deref())?;
+    let m = st.models.get(q.get("model").map(String::as_str))?;
     let c = &st.cfg;
     Ok(Json(serde_json::json!({
         "name": m.name,
@@ -260,6 +285,8 @@ async fn model(
             "timeout_ms": c.timeout_ms,
             "max_body_bytes": c.max_body_bytes(),
             "max_pixels": c.max_pixels,
+            "max_request_pixels": c.max_request_pixels,
+            "max_answer_bytes": c.max_answer_bytes(),
             "outputs": OutputKind::NAMES,
             "version": lse_runtime::VERSION,
         },
@@ -320,6 +347,7 @@ async fn read_image_body(req: Request) -> Result<Bytes, ApiError> {
     let mut form = Multipart::from_request(req, &())
         .await
         .map_err(|e| body_err(e.status(), e.body_text()))?;
+    let mut files = Vec::new();
     let mut first = None;
     while let Some(field) = form
         .next_field()
@@ -332,11 +360,24 @@ async fn read_image_body(req: Request) -> Result<Bytes, ApiError> {
             .await
             .map_err(|e| body_err(e.status(), e.body_text()))?;
         if is_file {
-            return Ok(data);
+            files.push(data);
+        } else {
+            first.get_or_insert(data);
         }
-        first.get_or_insert(data);
     }
-    first.ok_or_else(|| ApiError::bad_request("empty_body", "the multipart form has no field"))
+    if files.len() > 1 {
+        return Err(ApiError::bad_request(
+            "bad_body",
+            format!(
+                "the multipart form has {} file fields: send one image per request",
+                files.len()
+            ),
+        ));
+    }
+    files
+        .pop()
+        .or(first)
+        .ok_or_else(|| ApiError::bad_request("empty_body", "the multipart form has no field"))
 }
 
 /// Per-class pixel counts of a train-id map, for `output=json`.
@@ -494,11 +535,10 @@ fn add_answer_headers(resp: &mut Response, d: &Done, post: Duration) {
 /// `POST /v1/segment?output=...&model=...`
 async fn segment(
     State(st): State<Arc<AppState>>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    SingleQuery(q): SingleQuery,
     req: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let kind = OutputKind::parse(q.get("output").map(String::as_str))?;
     let model = st.models.get(q.get("model").map(String::as_str))?;
     let bytes = read_image_body(req).await?;

@@ -33,7 +33,7 @@ pub struct Config {
     pub max_batch: u32,
     /// `--batch-wait-ms`: how long a worker waits to fill a batch.
     pub batch_wait_ms: u64,
-    /// `--queue`: requests that may be in the pipeline at once.
+    /// `--queue`: images that may be in the pipeline at once.
     pub queue: u32,
     /// `--timeout-ms`: time limit of one request in milliseconds.
     pub timeout_ms: u64,
@@ -43,13 +43,28 @@ pub struct Config {
     pub header_timeout_ms: u64,
     /// `--idle-timeout-ms`: longest time a connection may sit idle, in milliseconds.
     pub idle_timeout_ms: u64,
-    /// `--max-connections`: HTTP connections open at once.
+    /// `--max-connections`: connections open at once on each listener.
     pub max_connections: u32,
+    /// `--max-streams`: requests one HTTP/2 connection (HTTP or gRPC) may have in
+    /// progress at once.
+    pub max_streams: u32,
     /// `--max-pixels`: largest image, in pixels (width x height).
     pub max_pixels: u64,
+    /// `--max-request-pixels`: decoded pixels of all images of one request.
+    pub max_request_pixels: u64,
+    /// `--max-answer-mb`: largest answer of one `/v2` or gRPC inference, in MiB.
+    pub max_answer_mb: f64,
+    /// `--admin-token-file`: the file holding the admin routes' bearer token (none:
+    /// admin routes answer 403).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Config {
+    /// The answer limit in bytes.
+    pub fn max_answer_bytes(&self) -> u64 {
+        (self.max_answer_mb.max(0.0) * 1024.0 * 1024.0) as u64
+    }
+
     /// The body limit in bytes.
     pub fn max_body_bytes(&self) -> usize {
         (self.max_body_mb.max(0.0) * 1024.0 * 1024.0) as usize
@@ -89,6 +104,15 @@ impl Config {
         }
         if self.max_pixels == 0 {
             anyhow::bail!("--max-pixels must be positive");
+        }
+        if self.max_request_pixels == 0 {
+            anyhow::bail!("--max-request-pixels must be positive");
+        }
+        if !(self.max_answer_mb.is_finite() && self.max_answer_mb > 0.0) {
+            anyhow::bail!(
+                "--max-answer-mb must be a positive number, got {}",
+                self.max_answer_mb
+            );
         }
         if let Some(ids) = &self.devices {
             if ids.is_empty() {

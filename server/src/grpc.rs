@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::models::VERSION;
 use crate::v2::{self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputRequest};
+use crate::v2_http::DataLimits;
 
 /// The code generated from proto/inference.proto.
 #[allow(clippy::all, missing_docs)]
@@ -39,6 +40,39 @@ pub fn server(st: Arc<AppState>) -> GrpcInferenceServiceServer<Service> {
     GrpcInferenceServiceServer::new(Service { st })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX)
+}
+
+/// The gRPC service as a router for [`crate::listen::serve`]. tonic refuses an
+/// over-size request message with `OUT_OF_RANGE`; the convention (and what gRPC's own
+/// implementations answer) is `RESOURCE_EXHAUSTED`, which the router's answers are
+/// rewritten to (this service answers `OUT_OF_RANGE` for nothing else).
+pub fn router(st: Arc<AppState>) -> axum::Router {
+    let limit = st.cfg.max_body_bytes();
+    tonic::service::Routes::new(server(st))
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            move |resp: axum::response::Response| async move { resource_exhausted(resp, limit) },
+        ))
+}
+
+/// `grpc-status: 11` (OUT_OF_RANGE, tonic's over-size refusal) as 8
+/// (RESOURCE_EXHAUSTED) with our sentence.
+fn resource_exhausted(
+    mut resp: axum::response::Response,
+    limit: usize,
+) -> axum::response::Response {
+    let h = resp.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    if out_of_range {
+        let msg = format!(
+            "body_too_large: the request message is larger than the limit of {limit} bytes (--max-body-mb)"
+        );
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+    }
+    resp
 }
 
 /// An HTTP-style error as a gRPC status with the same sentence.
@@ -75,13 +109,16 @@ fn ids_param(p: &HashMap<String, InferParameter>) -> Result<Option<Ids>, ApiErro
 
 /// Translates a gRPC inference request; `raw_input_contents`, when given, holds one
 /// entry per input.
-fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
+fn to_request(r: ModelInferRequest, limits: DataLimits) -> Result<InferRequest, ApiError> {
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
         return Err(v2::bad(format!(
             "{} raw_input_contents for {} inputs",
             r.raw_input_contents.len(),
             r.inputs.len()
         )));
+    }
+    if r.inputs.len() != 1 {
+        return Err(v2::input_count_error(r.inputs.len()));
     }
     let mut raw = r.raw_input_contents.into_iter();
     let inputs = r
@@ -90,16 +127,16 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
         .map(|i| {
             let data = match raw.next() {
                 Some(bytes) => InputData::Raw(Bytes::from(bytes)),
-                None => contents(&i.datatype, i.contents.unwrap_or_default()),
+                None => contents(&i.datatype, i.contents.unwrap_or_default(), limits)?,
             };
-            InputTensor {
+            Ok(InputTensor {
                 name: i.name,
                 datatype: i.datatype,
                 shape: i.shape,
                 data,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     let outputs = r
         .outputs
         .into_iter()
@@ -120,12 +157,36 @@ fn to_request(r: ModelInferRequest) -> Result<InferRequest, ApiError> {
     })
 }
 
-/// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in.
-fn contents(datatype: &str, c: InferTensorContents) -> InputData {
-    if datatype == "BYTES" {
-        return InputData::Elements(c.bytes_contents.into_iter().map(Bytes::from).collect());
+/// Typed contents: BYTES elements, or the unsigned integers UINT8 travels in
+/// (each checked against 0..=255).
+fn contents(
+    datatype: &str,
+    c: InferTensorContents,
+    limits: DataLimits,
+) -> Result<InputData, ApiError> {
+    let (n, max) = if datatype == "BYTES" {
+        (c.bytes_contents.len(), limits.elements)
+    } else {
+        (c.uint_contents.len(), limits.values)
+    };
+    if n > max {
+        return Err(v2::bad(format!(
+            "the input has {n} elements, more than {max} (the server's limit for this datatype)"
+        )));
     }
-    InputData::Numbers(c.uint_contents.into_iter().map(u64::from).collect())
+    if datatype == "BYTES" {
+        return Ok(InputData::Elements(
+            c.bytes_contents.into_iter().map(Bytes::from).collect(),
+        ));
+    }
+    let values = c
+        .uint_contents
+        .into_iter()
+        .map(|x| {
+            u8::try_from(x).map_err(|_| v2::bad(format!("UINT8 value {x} is out of range 0..=255")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(InputData::Numbers(values))
 }
 
 fn tensor_meta(t: v2::TensorMeta) -> TensorMetadata {
@@ -201,7 +262,8 @@ impl GrpcInferenceService for Service {
         v2::check_version(&r.model_version).map_err(status)?;
         let m = self.st.models.get(Some(&r.model_name)).map_err(status)?;
         let id = r.id.clone();
-        let req = to_request(r).map_err(status)?;
+        let limits = crate::v2_http::DataLimits::of(&self.st.cfg);
+        let req = to_request(r, limits).map_err(status)?;
         let ms = self.st.cfg.timeout_ms;
         let outputs = tokio::time::timeout(Duration::from_millis(ms), v2::infer(&self.st, &m, req))
             .await

@@ -18,10 +18,12 @@
 //!
 //! The HTTP API is described in the README's "HTTP API" section.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_codec;
 pub mod input;
 pub mod limit;
 pub mod listen;
@@ -143,11 +145,14 @@ fn load_models(
 }
 
 /// Starts the gRPC service on `listener` until `stop` turns true; prints its address.
+/// It runs on the same accept loop as HTTP ([`listen::serve`]), so the header and idle
+/// timeouts, the connection cap and the per-connection stream limit hold for it too.
 fn spawn_grpc(
     state: Arc<app::AppState>,
     listener: tokio::net::TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    limits: listen::ConnLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the Open Inference Protocol over gRPC");
     {
@@ -155,22 +160,18 @@ fn spawn_grpc(
         let _ = writeln!(out, "grpc listening on {addr}");
         let _ = out.flush();
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    Ok(tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(grpc::server(state))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("the gRPC server failed")
-    }))
+    let router = grpc::router(state);
+    Ok(tokio::spawn(listen::serve(listener, router, limits, stop)))
 }
 
 /// Loads the models into their worker pools, listens, and serves until SIGTERM/SIGINT;
 /// then finishes the requests in progress and returns.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
+    let admin_token = match &cfg.admin_token_file {
+        Some(f) => Some(admin::AdminToken::read(f)?),
+        None => None,
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let loaded = {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
@@ -194,10 +195,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         admission: Arc::new(tokio::sync::Semaphore::new(cfg.queue as usize)),
         models: models::Registry::new(loaded),
         metrics,
+        admin_token,
         cfg,
     });
     for m in state.models.all() {
-        tracing::info!(%addr, name = %m.name, model = %m.info.id, provider = %m.info.provider, workers = m.pool.workers(), "serving");
+        tracing::info!(%addr, name = %m.name, model = %m.info.id, file = %m.info.path, provider = %m.info.provider, workers = m.pool.workers(), "serving");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -205,8 +207,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     tokio::spawn(swap::on_sighup(state.clone()));
+    let limits = listen::ConnLimits {
+        header_timeout: Duration::from_millis(state.cfg.header_timeout_ms),
+        idle_timeout: Duration::from_millis(state.cfg.idle_timeout_ms),
+        max_connections: state.cfg.max_connections as usize,
+        max_streams: state.cfg.max_streams,
+    };
     let grpc = match grpc_listener {
-        Some(l) => Some(spawn_grpc(state.clone(), l, stop_rx.clone())?),
+        Some(l) => Some(spawn_grpc(state.clone(), l, limits, stop_rx.clone())?),
         None => None,
     };
     {
@@ -215,14 +223,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let app = app::router(state.clone());
-    let limits = listen::ConnLimits {
-        header_timeout: Duration::from_millis(state.cfg.header_timeout_ms),
-        idle_timeout: Duration::from_millis(state.cfg.idle_timeout_ms),
-        max_connections: state.cfg.max_connections as usize,
-    };
     listen::serve(listener, app, limits, stop_rx).await;
     if let Some(g) = grpc {
-        g.await.context("the gRPC server failed")??;
+        g.await.context("the gRPC server failed")?;
     }
     tracing::info!("stopped accepting connections; finishing the queued work");
     tokio::task::spawn_blocking(move || {

@@ -13,6 +13,12 @@
 //! body without one (`Transfer-Encoding: chunked`, or HTTP/2) is counted as the
 //! handler reads it: past the limit the handler's reads fail, and the answer is the
 //! same 413, whatever the handler made of the failed read.
+//!
+//! The same holds for every answer given before the body was read (an unknown model,
+//! a bad `output`, an unknown route, a wrong method, a refused admin request): the
+//! rest of the body is read and discarded within the same bounds before the answer
+//! goes out, so the client reads it and a kept-alive connection stays usable; past
+//! the bounds the answer says `Connection: close`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,13 +52,14 @@ pub async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
             let drained = n <= DRAIN_MAX_BYTES && drain(req.into_body(), n).await;
             too_large(limit, drained)
         }
-        None if !req.body().is_end_stream() => counted(limit, req, next).await,
-        _ => next.run(req).await,
+        _ if req.body().is_end_stream() => next.run(req).await,
+        _ => counted(limit, req, next).await,
     }
 }
 
-/// Runs the handler on a body of unknown length that fails past `limit` bytes; if it
-/// went past, discards the rest and answers 413.
+/// Runs the handler on a body that fails past `limit` bytes; if it went past,
+/// discards the rest and answers 413. If the handler answered without reading the
+/// whole body, discards the rest before its answer goes out.
 async fn counted(limit: u64, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let shared = Arc::new(Mutex::new(Counted {
@@ -66,20 +73,24 @@ async fn counted(limit: u64, req: Request, next: Next) -> Response {
             limit,
         }),
     );
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let (rest, read) = {
         let mut c = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if c.read <= limit {
-            return resp;
-        }
         (c.body.take(), c.read)
     };
-    drop(resp);
-    let drained = match rest {
+    let unread = rest.filter(|b| !b.is_end_stream());
+    let drained = match unread {
         Some(b) => drain(b, DRAIN_MAX_BYTES.saturating_sub(read)).await,
-        None => false,
+        None => true,
     };
-    too_large(limit, drained)
+    if read > limit {
+        return too_large(limit, drained);
+    }
+    if !drained {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The 413 answer; `Connection: close` unless the body was read to its end.
@@ -143,6 +154,10 @@ impl HttpBody for CountedBody {
             return Poll::Ready(None);
         };
         let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+        if frame.is_none() {
+            // Read to its end: nothing is left to discard.
+            c.body = None;
+        }
         if let Some(Ok(f)) = &frame {
             c.read += f.data_ref().map_or(0, |d| d.len() as u64);
             if c.read > self.limit {

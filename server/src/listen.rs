@@ -41,13 +41,19 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Requests (HTTP/2 streams) one connection may have in progress at once.
+    pub max_streams: u32,
 }
 
 /// hyper's own header-read timer is off: [`Activity`] keeps the header and idle
-/// timeouts apart (see the module documentation).
-fn builder() -> Builder<TokioExecutor> {
+/// timeouts apart (see the module documentation). HTTP/2 connections get at most
+/// `max_streams` concurrent streams.
+fn builder(max_streams: u32) -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
     b.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams);
     b
 }
 
@@ -59,17 +65,21 @@ pub async fn serve(
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = builder();
+    let builder = builder(limits.max_streams);
     let cap = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
     let open = Arc::new(Semaphore::new(cap as usize));
     loop {
         let permit = tokio::select! {
             p = open.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    // Small answers (gRPC's especially) go out at once.
+                    let _ = s.set_nodelay(true);
+                    s
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -77,13 +87,18 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         spawn_connection(&builder, stream, app.clone(), limits, stop.clone(), permit);
     }
     drop(listener);
     // Each open connection holds a permit until it has closed.
     let _ = open.acquire_many(cap).await;
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Serves one connection on its own task until it closes (see [`drive`]).

@@ -28,6 +28,19 @@ const BATCH: &str = "lse_batch_size";
 const INFERENCE: &str = "lse_inference_seconds";
 const STAGE: &str = "lse_stage_seconds";
 
+/// The HTTP methods counted by name; any other is counted as `other`.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// The `method` label of a request's method: one of [`METHODS`], else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
+}
+
 /// The server's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -109,11 +122,13 @@ impl Metrics {
         }
     }
 
-    /// Records one finished HTTP request.
+    /// Records one finished HTTP request. `route` is a route template (never a
+    /// request's own path) or `unmatched`; a method outside [`METHODS`] counts as
+    /// `other`, so clients cannot add series.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         let labels = vec![
             Label::new("route", route.to_string()),
-            Label::new("method", method.to_string()),
+            Label::new("method", method_label(method)),
             Label::new("status", status.to_string()),
         ];
         self.recorder
@@ -173,6 +188,29 @@ mod tests {
                 .parse()
                 .ok()
         })
+    }
+
+    #[test]
+    fn unknown_methods_share_one_series() {
+        let m = Metrics::default();
+        for i in 0..1000 {
+            m.observe_request("unmatched", &format!("M{i}"), 405, Duration::ZERO);
+        }
+        m.observe_request("unmatched", "GET", 404, Duration::ZERO);
+        let text = m.render(Gauges {
+            queue_depth: 0,
+            queue_capacity: 1,
+            in_progress: 0,
+            workers: 1,
+            workers_ready: 1,
+        });
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("lse_http_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        let other = "lse_http_requests_total{route=\"unmatched\",method=\"other\",status=\"405\"}";
+        assert_eq!(value(&text, other), Some(1000.0), "{text}");
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub async fn predict(
 ) -> Result<Predicted, ApiError> {
     let started = Instant::now();
     let preparing = CountGuard::preparing(&model.pool.shared);
-    let (max_pixels, size) = (st.cfg.max_pixels, model.meta.train_size);
+    let max_pixels = st.cfg.max_pixels.min(st.cfg.max_request_pixels);
+    let size = model.meta.train_size;
     let (image, input) = blocking(move || {
         let image = match src {
             Source::Encoded(bytes) => input::decode(&bytes, max_pixels)?,

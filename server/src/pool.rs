@@ -70,6 +70,8 @@ pub struct Shared {
     pub preparing: AtomicUsize,
     /// Workers whose session is loaded and warmed up.
     pub ready: AtomicUsize,
+    /// The error of the first worker whose warm-up failed.
+    pub warm_up_failed: Mutex<Option<String>>,
 }
 
 /// Decrements a counter when dropped.
@@ -191,6 +193,16 @@ impl Pool {
         }
     }
 
+    /// The error of a worker whose warm-up failed, if one did.
+    pub fn warm_up_error(&self) -> Option<String> {
+        let failed = self
+            .shared
+            .warm_up_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failed.clone()
+    }
+
     /// Whether every worker is loaded and warmed up.
     pub fn ready(&self) -> bool {
         self.shared.ready.load(Ordering::SeqCst) >= self.workers
@@ -282,7 +294,15 @@ impl Worker {
                 self.shared.ready.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(worker = self.id, provider = %self.engine.provider(), "worker ready");
             }
-            Err(e) => tracing::error!(worker = self.id, error = %e, "warm-up failed"),
+            Err(e) => {
+                tracing::error!(worker = self.id, error = %e, "warm-up failed");
+                let mut failed = self
+                    .shared
+                    .warm_up_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                failed.get_or_insert_with(|| e.to_string());
+            }
         }
         while let Some(mut batch) = self.next_batch() {
             // Requests that timed out or whose client left are not worth running.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
@@ -49,8 +49,10 @@ pub async fn list(State(st): State<Arc<AppState>>) -> Json<Value> {
 /// swaps it in; answers with the new and the replaced model's ids.
 pub async fn load_route(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    crate::admin::authorize(st.admin_token.as_ref(), &headers)?;
     let (served, previous) = load(&st, &name).await?;
     Ok(Json(json!({
         "name": name,
@@ -73,16 +75,12 @@ pub async fn load(
             "models can only be loaded when the server was started with --model-dir",
         ));
     };
-    models::check_name(name)?;
-    let path = models::model_file(&dir, name);
-    if !path.is_file() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_model",
-            format!("no model file {}", path.display()),
-        ));
-    }
-    let _one_at_a_time = st.models.loading.lock().await;
+    let path = {
+        let (dir, name) = (dir.clone(), name.to_string());
+        blocking(move || models::resolve(&dir, &name)).await?
+    };
+    let lock = st.models.load_lock(name);
+    let _one_load_of_this_name = lock.lock().await;
     let (opts, metrics, name2) = (
         crate::pool_options(&st.cfg),
         st.metrics.clone(),

@@ -68,8 +68,8 @@ pub fn model_tensors(m: &Served) -> (Vec<TensorMeta>, Vec<TensorMeta>) {
 pub enum InputData {
     /// BYTES elements, one per image.
     Elements(Vec<Bytes>),
-    /// Numbers of a numeric tensor (UINT8 values must fit 0..=255).
-    Numbers(Vec<u64>),
+    /// Values of a UINT8 tensor (checked against 0..=255 as they were read).
+    Numbers(Vec<u8>),
     /// Raw little-endian bytes (the binary-data extension, gRPC's raw contents).
     Raw(Bytes),
 }
@@ -126,8 +126,9 @@ pub struct InferRequest {
     pub binary_default: bool,
 }
 
-/// The elements of an answer tensor.
-#[derive(Debug)]
+/// The elements of an answer tensor (serialised as a flat JSON array).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
 pub enum OutputData {
     U8(Vec<u8>),
     F32(Vec<f32>),
@@ -173,13 +174,17 @@ pub fn check_version(version: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// The error for a request without exactly one input.
+pub fn input_count_error(n: usize) -> ApiError {
+    bad(format!(
+        "a request has exactly one input (`{INPUT_ENCODED}`, BYTES, or `{INPUT_PIXELS}`, UINT8), got {n}"
+    ))
+}
+
 /// The images of a request: its one input tensor, checked.
 pub fn images(req: &mut InferRequest) -> Result<Vec<Source>, ApiError> {
     if req.inputs.len() != 1 {
-        return Err(bad(format!(
-            "a request has exactly one input (`{INPUT_ENCODED}`, BYTES, or `{INPUT_PIXELS}`, UINT8), got {}",
-            req.inputs.len()
-        )));
+        return Err(input_count_error(req.inputs.len()));
     }
     let input = req.inputs.remove(0);
     let sources = match input.name.as_str() {
@@ -274,7 +279,7 @@ fn pixel_images(input: InputTensor) -> Result<Vec<Source>, ApiError> {
     // Raw bytes are read in place; only JSON numbers need converting.
     let bytes: std::borrow::Cow<'_, [u8]> = match &input.data {
         InputData::Raw(raw) => raw.as_ref().into(),
-        InputData::Numbers(v) => numbers_to_u8(v)?.into(),
+        InputData::Numbers(v) => v.as_slice().into(),
         InputData::Elements(_) => return Err(bad("UINT8 input given as BYTES elements")),
     };
     let per_image = h * w * 3;
@@ -296,16 +301,8 @@ fn pixel_images(input: InputTensor) -> Result<Vec<Source>, ApiError> {
         .collect()
 }
 
-fn numbers_to_u8(v: &[u64]) -> Result<Vec<u8>, ApiError> {
-    v.iter()
-        .map(|&x| {
-            u8::try_from(x).map_err(|_| bad(format!("UINT8 value {x} is out of range 0..=255")))
-        })
-        .collect()
-}
-
 /// The outputs to produce: those requested, or `labels`.
-fn requested(req: &InferRequest) -> Result<Vec<OutputRequest>, ApiError> {
+pub fn requested(req: &InferRequest) -> Result<Vec<OutputRequest>, ApiError> {
     if req.outputs.is_empty() {
         return Ok(vec![OutputRequest {
             name: OUTPUT_LABELS.into(),
@@ -324,6 +321,86 @@ fn requested(req: &InferRequest) -> Result<Vec<OutputRequest>, ApiError> {
     Ok(req.outputs.clone())
 }
 
+/// The width and height of each image: from the header of an encoded one (nothing is
+/// decoded), from the tensor for pixels. Blocking.
+fn image_sizes(sources: &[Source]) -> Result<Vec<(u64, u64)>, ApiError> {
+    sources
+        .iter()
+        .map(|s| match s {
+            Source::Encoded(b) => {
+                crate::input::header_dimensions(b).map(|(_, w, h)| (w as u64, h as u64))
+            }
+            Source::Pixels(img) => Ok((img.width() as u64, img.height() as u64)),
+        })
+        .collect()
+}
+
+/// Bytes per element of an answer tensor: binary, or JSON text (`255,` for UINT8; a
+/// shortest-form float and its comma, at most 16 characters, for FP32).
+fn element_bytes(datatype_bytes: u64, binary: bool) -> u64 {
+    match (datatype_bytes, binary) {
+        (n, true) => n,
+        (1, false) => 4,
+        _ => 16,
+    }
+}
+
+/// Refuses, before anything is decoded or computed, a request whose images have more
+/// pixels in all than `--max-request-pixels`, or whose answer would be larger than
+/// `--max-answer-mb` (413, naming the limit and the estimate).
+pub fn check_budget(
+    cfg: &crate::config::Config,
+    model: &Served,
+    sizes: &[(u64, u64)],
+    outputs: &[OutputRequest],
+) -> Result<(), ApiError> {
+    let n = sizes.len() as u64;
+    let pixels: u64 = sizes.iter().map(|(w, h)| w.saturating_mul(*h)).sum();
+    if pixels > cfg.max_request_pixels {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_pixels",
+            format!(
+                "the request's {n} images have {pixels} pixels in all, more than --max-request-pixels {}",
+                cfg.max_request_pixels
+            ),
+        ));
+    }
+    let [tw, th] = model.meta.train_size;
+    let classes = model.meta.num_classes() as u64;
+    let mut total = 0u64;
+    let mut parts = Vec::new();
+    for o in outputs {
+        let form = if o.binary { "binary" } else { "JSON" };
+        let (values, what) = if o.name == OUTPUT_SCORES {
+            let v = n * classes * th as u64 * tw as u64;
+            let what = format!(
+                "`{OUTPUT_SCORES}` for {n} images: {n} x {classes} x {th} x {tw} FP32 values as {form}"
+            );
+            (v.saturating_mul(element_bytes(4, o.binary)), what)
+        } else {
+            let what = format!("`{OUTPUT_LABELS}` for {n} images: {pixels} UINT8 values as {form}");
+            (pixels.saturating_mul(element_bytes(1, o.binary)), what)
+        };
+        total = total.saturating_add(values);
+        parts.push(what);
+    }
+    let limit = cfg.max_answer_bytes();
+    if total > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "answer_too_large",
+            format!(
+                "the answer would take about {:.1} MiB ({}), more than --max-answer-mb {}",
+                total as f64 / (1024.0 * 1024.0),
+                parts.join("; "),
+                cfg.max_answer_mb
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs one inference: every image through the shared pipeline (the pool batches
 /// them), then the requested tensors.
 pub async fn infer(
@@ -333,6 +410,12 @@ pub async fn infer(
 ) -> Result<Vec<OutputTensor>, ApiError> {
     let outputs = requested(&req)?;
     let sources = images(&mut req)?;
+    let (sources, sizes) = pipeline::blocking(move || {
+        let sizes = image_sizes(&sources)?;
+        Ok((sources, sizes))
+    })
+    .await?;
+    check_budget(&st.cfg, model, &sizes, &outputs)?;
     let _permit = pipeline::admit(st, sources.len())?;
     let preds = futures_util::future::try_join_all(
         sources.into_iter().map(|s| pipeline::predict(st, model, s)),

@@ -142,46 +142,6 @@ fn connection_cap_holds_and_frees() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
-/// Whether the server closed `s` (EOF or reset) before a read timeout, whatever it
-/// sent first.
-fn read_until_closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) => {
-                return e.kind() != std::io::ErrorKind::WouldBlock
-                    && e.kind() != std::io::ErrorKind::TimedOut;
-            }
-        }
-    }
-}
-
-/// Reads one answer with a Content-Length from a kept-alive connection.
-fn read_one(s: &mut TcpStream) -> Resp {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("a content-length");
-            if buf.len() >= end + 4 + len {
-                return parse_response(&buf).unwrap();
-            }
-        }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed mid-answer");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[test]
 fn idle_connections_are_closed_while_others_are_served() {
     // The header timeout is far longer than the test: only the idle timer can close.

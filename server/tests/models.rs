@@ -74,10 +74,19 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     }
     put(&a_file, &dir.join("default/model.onnx"));
     put(&b_file, &dir.join("other/model.onnx"));
+    let token = tmp.path().join("admin-token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
     let mut server = Server::start_in(
         None,
         false,
-        &["--model-dir", dir.to_str().unwrap(), "--queue", "256"],
+        &[
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--queue",
+            "256",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
     );
     let a = server.addr;
     let ids = model_ids(a);
@@ -97,7 +106,7 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = hammer(a, 4, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
-    let r = send(a, "POST", "/v1/models/default/load", &[], b"").unwrap();
+    let r = send(a, "POST", "/v1/models/default/load", ADMIN, b"").unwrap();
     let swapped = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -144,12 +153,12 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     assert_eq!(model_ids(a)[1].1, id_b, "the unchanged model stays");
 
     // Bad loads name the problem and leave the served model alone.
-    let r = send(a, "POST", "/v1/models/missing/load", &[], b"").unwrap();
+    let r = send(a, "POST", "/v1/models/missing/load", ADMIN, b"").unwrap();
     r.assert_error(404, "unknown_model");
-    let r = send(a, "POST", "/v1/models/..%2Fx/load", &[], b"").unwrap();
+    let r = send(a, "POST", "/v1/models/..%2Fx/load", ADMIN, b"").unwrap();
     r.assert_error(400, "bad_model_name");
     std::fs::write(dir.join("default/model.onnx"), b"not a model").unwrap();
-    let r = send(a, "POST", "/v1/models/default/load", &[], b"").unwrap();
+    let r = send(a, "POST", "/v1/models/default/load", ADMIN, b"").unwrap();
     r.assert_error(422, "load_failed");
     assert_eq!(model_ids(a)[0].1, id_a);
     server.signal("TERM");

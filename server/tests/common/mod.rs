@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 use image::{ImageFormat, RgbImage};
 use lse_test_support::{beside, ok};
 
+/// The admin token the tests start servers with (`--admin-token-file`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The header that carries [`ADMIN_TOKEN`].
+pub const ADMIN: &[(&str, &str)] = &[("Authorization", "Bearer test-admin-token-0123456789")];
+
 /// The `lse-serve` binary under test.
 pub fn lse_serve() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lse-serve"))
@@ -433,4 +439,44 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         l.strip_prefix(series)
             .and_then(|rest| rest.trim().parse().ok())
     })
+}
+
+/// Whether the server closed `s` (EOF or reset) before a read timeout, whatever it
+/// sent first.
+pub fn read_until_closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut;
+            }
+        }
+    }
+}
+
+/// Reads one answer with a Content-Length from a kept-alive connection.
+pub fn read_one(s: &mut TcpStream) -> Resp {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if buf.len() >= end + 4 + len {
+                return parse_response(&buf).unwrap();
+            }
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed mid-answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }

@@ -62,8 +62,9 @@ pub struct Args {
     /// waits while other requests are being decoded).
     #[arg(long, default_value_t = 5)]
     pub batch_wait_ms: u64,
-    /// Requests that may be in the pipeline at once (decoding, waiting for a worker, or
-    /// being inferred); more are refused with 503 and Retry-After.
+    /// Images that may be in the pipeline at once (decoding, waiting for a worker, or
+    /// being inferred; each image of a /v2 batch counts); more are refused with 503 and
+    /// Retry-After.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,
     /// Time limit of one request in milliseconds; past it the answer is 504.
@@ -82,14 +83,33 @@ pub struct Args {
     /// is bounded by --header-timeout-ms instead.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_ms: u64,
-    /// HTTP connections open at once; further clients wait in the kernel's backlog
-    /// until one closes (keeps file descriptors for models and the gRPC service).
+    /// Connections open at once on each listener (HTTP, and the gRPC service's own);
+    /// further clients wait in the kernel's backlog until one closes. The header and
+    /// idle timeouts hold on both.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Requests one HTTP/2 connection (HTTP or gRPC) may have in progress at once (its
+    /// concurrent streams); further streams wait for the client to retry.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
     /// Largest image, in pixels (width x height), read from the image header before any
     /// pixel is decoded; larger images get 413.
     #[arg(long, default_value_t = 40_000_000)]
     pub max_pixels: u64,
+    /// Decoded pixels of all images of one request together (width x height summed),
+    /// read from the image headers (or the pixel tensor's shape) before any pixel is
+    /// decoded; more get 413.
+    #[arg(long, default_value_t = 40_000_000)]
+    pub max_request_pixels: u64,
+    /// Largest answer of one /v2 or gRPC inference, in MiB, estimated from the images'
+    /// sizes and the requested outputs before anything is computed; larger get 413.
+    #[arg(long, default_value_t = 256.0)]
+    pub max_answer_mb: f64,
+    /// A file holding the admin token (e.g. `openssl rand -hex 32 > FILE`, at least 16
+    /// bytes): admin routes (POST /v1/models/NAME/load) need `Authorization: Bearer
+    /// TOKEN`. Without it they answer 403.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub verbosity: lse_cli::Verbosity,
 }
@@ -117,6 +137,10 @@ impl Args {
             idle_timeout_ms: self.idle_timeout_ms,
             max_connections: self.max_connections,
             max_pixels: self.max_pixels,
+            max_streams: self.max_streams,
+            max_request_pixels: self.max_request_pixels,
+            max_answer_mb: self.max_answer_mb,
+            admin_token_file: self.admin_token_file,
         }
     }
 }
