@@ -31,6 +31,8 @@
 #   bash .gpu/scripts/gpu-run.sh            (from the bundle)
 #   env: LSE_GPU_RUN_DRY=1      run the steps that need no GPU (on a CPU machine) and
 #                               report the others as skipped
+#        LSE_GPU_RUN_REHEARSE=1 run every step, the GPU steps on the CPU (a check of
+#                               the commands before a GPU call; no GPU figure)
 #        LSE_GPU_PYTHON         the Python with PyTorch (default python3, else .venv's)
 #        LSE_GPU_BUNDLE         the bundle (default: the folder this script is in, ..)
 #        LSE_GPU_RUN_BUDGET_S   whole-run budget in seconds (default 330)
@@ -43,6 +45,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUNDLE="${LSE_GPU_BUNDLE:-$(cd "$here/.." && pwd)}"
 BIN="$BUNDLE/bin"
 DRY="${LSE_GPU_RUN_DRY:-}"
+REHEARSE="${LSE_GPU_RUN_REHEARSE:-}"
+DEV=cuda
+[ -n "$REHEARSE" ] && DEV=cpu
 BUDGET="${LSE_GPU_RUN_BUDGET_S:-330}"
 WIDTH="${LSE_GPU_RUN_BENCH_WIDTH:-1}"
 BENCH_SIZE="${LSE_GPU_RUN_BENCH_SIZE:-2048x1024}"
@@ -67,7 +72,7 @@ tiny() {
   shift
   "$BIN/lse-train" "$cmd" --source "gta5:$WORK/data/source" --target "cityscapes:$WORK/data/target" \
     --set source_size=96x48 --set target_size=96x48 --set log_every=1 --lr 1e-4 --batch-size 2 \
-    --device cuda --threads 4 --quiet "$@"
+    --device "$DEV" --threads 4 --quiet "$@"
 }
 
 step_smoke() {
@@ -81,20 +86,23 @@ step_smoke() {
   local rc=$?
   [ "$rc" = 75 ] || { echo "adapt --stop-after-iterations 5 exited $rc (75 expected)"; return 1; }
   [ -f "$d/adapt/checkpoints/last.safetensors" ] || { echo "no checkpoint before the stop"; return 1; }
-  "$BIN/lse-train" adapt --resume "$d/adapt" --device cuda --threads 4 --quiet || return 1
+  "$BIN/lse-train" adapt --resume "$d/adapt" --device "$DEV" --threads 4 --quiet || return 1
   grep -q '"status": *"finished"' "$d/adapt/run.json" || { echo "resumed run not finished"; return 1; }
   tiny train --init "$WORK/init.safetensors" --iterations 6 --set amp=bf16 --out "$d/bf16" || return 1
-  tiny train --init "$WORK/init.safetensors" --iterations 6 --set amp=fp16 --out "$d/fp16" || return 1
-  echo "RESULT train=ok adapt_stop_resume=ok amp_bf16=ok amp_fp16=ok"
+  if [ "$DEV" = cuda ]; then
+    tiny train --init "$WORK/init.safetensors" --iterations 6 --set amp=fp16 --out "$d/fp16" || return 1
+    echo "RESULT amp_fp16=ok"
+  fi
+  echo "RESULT train=ok adapt_stop_resume=ok amp_bf16=ok"
 }
 
 step_eval() {
   local m="$WORK/smoke/adapt/model.safetensors" dev
-  for dev in cuda cpu; do
+  for dev in "$DEV" cpu; do
     "$BIN/lse-train" eval "$m" --target "cityscapes:$WORK/data/target" --split val --device "$dev" \
       --threads 4 --json >"$WORK/eval-$dev.json" || return 1
   done
-  "$PY" - "$WORK/eval-cuda.json" "$WORK/eval-cpu.json" <<'EOF'
+  "$PY" - "$WORK/eval-$DEV.json" "$WORK/eval-cpu.json" <<'EOF'
 import json, sys
 cuda, cpu = (json.load(open(p))["miou"] for p in sys.argv[1:3])
 d = abs(cuda - cpu)
@@ -108,6 +116,10 @@ EOF
 with_peak() {
   local name="$1" base sampler
   shift
+  if [ "$DEV" != cuda ]; then
+    "$@"
+    return
+  fi
   base="$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 100 >"$WORK/mem-$name.txt" 2>/dev/null &
   sampler=$!
@@ -120,7 +132,7 @@ with_peak() {
 }
 
 step_train_bench() {
-  local common=(--width "$WIDTH" --size "$TRAIN_SIZE" --batch 1 --threads "$THREADS" --runs 10 --warmup 3 --device cuda)
+  local common=(--width "$WIDTH" --size "$TRAIN_SIZE" --batch 1 --threads "$THREADS" --runs 10 --warmup 3 --device "$DEV")
   local amp order impl out
   for amp in off bf16; do
     for order in ab ba; do
@@ -139,12 +151,12 @@ step_train_bench() {
 
 step_torch_infer() {
   "$PY" "$BUNDLE/scripts/bench_infer_torch.py" --width "$WIDTH" --size "$BENCH_SIZE" \
-    --precision fp32,fp16 --batch 1,8 --runs 10 --warmup 3 --device cuda
+    --precision fp32,fp16 --batch 1,8 --runs 10 --warmup 3 --device "$DEV"
 }
 
 step_generate_bench() {
   "$PY" "$BUNDLE/scripts/bench_generate.py" --rust-exe "$BIN/bench_generate" --size "$TRAIN_SIZE" \
-    --device cuda --threads "$THREADS" --runs 7 --warmup 2 --rounds 3
+    --device "$DEV" --threads "$THREADS" --runs 7 --warmup 2 --rounds 3
 }
 
 step_export() {
@@ -219,13 +231,14 @@ if [ -z "$TORCH_LIB" ]; then
 fi
 export LD_LIBRARY_PATH="$TORCH_LIB${NVIDIA_LIBS:+:$NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -n "$ORT_LIB" ] && export ORT_DYLIB_PATH="$ORT_LIB"
-export PY WORK BIN BUNDLE WIDTH BENCH_SIZE TRAIN_SIZE THREADS RUST_LOG=warn PYTHONUNBUFFERED=1
+export PY WORK BIN BUNDLE DEV WIDTH BENCH_SIZE TRAIN_SIZE THREADS RUST_LOG=warn PYTHONUNBUFFERED=1
 
 GPU=0
 if [ -z "$DRY" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 &&
   "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   GPU=1
 fi
+[ -n "$REHEARSE" ] && GPU=1
 if [ "$GPU" = 0 ] && [ -z "$DRY" ]; then
   say "cannot run: no usable NVIDIA GPU here (nvidia-smi or torch.cuda.is_available() says so); LSE_GPU_RUN_DRY=1 runs the steps that need none"
   exit 2
@@ -285,7 +298,7 @@ run() {
 
 probe() {
   {
-    echo "RESULT machine=$(uname -m) dry=$([ -n "$DRY" ] && echo 1 || echo 0) gpu_usable=$GPU"
+    echo "RESULT machine=$(uname -m) dry=$([ -n "$DRY" ] && echo 1 || echo 0) rehearsal=$([ -n "$REHEARSE" ] && echo 1 || echo 0) device=$DEV"
     if command -v nvidia-smi >/dev/null 2>&1; then
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader -i 0 |
         sed 's/, /,/g; s/ /_/g; s/^\([^,]*\),\([^,]*\),\(.*\)$/RESULT gpu=\1 driver=\2 gpu_memory=\3/'
@@ -326,7 +339,7 @@ report() {
   "$PY" "$BUNDLE/scripts/gpu_results.py" "$STEPS" "$RESULTS" || say "writing the results failed"
 }
 
-say "bundle $BUNDLE, results in $RESULTS, budget ${BUDGET} s$([ -n "$DRY" ] && echo ', DRY RUN (no GPU steps)')"
+say "bundle $BUNDLE, results in $RESULTS, budget ${BUDGET} s$([ -n "$DRY" ] && echo ', DRY RUN (no GPU steps)')$([ -n "$REHEARSE" ] && echo ', REHEARSAL (GPU steps on the CPU)')"
 probe
 report
 # Most important first: the budget skips what comes last.

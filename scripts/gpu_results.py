@@ -35,6 +35,8 @@ def markdown(doc):
                f"({probe.get('ort_providers', '?')})")
     if doc["dry_run"]:
         out.append("- **dry run**: the steps that need a GPU were skipped; no figure below is a GPU measurement")
+    if doc["rehearsal"]:
+        out.append("- **rehearsal**: the steps that need a GPU ran on the CPU; no figure below is a GPU measurement")
     out += ["", "| step | needs GPU | status | s | note |", "|---|---|---|---|---|"]
     for s in doc["steps"]:
         out.append(f"| {s['step']} | {'yes' if s['needs_gpu'] else 'no'} | {s['status']} | "
@@ -67,7 +69,7 @@ def main():
     steps = [json.loads(line) for line in open(steps_path) if line.strip()]
     probe = next((s["results"] for s in steps if s["step"] == "probe"), {})
     bench = next((s["results"] for s in steps if s["step"] == "train-bench"), {})
-    doc = {"dry_run": probe.get("dry") == 1.0, "steps": steps, "train_iteration": train_summary(bench)}
+    doc = {"dry_run": probe.get("dry") == 1.0, "rehearsal": probe.get("rehearsal") == 1.0, "steps": steps, "train_iteration": train_summary(bench)}
     write(os.path.join(results, "gpu-results.json"), json.dumps(doc, indent=1) + "\n")
     write(os.path.join(results, "gpu-results.md"), markdown(doc))
 
