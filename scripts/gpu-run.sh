@@ -299,6 +299,7 @@ run() {
 probe() {
   {
     echo "RESULT machine=$(uname -m) dry=$([ -n "$DRY" ] && echo 1 || echo 0) rehearsal=$([ -n "$REHEARSE" ] && echo 1 || echo 0) device=$DEV"
+    echo "RESULT width=$WIDTH train_size=$TRAIN_SIZE bench_size=$BENCH_SIZE threads=$THREADS"
     if command -v nvidia-smi >/dev/null 2>&1; then
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader -i 0 |
         sed 's/, /,/g; s/ /_/g; s/^\([^,]*\),\([^,]*\),\(.*\)$/RESULT gpu=\1 driver=\2 gpu_memory=\3/'

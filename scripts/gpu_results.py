@@ -19,7 +19,10 @@ def train_summary(r):
         if None in rust or None in torch:
             continue
         rm, tm = sum(rust) / 2, sum(torch) / 2
-        peak = lambda impl: max(r.get(f"{impl}_{amp}_{o}_peak_mib", float("nan")) for o in ("ab", "ba"))
+        def peak(impl):
+            got = [r[k] for k in (f"{impl}_{amp}_{o}_peak_mib" for o in ("ab", "ba")) if k in r]
+            return max(got) if got else None
+
         rows.append({"amp": amp, "lse_train_ms": rm, "pytorch_ms": tm, "ratio": rm / tm,
                      "lse_train_runs_ms": rust, "pytorch_runs_ms": torch,
                      "lse_train_peak_mib": peak("rust"), "pytorch_peak_mib": peak("torch")})
@@ -42,13 +45,14 @@ def markdown(doc):
         out.append(f"| {s['step']} | {'yes' if s['needs_gpu'] else 'no'} | {s['status']} | "
                    f"{s['seconds']:.0f} | {s['note']} |")
     if doc["train_iteration"]:
-        out += ["", "Training iteration, full width, batch 1 (mean of the A/B and B/A runs; peak: device "
-                "memory above idle, the larger of the two runs):", "",
+        out += ["", f"Training iteration, width {probe.get('width', '?')}, {probe.get('train_size', '?')}, batch 1 "
+                "(mean of the A/B and B/A runs; peak: device memory above idle, the larger of the two runs):", "",
                 "| amp | lse-train ms | PyTorch eager ms | ratio | lse-train peak MiB | PyTorch peak MiB |",
                 "|---|---|---|---|---|---|"]
         for t in doc["train_iteration"]:
+            mib = lambda v: "-" if v is None else f"{v:.0f}"
             out.append(f"| {t['amp']} | {t['lse_train_ms']:.1f} | {t['pytorch_ms']:.1f} | {t['ratio']:.3f} | "
-                       f"{t['lse_train_peak_mib']:.0f} | {t['pytorch_peak_mib']:.0f} |")
+                       f"{mib(t['lse_train_peak_mib'])} | {mib(t['pytorch_peak_mib'])} |")
     out += ["", "Every figure, by step:", ""]
     for s in doc["steps"]:
         if s["results"]:
