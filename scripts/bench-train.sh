@@ -7,22 +7,22 @@
 # (scripts/bench_generate.py with trainer/examples/bench_generate.rs).
 #
 #   scripts/bench-train.sh [--width 0.125] [--size 256x128] [--batch 1] [--threads 2]
-#                          [--runs 10] [--device cpu|cuda]
+#                          [--runs 10] [--device cpu|cuda] [--amp off|bf16|fp16]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-WIDTH=0.125 SIZE=256x128 BATCH=1 THREADS=2 RUNS=10 DEVICE=cpu
+WIDTH=0.125 SIZE=256x128 BATCH=1 THREADS=2 RUNS=10 DEVICE=cpu AMP=off
 while [ $# -gt 0 ]; do
   case "$1" in
     --width) WIDTH="$2";; --size) SIZE="$2";; --batch) BATCH="$2";;
-    --threads) THREADS="$2";; --runs) RUNS="$2";; --device) DEVICE="$2";;
+    --threads) THREADS="$2";; --runs) RUNS="$2";; --device) DEVICE="$2";; --amp) AMP="$2";;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
   shift 2
 done
 PY="$root/.venv/bin/python"
 [ -x "$PY" ] || { echo "error: $PY missing; run scripts/setup.sh" >&2; exit 1; }
-common=(--width "$WIDTH" --size "$SIZE" --batch "$BATCH" --threads "$THREADS" --runs "$RUNS" --device "$DEVICE")
+common=(--width "$WIDTH" --size "$SIZE" --batch "$BATCH" --threads "$THREADS" --runs "$RUNS" --device "$DEVICE" --amp "$AMP")
 
 # PROFILE=release for a release build (the time is libtorch's either way: the dev
 # profile builds dependencies with opt-level 3).

@@ -13,6 +13,9 @@ image, P and M, arg-max, ignore where the upsampled mask is 0) three ways:
          The per-pixel loop is timed on a --loop-size image (default 256x128) and
          scaled linearly by the pixel count (it is O(pixels)); this is printed.
 
+--device cuda runs the Rust example and the PyTorch version on the GPU (each timing
+ends with a synchronisation) and skips the loop formulation, which is numpy's.
+
 Same input size, class count, K, window scale and thread count for all. Prints the
 median ms of each and the ratios rust/torch (target <= 1.2) and loop/rust (speed-up).
 Last line: RESULT rust_ms=.. torch_ms=.. loop_ms=.. ratio_rust_torch=.. speedup_vs_loop=..
@@ -44,8 +47,8 @@ def normalized_entropy_torch(p):
     h = -torch.xlogy(p, p).sum(0)
     a = p.max(0).indices  # as lse.rs: max's indices, faster than argmax on CPU
     hf, af = h.flatten(), a.flatten()
-    mins = torch.full((C,), float("inf")).scatter_reduce(0, af, hf, "amin")
-    maxs = torch.full((C,), float("-inf")).scatter_reduce(0, af, hf, "amax")
+    mins = torch.full((C,), float("inf"), device=p.device).scatter_reduce(0, af, hf, "amin")
+    maxs = torch.full((C,), float("-inf"), device=p.device).scatter_reduce(0, af, hf, "amax")
     lo = mins.gather(0, af)
     rng = maxs.gather(0, af) - lo
     pos = rng > 0
@@ -55,14 +58,15 @@ def normalized_entropy_torch(p):
 
 def mask_torch(p, taus):
     hn, a = normalized_entropy_torch(p)
-    tau = torch.tensor([t if t is not None else float("-inf") for t in taus], dtype=torch.float64)
+    tau = torch.tensor([t if t is not None else float("-inf") for t in taus], dtype=torch.float64,
+                       device=p.device)
     return (hn.double() < tau.index_select(0, a.flatten()).view_as(hn)).float()
 
 
 def generate_torch(image, p, m, windows):
     """The same algorithm as lse.rs's generate, op for op."""
     C, H, W = p.shape
-    crops = torch.empty(len(windows), 3 + C + 1, windows[0][2], windows[0][3])
+    crops = torch.empty(len(windows), 3 + C + 1, windows[0][2], windows[0][3], device=p.device)
     for k, (y, x, h, w) in enumerate(windows):
         crops[k, :3].copy_(image[:, y:y + h, x:x + w])
         crops[k, 3:3 + C].copy_(p[:, y:y + h, x:x + w])
@@ -160,6 +164,7 @@ def main():
     ap.add_argument("--rust-exe", help="path of the built bench_generate example to run")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="alternations of rust and torch")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -169,6 +174,11 @@ def main():
     p = (torch.randn(C, H, W) * 3.0).softmax(0)
     image = torch.randn(3, H, W) * 50.0
     boundary = (torch.randn(C, H, W) * 3.0).softmax(0)
+    if args.device == "cuda":
+        args.skip_loop = True
+        p_cpu, p, image, boundary = p, p.cuda(), image.cuda(), boundary.cuda()
+    else:
+        p_cpu = p
     hn_b, a_b = normalized_entropy_torch(boundary)
     taus = [float(hn_b[a_b == c].double().mean()) if (a_b == c).any() else None for c in range(C)]
     wh, ww = max(1, round(H * args.scale)), max(1, round(W * args.scale))
@@ -181,18 +191,27 @@ def main():
         ]
 
     print(f"generate the K={K} scale-invariant examples of one {W}x{H} image, C={C}, scale {args.scale}, "
-          f"{args.threads} thread(s), torch {torch.__version__}, numpy {np.__version__}")
+          f"{args.device}, {args.threads} thread(s), torch {torch.__version__}, numpy {np.__version__}")
 
     def run_rust():
         cmd = [args.rust_exe, "--size", args.size, "--classes", str(C), "--k", str(K), "--scale", str(args.scale),
-               "--threads", str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+               "--threads", str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup),
+               "--device", args.device]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         sys.stdout.write(out)
         return float(re.search(r"rust_generate_ms=([0-9.]+)", out).group(1))
 
+    def synced(fn):
+        def run():
+            out = fn()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return run
+
     def run_torch_median():
-        t = median_ms(lambda: run_torch(image, p, taus, windows()), args.runs, args.warmup)
-        tm = median_ms(lambda: mask_torch(p, taus), args.runs, args.warmup)
+        t = median_ms(synced(lambda: run_torch(image, p, taus, windows())), args.runs, args.warmup)
+        tm = median_ms(synced(lambda: mask_torch(p, taus)), args.runs, args.warmup)
         print(f"torch (eager tensor ops): {t:.1f} ms (mask {tm:.1f} ms)")
         return t
 
@@ -211,7 +230,7 @@ def main():
 
     t_loop = None
     if not args.skip_loop:
-        pn, imn = p.numpy(), image.numpy()
+        pn, imn = p_cpu.numpy(), image.numpy()
         t_ent = median_ms(lambda: normalized_entropy_np(pn), args.loop_runs, 0)
         lw, lh = parse_size(args.loop_size)
         ps = (torch.randn(C, lh, lw) * 3.0).softmax(0).numpy()

@@ -6,6 +6,10 @@ beta 0.1, gamma 3), one torch.optim.Adam step over two groups (weights, biases; 
 bilinear upsampling kernels frozen). Same FCN8s (trainer/tests/py/fcn8s_reference.py),
 width, input size, batch and thread count.
 
+--amp bf16|fp16: the forward passes under torch.autocast in that type (the losses on
+float32 logits, fp16 with torch.amp.GradScaler), as lse-train's `amp` setting. On CUDA
+the peak memory PyTorch's allocator reserved is printed too.
+
 Last line: RESULT torch_iter_ms=<median>
 """
 import argparse
@@ -30,6 +34,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -52,6 +57,17 @@ def main():
                 torch.randint(0, 19, (a.batch, h, w), device=dev))
 
     (xs, ys), (xt, yt) = mk(), mk()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp)
+    scaler = torch.amp.GradScaler(dev.type, init_scale=65536.0) if a.amp == "fp16" else None
+
+    def forward(x):
+        if dtype is None:
+            return net(x)
+        with torch.autocast(dev.type, dtype=dtype):
+            return net(x).float()
+
+    def backward(loss):
+        (scaler.scale(loss) if scaler else loss).backward()
 
     def target_loss(logits, labels):
         l = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
@@ -63,11 +79,15 @@ def main():
     for r in range(a.warmup + a.runs):
         t0 = time.perf_counter()
         opt.zero_grad()
-        ls = F.cross_entropy(net(xs), ys, ignore_index=255)
-        ls.backward()
-        lt = target_loss(net(xt), yt)
-        lt.backward()
-        opt.step()
+        ls = F.cross_entropy(forward(xs), ys, ignore_index=255)
+        backward(ls)
+        lt = target_loss(forward(xt), yt)
+        backward(lt)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         _ = ls.item() + lt.item()
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -75,7 +95,10 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
     print(f"PyTorch eager iteration: width {a.width}, {w}x{h}, batch {a.batch}, "
-          f"{a.threads} threads, {a.device}: median {med:.1f} ms over {a.runs} runs")
+          f"{a.threads} threads, {a.device}, amp {a.amp}: median {med:.1f} ms over {a.runs} runs")
+    if dev.type == "cuda":
+        print(f"PyTorch peak reserved {torch.cuda.max_memory_reserved() / 2**20:.0f} MiB, "
+              f"allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     print(f"RESULT torch_iter_ms={med:.3f}")
 
 

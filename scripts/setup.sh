@@ -19,7 +19,10 @@ PILLOW_VERSION="12.0.0"
 SAFETENSORS_VERSION="0.7.0"
 TRITONCLIENT_VERSION="2.73.0"
 # GPU only (LSE_GPU=1): TensorRT 10's libraries for ONNX Runtime's TensorRT provider
-# (libnvinfer.so.10; scripts/gpu-check.sh puts the wheel's folder on the library path).
+# (libnvinfer.so.10 in site-packages/tensorrt_libs; scripts/gpu-run.sh puts that folder
+# on the library path). PyPI's package is a small source stub that downloads the real
+# wheel from NVIDIA's index (pypi.nvidia.com) while installing, so it is installed in
+# a second pip step of its own whose failure is a warning, not a failed set-up.
 TENSORRT_VERSION="10.16.1.11"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -55,9 +58,6 @@ have numpy "$NUMPY_VERSION" || need+=("numpy==$NUMPY_VERSION")
 have pillow "$PILLOW_VERSION" || need+=("pillow==$PILLOW_VERSION")
 have safetensors "$SAFETENSORS_VERSION" || need+=("safetensors==$SAFETENSORS_VERSION")
 have tritonclient "$TRITONCLIENT_VERSION" || need+=("tritonclient[http,grpc]==$TRITONCLIENT_VERSION")
-if [ "$want_gpu" = "1" ]; then
-  have tensorrt-cu13-libs "$TENSORRT_VERSION" || need+=("tensorrt-cu13-libs==$TENSORRT_VERSION")
-fi
 
 # free_gib DIR: whole GiB free on DIR's file system.
 free_gib() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
@@ -89,6 +89,16 @@ if [ "${#need[@]}" -gt 0 ]; then
   "$VPY" -m pip install --disable-pip-version-check --no-cache-dir -q "${need[@]}"
 fi
 
+# TensorRT's libraries: a second step, after everything else is in place.
+trt_note=""
+if [ "$want_gpu" = "1" ] && ! have tensorrt-cu13-libs "$TENSORRT_VERSION"; then
+  say "installing into .venv: tensorrt-cu13-libs==$TENSORRT_VERSION (TensorRT's libraries, from NVIDIA's index)"
+  if ! "$VPY" -m pip install --disable-pip-version-check --no-cache-dir -q "tensorrt-cu13-libs==$TENSORRT_VERSION"; then
+    trt_note="warning: TensorRT's libraries come from NVIDIA's index (pypi.nvidia.com), which this machine cannot reach (or the install failed; see pip's message above); the CUDA provider still works, the TensorRT provider will report libnvinfer missing"
+    say "$trt_note"
+  fi
+fi
+
 # torch-sys does not check the libtorch version of a pip wheel: do it here.
 got="$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')"
 [ "$got" = "$TORCH_VERSION" ] || die "torch $got found in .venv, tch 0.24 needs exactly $TORCH_VERSION"
@@ -106,3 +116,4 @@ ln -sfn "$ortlib" .venv/libonnxruntime.so
 say "python $pyver, torch $got, $ort_pkg $ORT_VERSION"
 say "LIBTORCH       -> $libtorch (linked as .venv/libtorch)"
 say "ONNX Runtime   -> $ortlib (linked as .venv/libonnxruntime.so)"
+[ -z "$trt_note" ] || say "$trt_note"

@@ -3,13 +3,18 @@
 //! the focal term), one Adam step over the two parameter groups.
 //!
 //! `cargo run -p lse-trainer --release --example bench_train -- [--width 0.125]
-//! [--size 256x128] [--batch 1] [--threads 2] [--runs 10] [--warmup 3] [--device cpu|cuda]`
+//! [--size 256x128] [--batch 1] [--threads 2] [--runs 10] [--warmup 3] [--device cpu|cuda]
+//! [--amp off|bf16|fp16]`
+//!
+//! `--amp`: the forward pass under autocast as `lse-train --set amp=...` runs it (fp16
+//! with the trainer's loss scaling).
 //!
 //! Prints the median and a last line `RESULT rust_iter_ms=<median>` that
 //! `scripts/bench-train.sh` reads.
 
 use std::time::Instant;
 
+use lse_trainer::amp::Amp;
 use lse_trainer::checkpoint::CheckpointMeta;
 use lse_trainer::data::Batch;
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
@@ -22,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     let (mut w, mut h) = (256i64, 128i64);
     let (mut batch, mut threads, mut runs, mut warmup) = (1i64, 2i32, 10usize, 3usize);
     let mut device = Device::Cpu;
+    let mut amp = Amp::Off;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -45,10 +51,19 @@ fn main() -> anyhow::Result<()> {
                     _ => anyhow::bail!("--device cpu|cuda"),
                 }
             }
+            "--amp" => {
+                amp = match v.as_str() {
+                    "off" => Amp::Off,
+                    "bf16" => Amp::Bf16,
+                    "fp16" => Amp::Fp16,
+                    _ => anyhow::bail!("--amp off|bf16|fp16"),
+                }
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
         i += 2;
     }
+    amp.check_device(device)?;
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let config = Fcn8sConfig { width, classes: 19 };
@@ -62,6 +77,9 @@ fn main() -> anyhow::Result<()> {
     };
     let (ws, bs) = model.param_groups();
     let mut adam = Adam::new(ws, bs, [0.9, 0.99], 1e-8);
+    if amp.scales_loss() {
+        adam.loss_scale = Some(65536.0);
+    }
     let mk = || Batch {
         images: Tensor::randn([batch, 3, h, w], (Kind::Float, device)) * 64.0,
         labels: Tensor::randint(19, [batch, h, w], (Kind::Int64, device)),
@@ -72,9 +90,9 @@ fn main() -> anyhow::Result<()> {
     for r in 0..warmup + runs {
         let t0 = Instant::now();
         adam.zero_grad();
-        let ls = forward_backward(&model, &src, None, false, None);
+        let ls = forward_backward(&model, &src, None, amp, adam.loss_scale);
         let t1 = Instant::now();
-        let lt = forward_backward(&model, &tgt, Some(Some((0.1, 3.0))), false, None);
+        let lt = forward_backward(&model, &tgt, Some(Some((0.1, 3.0))), amp, adam.loss_scale);
         let t2 = Instant::now();
         adam.step([1e-4, 2e-4]);
         if r >= warmup {
@@ -94,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     times.sort_by(|a, b| a.total_cmp(b));
     let med = times[times.len() / 2];
     println!(
-        "lse-train iteration: width {width}, {w}x{h}, batch {batch}, {threads} threads, {device:?}: median {med:.1} ms over {runs} runs"
+        "lse-train iteration: width {width}, {w}x{h}, batch {batch}, {threads} threads, {device:?}, amp {amp:?}: median {med:.1} ms over {runs} runs"
     );
     println!(
         "  mean: source fwd+bwd {:.1} ms, target fwd+bwd {:.1} ms, Adam step {:.1} ms",

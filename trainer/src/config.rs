@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use lse_runtime::datasets::DatasetKind;
 
+use crate::amp::Amp;
 use crate::fcn8s::InitScheme;
 use crate::lse::{DegenerateGroups, WindowMask, WindowPlacement};
 
@@ -115,7 +116,12 @@ pub struct Config {
     pub batch_size: usize,
     /// Seed of every random choice (data order, windows, dropout).
     pub seed: u64,
-    /// Mixed precision (autocast, float16 with loss scaling); CUDA only.
+    /// Mixed precision of the training step: `off` (float32), `bf16` (autocast to
+    /// bfloat16, CPU and CUDA) or `fp16` (autocast to float16 with loss scaling, CUDA
+    /// only). Checkpoints and exports stay float32 either way.
+    pub amp: Amp,
+    /// Older name of `amp = "fp16"`, read from existing config files (never written).
+    #[serde(skip_serializing)]
     pub mixed_precision: bool,
     /// Write a resumable checkpoint every this many iterations (0: only at the end of
     /// rounds and runs).
@@ -167,6 +173,7 @@ impl Default for Config {
             focal_gamma: 3.0,
             batch_size: 1,
             seed: 0,
+            amp: Amp::Off,
             mixed_precision: false,
             checkpoint_every: 1000,
             log_every: 10,
@@ -210,10 +217,14 @@ impl Config {
 
     /// Parses TOML text over the defaults; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut c: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.message().to_string(),
-        })
+        })?;
+        if std::mem::take(&mut c.mixed_precision) {
+            c.amp = Amp::Fp16;
+        }
+        Ok(c)
     }
 
     /// The configuration as TOML text.
@@ -545,5 +556,24 @@ mod tests {
         assert!(e.to_string().contains("exact-zero"), "{e}");
         let e = Config::default().set("patches=-1").unwrap_err();
         assert!(e.to_string().contains("patches"), "{e}");
+    }
+
+    #[test]
+    fn amp_setting_and_its_older_name() {
+        let mut c = Config::default();
+        assert_eq!(c.amp, Amp::Off);
+        c.set("amp=bf16").unwrap();
+        assert_eq!(c.amp, Amp::Bf16);
+        c.set("amp=\"fp16\"").unwrap();
+        assert_eq!(c.amp, Amp::Fp16);
+        assert_eq!(Config::from_toml(&c.to_toml(), "t").unwrap(), c);
+        assert!(!c.to_toml().contains("mixed_precision"));
+        let e = Config::default().set("amp=fp8").unwrap_err();
+        assert!(e.to_string().contains("amp=fp8"), "{e}");
+        // Config files written before `amp`: mixed_precision = true is amp = "fp16".
+        let old = Config::from_toml("mixed_precision = true\n", "t").unwrap();
+        assert_eq!((old.amp, old.mixed_precision), (Amp::Fp16, false));
+        let old = Config::from_toml("mixed_precision = false\n", "t").unwrap();
+        assert_eq!(old.amp, Amp::Off);
     }
 }

@@ -3,9 +3,10 @@
 //! VGG16-FCN8s in libtorch (crate `tch`): the network ([`fcn8s`]), checkpoints and
 //! weight import ([`checkpoint`], [`pth`]), the ONNX writer ([`onnx`]), the losses and
 //! LSE round ([`losses`], [`lse`]), and the trainer: settings ([`config`]), data
-//! loading ([`data`]), Adam ([`optim`]), run directories ([`run`]) and the training
+//! loading ([`data`]), mixed precision ([`amp`]), Adam ([`optim`]), run directories ([`run`]) and the training
 //! loops ([`train`]).
 
+pub mod amp;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

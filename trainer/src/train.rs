@@ -35,6 +35,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::amp::{self, Amp};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::Config;
 use crate::data::{self, Batch, Order};
@@ -176,25 +177,24 @@ impl Model {
 
 /// Forward + backward of one batch in train mode; returns the loss value. `focal`:
 /// `None` for a source batch (cross-entropy), `Some(focal)` for generated target
-/// examples (cross-entropy plus the focal term when `focal` is `Some`). With
-/// `loss_scale` the loss is scaled before the backward pass (mixed precision).
+/// examples (cross-entropy plus the focal term when `focal` is `Some`). With `amp`
+/// the network runs under autocast and the loss is computed on float32 logits; with
+/// `loss_scale` the loss is scaled before the backward pass (float16).
 pub fn forward_backward(
     model: &Model,
     batch: &Batch,
     focal: Option<Option<(f64, f64)>>,
-    amp: bool,
+    amp: Amp,
     loss_scale: Option<f64>,
 ) -> f64 {
     let dev = model.device;
     let x = batch.images.to_device(dev);
     let y = batch.labels.to_device(dev);
-    let loss = tch::autocast(amp, || {
-        let logits = model.net.forward_t(&x, true);
-        match focal {
-            Some(f) => losses::target_loss(&logits, &y, f),
-            None => losses::source_loss(&logits, &y),
-        }
-    });
+    let logits = amp::autocast(amp, dev, || model.net.forward_t(&x, true)).to_kind(Kind::Float);
+    let loss = match focal {
+        Some(f) => losses::target_loss(&logits, &y, f),
+        None => losses::source_loss(&logits, &y),
+    };
     match loss_scale {
         Some(s) => (&loss * s).backward(),
         None => loss.backward(),
@@ -540,7 +540,7 @@ fn optimiser(
 ) -> anyhow::Result<Adam> {
     let (ws, bs) = model.param_groups();
     let mut adam = Adam::new(ws, bs, cfg.adam_betas, cfg.adam_eps);
-    if cfg.mixed_precision {
+    if cfg.amp.scales_loss() {
         adam.loss_scale = Some(65536.0);
     }
     if let Some(t) = tensors {
@@ -594,9 +594,7 @@ impl Trainer {
             None => resumed_run(command, out)?,
             Some(i) => new_run(command, cfg.expect("a new run has a config"), i, out)?,
         };
-        if cfg.mixed_precision && !device.is_cuda() {
-            anyhow::bail!("mixed_precision = true needs a CUDA device (running on {device:?})");
-        }
+        cfg.amp.check_device(device)?;
         let source_list = inputs.as_ref().and_then(|i| i.source_list.clone());
         let (source, data) = open_datasets(command, &cfg, &record, source_list.as_deref())?;
         let (model, state, tensors) = load_model(&run, &record, &cfg, device, resume)?;
@@ -713,7 +711,7 @@ impl Trainer {
             &self.model,
             batch,
             focal,
-            self.cfg.mixed_precision,
+            self.cfg.amp,
             self.adam.loss_scale,
         )
     }

@@ -6,8 +6,8 @@
 //! On an x86 CPU, ONNX Runtime has no float16 kernels for Conv, ConvTranspose, MaxPool,
 //! Relu, Add or Mul: it casts the float16 weights to float32 when the session is
 //! created and computes in float32. These tests therefore check the graph, the weight
-//! rounding and the casts; float16 arithmetic itself runs on a GPU
-//! (`scripts/gpu-check.sh`).
+//! rounding and the casts; float16 arithmetic itself runs on a GPU (the `ort-gpu` step
+//! of `scripts/gpu-run.sh`, on a machine with `onnxruntime-gpu`).
 
 use std::path::{Path, PathBuf};
 

@@ -55,7 +55,8 @@ pub struct RunArgs {
     /// Resumable checkpoint every N iterations (0: only at round/run ends).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
-    /// Mixed precision (CUDA only).
+    /// Mixed precision in float16 with loss scaling, CUDA only (the same as
+    /// `--set amp="fp16"`; `--set amp="bf16"` also runs on the CPU).
     #[arg(long)]
     pub mixed_precision: bool,
     #[command(flatten)]
@@ -105,7 +106,7 @@ impl RunArgs {
             c.checkpoint_every = v;
         }
         if self.mixed_precision {
-            c.mixed_precision = true;
+            c.amp = lse_trainer::amp::Amp::Fp16;
         }
         c.validate()?;
         Ok(c)
