@@ -19,6 +19,8 @@ pub mod optim;
 pub mod plot;
 pub mod premise;
 pub mod pth;
+pub mod quantize;
 pub mod report;
 pub mod run;
+pub mod seeding;
 pub mod train;
