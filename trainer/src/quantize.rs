@@ -384,17 +384,7 @@ pub fn calibration_meta(
     o: &Int8Options,
     split: &ImageSplit,
 ) -> serde_json::Value {
-    let names: Vec<String> = split
-        .calibrate
-        .iter()
-        .map(|&i| {
-            let s = &ds.samples()[i].image;
-            s.strip_prefix(ds.root())
-                .unwrap_or(s)
-                .to_string_lossy()
-                .replace('\\', "/")
-        })
-        .collect();
+    let names = image_names(ds, &split.calibrate);
     let mut v = serde_json::json!({
         "method": cal.method,
         "dataset": DatasetSummary::of(ds, &o.split).to_string(),
@@ -408,6 +398,20 @@ pub fn calibration_meta(
         v["percentile"] = PERCENTILE.into();
     }
     v
+}
+
+/// The names of images `indices` of `ds`, relative to its folder, `/`-separated.
+pub fn image_names(ds: &Dataset, indices: &[usize]) -> Vec<String> {
+    indices
+        .iter()
+        .map(|&i| {
+            let s = &ds.samples()[i].image;
+            s.strip_prefix(ds.root())
+                .unwrap_or(s)
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect()
 }
 
 /// The agreement of an int8 model with the float32 network.
@@ -562,6 +566,8 @@ pub fn export_int8_checked(
         "train_size": size,
         "precision": model_meta.precision,
         "calibration": model_meta.calibration,
+        // So other quantisers can be calibrated on exactly these images.
+        "calibration_images": image_names(&ds, &split.calibrate),
     });
     if o.check {
         let opts = EngineOptions {
