@@ -7,11 +7,17 @@
 #   env: THREADS (default: all cores), BATCH (lse batch, default 1),
 #        REPEAT (alternating rounds of lse and the model alone, default 2),
 #        PYTHON=0 (skip the Python pipeline and the pixel comparison),
-#        WORK (default: target/bench-label), WIDTH (model width, default 0.125)
+#        WORK (default: target/bench-label), WIDTH (model width, default 0.125),
+#        INT8=0 (skip the int8 rows), INT8_CKPT (default models/default's checkpoint),
+#        INT8_SIZE (the int8 rows' timing size, default 1024x512)
 #
 # Prints images/s of each; lse's wall time over the model-alone time (median of the
 # rounds, goal <= 1.2x); the Python pipeline's time over lse's (goal >= 2x); peak RSS
 # (goal <= 1 GiB for lse); the fraction of pixels on which lse and Python differ.
+# Then int8 vs float32 for a trained checkpoint: `lse-train export --precision int8`
+# calibrated on 200 synthetic target-train images, and ONNX Runtime's own quantiser
+# (quantize_static, QDQ) on the same images: the model alone's images/s at INT8_SIZE,
+# the mIoU on the labelled target val at the model's size, the file size.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -62,3 +68,23 @@ say "labelling with lse, the model alone and the Python pipeline ($THREADS threa
 "$PY" "$root/scripts/bench_label.py" compare --lse "$LSE" --model "$MODEL" \
   --input "$DATA/target/leftImg8bit/val" --work "$WORK" --threads "$THREADS" --batch "$BATCH" \
   --repeat "$REPEAT" "${extra[@]}"
+
+[ "${INT8:-1}" = 1 ] || exit 0
+CKPT="${INT8_CKPT:-$root/models/default/checkpoint.safetensors}"
+Q="$WORK/int8"
+QDATA="$Q/data"
+mkdir -p "$Q"
+if [ ! -d "$QDATA/target/leftImg8bit/val" ]; then
+  say "generating 250 target-train (calibration) and 100 labelled val images (source-camera, 256x128)"
+  "$LSE" synth --train 250 --val 100 --size 256x128 --seed 0 \
+    --domains "$root/scripts/regimes/source-camera.json" --out "$QDATA" >/dev/null
+fi
+say "exporting $CKPT in float32 and in int8 (calibrated on 200 target-train images)"
+"$TRAIN" export "$CKPT" --out "$Q/model-fp32.onnx" >/dev/null
+"$TRAIN" export "$CKPT" --out "$Q/model-int8.onnx" --precision int8 \
+  --calibrate "cityscapes:$QDATA/target" --json >"$Q/int8-export.json"
+say "int8 vs float32, with ONNX Runtime's quantiser on the same calibration images"
+"$PY" "$root/scripts/bench_label.py" int8 --fp32 "$Q/model-fp32.onnx" --int8 "$Q/model-int8.onnx" \
+  --report "$Q/int8-export.json" --calib-root "$QDATA/target" \
+  --val "$QDATA/target/leftImg8bit/val" --gt "$QDATA/target/gtFine/val" --work "$Q" \
+  --size "${INT8_SIZE:-1024x512}" --threads "$THREADS" --repeat "$REPEAT"

@@ -12,6 +12,8 @@
   as torch.nn.functional.interpolate), arg-max, train id -> label id, PIL PNG encode.
 
 usage:
+  bench_label.py int8 --fp32 M.onnx --int8 M8.onnx --report EXPORT.json --calib-root DIR
+                      --val DIR --gt DIR --work DIR [--size WxH] [--threads T] [--repeat R]
   bench_label.py compare --lse BIN --model M.onnx --input DIR --work DIR [--threads T] [--batch B] [--repeat R]
   bench_label.py pipeline --model M.onnx --input DIR --out DIR [--threads T]
   bench_label.py model --model M.onnx --input DIR [--threads T]   (prints seconds as JSON)
@@ -244,6 +246,109 @@ def compare(args):
     print(json.dumps(res))
 
 
+def load_inputs(root, size):
+    """Every image under root, bicubic-resized to size (w, h), as 1x3xHxW float32."""
+    out = []
+    for rel in images_under(root):
+        img = Image.open(os.path.join(root, rel)).convert("RGB").resize(size, Image.BICUBIC)
+        out.append(np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None]))
+    return out
+
+
+def session(model, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def ort_quantize(fp32, out, calib_root, names, threads):
+    """ONNX Runtime's own static quantiser: QDQ, int8 weights per channel, uint8
+    activations (its defaults otherwise: min-max calibration), on exactly our
+    calibration images."""
+    from onnxruntime import quantization as q
+
+    tw, th = json.loads(session(fp32, threads).get_modelmeta().custom_metadata_map["lse.train_size"])
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(names)
+
+        def get_next(self):
+            rel = next(self.it, None)
+            if rel is None:
+                return None
+            img = Image.open(os.path.join(calib_root, rel)).convert("RGB").resize((tw, th), Image.BICUBIC)
+            return {"image": np.asarray(img, dtype=np.float32).transpose(2, 0, 1)[None].copy()}
+
+    q.quantize_static(fp32, out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      op_types_to_quantize=["Conv", "MaxPool", "Relu"])
+
+
+def miou_and_ids(sess, inputs, gts, lut):
+    cm = np.zeros((19, 19), np.int64)
+    ids = []
+    for x, g in zip(inputs, gts):
+        p = sess.run(["train_ids"], {"image": x})[0][0]
+        ids.append(p)
+        g = lut[g]
+        m = g < 19
+        cm += np.bincount(19 * g[m].astype(np.int64) + p[m], minlength=361).reshape(19, 19)
+    tp = np.diag(cm)
+    den = cm.sum(0) + cm.sum(1) - tp
+    return 100 * float(np.mean(tp[den > 0] / den[den > 0])), ids
+
+
+def int8(args):
+    """int8 vs float32: the model alone's throughput at --size, the mIoU on the labelled
+    val images at the models' own size, file size; ours and ONNX Runtime's quantiser."""
+    names = json.load(open(args.report))["calibration_images"]
+    ort8 = os.path.join(args.work, "model-ort-int8.onnx")
+    ort_quantize(args.fp32, ort8, args.calib_root, names, args.threads)
+    models = {"fp32": args.fp32, "int8 (lse-train)": args.int8, "int8 (onnxruntime)": ort8}
+    meta = session(args.fp32, args.threads).get_modelmeta().custom_metadata_map
+    tw, th = json.loads(meta["lse.train_size"])
+    lut = np.full(256, 255, np.uint8)
+    for t, lid in enumerate(json.loads(meta["lse.label_ids"])):
+        lut[lid] = t
+    val = load_inputs(args.val, (tw, th))
+    gts = [np.asarray(Image.open(os.path.join(args.gt, rel)).resize((tw, th), Image.NEAREST))
+           for rel in images_under(args.gt) if rel.endswith("_labelIds.png")]
+    w, h = (int(v) for v in args.size.split("x"))
+    timing = load_inputs(args.val, (w, h))
+    res = {}
+    for name, path in models.items():
+        m, ids = miou_and_ids(session(path, args.threads), val, gts, lut)
+        res[name] = {"miou": m, "ids": ids, "mib": os.path.getsize(path) / 2**20, "s": []}
+    for r in range(args.repeat):
+        for name, path in models.items():
+            sess = session(path, args.threads)
+            sess.run(["scores"], {"image": timing[0]})
+            t0 = time.perf_counter()
+            for x in timing:
+                sess.run(["scores"], {"image": x})
+            res[name]["s"].append(time.perf_counter() - t0)
+    base = res["fp32"]
+    n = len(timing)
+    print(f"int8 vs fp32, model alone ({args.threads} threads, {n} images of {args.size}; "
+          f"mIoU on {len(val)} labelled images at {tw}x{th}; median of {args.repeat} rounds)")
+    print(f"{'model':20s} {'MiB':>6s} {'images/s':>9s} {'x fp32':>7s} {'mIoU':>6s} {'change':>7s} {'agree %':>8s}")
+    out = {}
+    for name, r in res.items():
+        t = statistics.median(r["s"])
+        speed = statistics.median(b / a for a, b in zip(r["s"], base["s"]))
+        agree = 100 * float(np.mean([(a == b).mean() for a, b in zip(r["ids"], base["ids"])]))
+        print(f"{name:20s} {r['mib']:6.2f} {n / t:9.2f} {speed:7.2f} {r['miou']:6.2f} "
+              f"{r['miou'] - base['miou']:+7.2f} {agree:8.2f}")
+        out[name] = {"mib": r["mib"], "images_per_s": n / t, "speedup": speed,
+                     "miou": r["miou"], "miou_change": r["miou"] - base["miou"], "agreement": agree}
+    print(json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -265,8 +370,14 @@ def main():
     m.add_argument("--model", required=True)
     m.add_argument("--input", required=True)
     m.add_argument("--threads", type=int, default=os.cpu_count())
+    q = sub.add_parser("int8")
+    for a in ("--fp32", "--int8", "--report", "--calib-root", "--val", "--gt", "--work"):
+        q.add_argument(a, required=True)
+    q.add_argument("--size", default="1024x512")
+    q.add_argument("--threads", type=int, default=os.cpu_count())
+    q.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    {"compare": compare, "pipeline": pipeline, "model": model_alone}[args.cmd](args)
+    {"compare": compare, "pipeline": pipeline, "model": model_alone, "int8": int8}[args.cmd](args)
 
 
 if __name__ == "__main__":

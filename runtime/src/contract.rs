@@ -53,11 +53,16 @@ pub enum Precision {
     /// float16 weights and compute; the `image` input, the `scores` output and the
     /// arg-max stay float32 (Cast nodes at both ends).
     Fp16,
+    /// int8 weights (per output channel) and 8-bit activations (per tensor) as
+    /// QuantizeLinear/DequantizeLinear pairs (QDQ), calibrated on target images; the
+    /// `image` input, the preprocessing, `scores` and the arg-max stay float32.
+    Int8,
 }
 
 crate::choice!(Precision, "precision" {
     Fp32 => "fp32", "float32 everywhere";
     Fp16 => "fp16", "float16 weights and compute; input, scores and arg-max stay float32";
+    Int8 => "int8", "int8 weights and 8-bit activations (QDQ, calibrated); input and scores stay float32";
 });
 
 /// Everything a model carries about itself.
@@ -101,6 +106,10 @@ pub struct ModelMeta {
     /// float32).
     #[serde(default)]
     pub precision: Precision,
+    /// How an int8 model's activation ranges were calibrated (free-form JSON: method,
+    /// the dataset's summary, image count); absent for float models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<serde_json::Value>,
 }
 
 /// Errors reading a model's metadata.
@@ -135,6 +144,7 @@ impl ModelMeta {
             evaluation: None,
             upsampling: default_upsampling(),
             precision: Precision::Fp32,
+            calibration: None,
         }
     }
 
@@ -278,8 +288,13 @@ mod tests {
             Precision::Fp32
         );
         props.insert("lse.precision".into(), "\"int8\"".into());
+        assert_eq!(
+            ModelMeta::from_props(&props).unwrap().precision,
+            Precision::Int8
+        );
+        props.insert("lse.precision".into(), "\"int4\"".into());
         let err = ModelMeta::from_props(&props).unwrap_err();
-        assert!(err.to_string().contains("int8"), "{err}");
+        assert!(err.to_string().contains("int4"), "{err}");
         assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
         assert!("bf16".parse::<Precision>().unwrap_err().contains("bf16"));
     }

@@ -637,6 +637,13 @@ impl TrtPlan {
             path: path.to_path_buf(),
             error,
         })?;
+        if opts.precision == Precision::Int8 && meta.precision != Precision::Int8 {
+            return Err(prov_err(format!(
+                "int8 engines are built from a calibrated QDQ model (lse-train export --precision int8 --calibrate DATASET); {} is {}",
+                path.display(),
+                meta.precision
+            )));
+        }
         let root = match &opts.trt_cache {
             Some(r) => r.clone(),
             None => trt::default_root().map_err(|e| prov_err(e.to_string()))?,

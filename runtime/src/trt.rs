@@ -291,6 +291,8 @@ pub fn provider_options(
     vec![
         ("device_id", device_id.to_string()),
         ("trt_fp16_enable", flag(key.precision == Precision::Fp16)),
+        // A QDQ model's scales are explicit quantization: no calibration table.
+        ("trt_int8_enable", flag(key.precision == Precision::Int8)),
         ("trt_engine_cache_enable", flag(true)),
         (
             "trt_engine_cache_path",
@@ -537,6 +539,10 @@ mod tests {
         k32.precision = Precision::Fp32;
         let o32: HashMap<_, _> = provider_options(&k32, &paths, 0).into_iter().collect();
         assert_eq!(o32["trt_fp16_enable"], "0");
+        assert_eq!(o32["trt_int8_enable"], "0");
+        k32.precision = Precision::Int8;
+        let o8: HashMap<_, _> = provider_options(&k32, &paths, 0).into_iter().collect();
+        assert_eq!((&*o8["trt_fp16_enable"], &*o8["trt_int8_enable"]), ("0", "1"));
     }
 
     #[test]

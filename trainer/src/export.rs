@@ -90,10 +90,13 @@ pub fn export_checked_as(
     o: &ExportOptions,
     precision: Precision,
 ) -> anyhow::Result<serde_json::Value> {
-    let meta = checkpoint::read_meta(checkpoint)?;
-    let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let net = Fcn8s::new(&vs.root(), meta.config, meta.init);
-    checkpoint::load_network(&mut vs, checkpoint, meta.config)?;
+    if precision == Precision::Int8 {
+        anyhow::bail!(
+            "an int8 export needs calibration images: lse-train export --precision int8 \
+             --calibrate DATASET (crate::quantize::export_int8_checked)"
+        );
+    }
+    let (meta, vs, net) = load_checkpoint(checkpoint)?;
     let mut model_meta = model_meta(&meta, o.train_size)?;
     model_meta.precision = precision;
     crate::onnx::export(&net, &vs, &model_meta, out)?;
@@ -122,6 +125,26 @@ pub fn parity_probe() -> Tensor {
     Tensor::from_slice(&pixels).reshape(SHAPE)
 }
 
+/// The checkpoint's metadata and network on the CPU.
+pub fn load_checkpoint(
+    checkpoint: &Path,
+) -> anyhow::Result<(checkpoint::CheckpointMeta, nn::VarStore, Fcn8s)> {
+    let meta = checkpoint::read_meta(checkpoint)?;
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let net = Fcn8s::new(&vs.root(), meta.config, meta.init);
+    checkpoint::load_network(&mut vs, checkpoint, meta.config)?;
+    Ok((meta, vs, net))
+}
+
+/// Moves an export that failed its check to `<out>.failed`, so no unchecked model is
+/// left behind, and says so in the error.
+pub fn refuse(out: &Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    let bad = out.with_extension("onnx.failed");
+    let _ = std::fs::rename(out, &bad);
+    e.into()
+        .context(format!("the export was moved to {}", bad.display()))
+}
+
 /// Runs the export's check; a model that fails it is moved to `<out>.failed`.
 fn check_export(
     net: &Fcn8s,
@@ -141,6 +164,8 @@ fn check_export(
             let min = crate::onnx::MIN_AGREEMENT;
             crate::onnx::check_agreement(net, out, &probe, &opts, precision, min)
         }
+        // Checked on held-out calibration images by crate::quantize::check.
+        Precision::Int8 => Err(crate::onnx::ExportError::MissingCalibration("input".into())),
     };
     match checked {
         Ok(p) => {
@@ -169,11 +194,6 @@ fn check_export(
             }
             Ok(report)
         }
-        Err(e) => {
-            // Leave no model behind that failed its check.
-            let bad = out.with_extension("onnx.failed");
-            let _ = std::fs::rename(out, &bad);
-            Err(anyhow::Error::new(e).context(format!("the export was moved to {}", bad.display())))
-        }
+        Err(e) => Err(refuse(out, e)),
     }
 }

@@ -316,33 +316,59 @@ impl Fcn8s {
 
     /// Logits `N x C x H x W` for a BGR, mean-subtracted input `N x 3 x H x W`.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_inner(xs, train, &mut |_, _| {})
+    }
+
+    /// The evaluation forward pass ([`Fcn8s::forward_t`] without dropout) that also
+    /// shows `observe` every activation an int8 model quantizes, under the names the
+    /// ONNX writer gives them ([`crate::quantize`]): `input`, each convolution's output
+    /// (after its ReLU, if any), and `score_pool4.input` and `score_pool3.input` (the
+    /// scaled skips).
+    pub fn forward_observed(&self, xs: &Tensor, observe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        self.forward_inner(xs, false, observe)
+    }
+
+    fn forward_inner(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Tensor {
         let s = &self.spec;
         let (h, w) = (xs.size()[2], xs.size()[3]);
         let mut x = xs.shallow_clone();
+        observe("input", &x);
         let mut i = 0;
         let mut pools = Vec::new();
         for stage in &s.stages {
-            for _ in stage {
+            for c in stage {
                 x = self.conv(i, &x).relu();
+                observe(c.name, &x);
                 i += 1;
             }
             x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true);
             pools.push(x.shallow_clone());
         }
         let (pool3, pool4) = (&pools[2], &pools[3]);
-        x = self.conv(i, &x).relu().feature_dropout(s.dropout, train); // fc6
-        x = self
-            .conv(i + 1, &x)
-            .relu()
-            .feature_dropout(s.dropout, train); // fc7
-        x = self.conv(i + 2, &x); // score_fr
+        x = self.conv(i, &x).relu(); // fc6
+        observe(s.fc6.name, &x);
+        x = self.conv(i + 1, &x.feature_dropout(s.dropout, train)).relu(); // fc7
+        observe(s.fc7.name, &x);
+        x = self.conv(i + 2, &x.feature_dropout(s.dropout, train)); // score_fr
+        observe(s.score_fr.name, &x);
         let upscore2 = self.up(0, &x);
-        let sp4 = self.conv(i + 3, &(pool4 * s.pool4_scale));
-        let sp4 = crop(&sp4, s.crop_pool4, &upscore2);
-        let upscore_pool4 = self.up(1, &(upscore2 + sp4));
-        let sp3 = self.conv(i + 4, &(pool3 * s.pool3_scale));
-        let sp3 = crop(&sp3, s.crop_pool3, &upscore_pool4);
-        let out = self.up(2, &(upscore_pool4 + sp3));
+        let p4 = pool4 * s.pool4_scale;
+        observe("score_pool4.input", &p4);
+        let sp4 = self.conv(i + 3, &p4);
+        observe(s.score_pool4.name, &sp4);
+        let fuse4 = &upscore2 + crop(&sp4, s.crop_pool4, &upscore2);
+        let upscore_pool4 = self.up(1, &fuse4);
+        let p3 = pool3 * s.pool3_scale;
+        observe("score_pool3.input", &p3);
+        let sp3 = self.conv(i + 4, &p3);
+        observe(s.score_pool3.name, &sp3);
+        let fuse3 = &upscore_pool4 + crop(&sp3, s.crop_pool3, &upscore_pool4);
+        let out = self.up(2, &fuse3);
         out.narrow(2, s.crop_out, h).narrow(3, s.crop_out, w)
     }
 

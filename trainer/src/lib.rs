@@ -20,6 +20,7 @@ pub mod optim;
 pub mod plot;
 pub mod premise;
 pub mod pth;
+pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod seeding;

@@ -15,6 +15,16 @@
 //! back to float32 before they become `scores` and before the ArgMax, so the arg-max
 //! and the runtime's softmax run in float32. Its check is the arg-max agreement with
 //! the float32 network ([`check_agreement`]).
+//!
+//! An int8 model (`lse.precision` = `int8`, [`Precision::Int8`]) is the float32 graph
+//! in QDQ form ([`crate::quantize`]): every convolution reads its weights through
+//! DequantizeLinear from int8 (one scale per output channel, with int32 biases at the
+//! input scale times the weight scale), and every activation a convolution reads or
+//! writes passes a QuantizeLinear/DequantizeLinear pair with its calibrated per-tensor
+//! uint8 scale and zero point. The preprocessing, the skip sums, the three bilinear
+//! upsampling layers (ONNX Runtime's CPU provider has no integer ConvTranspose, so
+//! quantising them would cost accuracy and save nothing), the crops, `scores` and the
+//! arg-max are the float32 graph's.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +51,8 @@ pub enum ExportError {
     Write { path: PathBuf, message: String },
     #[error("the network has no parameter `{0}`")]
     MissingParameter(String),
+    #[error("the calibration has no range for the activation `{0}`")]
+    MissingCalibration(String),
     #[error(
         "parity check failed for {path}: ONNX Runtime and libtorch disagree on a {shape:?} probe: \
          max |diff| {max_diff:.3e} against logits up to {max_logit:.3e} (allowed {allowed:.3e} = \
@@ -79,12 +91,16 @@ pub enum ExportError {
 }
 
 /// Builds the graph node by node; names stay unique through a counter.
-struct Builder {
+struct Builder<'a> {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     n: usize,
     /// The type of the weights and of every layer between the two casts.
     float: DataType,
+    /// The activation parameters of an int8 (QDQ) graph; `None` for float graphs.
+    quant: Option<&'a crate::quantize::ActivationParams>,
+    /// Activation parameters already written as initialisers.
+    quant_inits: std::collections::HashSet<String>,
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -128,7 +144,7 @@ fn value_info(name: &str, tp: TypeProto) -> ValueInfoProto {
     v
 }
 
-impl Builder {
+impl Builder<'_> {
     fn fresh(&mut self, base: &str) -> String {
         self.n += 1;
         format!("{base}_{}", self.n)
@@ -209,14 +225,24 @@ impl Builder {
         Ok(self.init(name, &t.size(), self.float, tensor_bytes(&t)))
     }
 
+    /// A convolution reading `x` (the activation `point` of an int8 graph).
     fn conv(
         &mut self,
         vars: &std::collections::HashMap<String, Tensor>,
         c: &ConvSpec,
         x: &str,
+        point: &str,
     ) -> Result<String, ExportError> {
-        let w = self.param(vars, &format!("{}.weight", c.name))?;
-        let b = self.param(vars, &format!("{}.bias", c.name))?;
+        let (w, b) = match self.quant {
+            None => (
+                self.param(vars, &format!("{}.weight", c.name))?,
+                self.param(vars, &format!("{}.bias", c.name))?,
+            ),
+            Some(q) => {
+                let x_scale = q.get(point)?.scale;
+                self.quant_conv_params(vars, c.name, x_scale)?
+            }
+        };
         Ok(self.node(
             "Conv",
             c.name,
@@ -231,6 +257,8 @@ impl Builder {
         ))
     }
 
+    /// A transposed convolution (fixed bilinear upsampling), float in every graph but
+    /// float16 ones: ONNX Runtime's CPU provider has no integer ConvTranspose.
     fn up(
         &mut self,
         vars: &std::collections::HashMap<String, Tensor>,
@@ -250,6 +278,84 @@ impl Builder {
         ))
     }
 
+    /// In an int8 graph, `x` through QuantizeLinear and DequantizeLinear with the
+    /// activation `point`'s scale and zero point; in a float graph, `x` itself.
+    fn act(&mut self, point: &str, x: &str) -> Result<String, ExportError> {
+        let Some(q) = self.quant else {
+            return Ok(x.to_string());
+        };
+        let p = q.get(point)?;
+        let scale = format!("{point}.act_scale");
+        let zero = format!("{point}.act_zero_point");
+        if self.quant_inits.insert(point.to_string()) {
+            self.const_f32(&scale, &[], &[p.scale]);
+            self.init(&zero, &[], DataType::UINT8, vec![p.zero_point]);
+        }
+        let qx = self.node("QuantizeLinear", point, &[x, &scale, &zero], vec![]);
+        Ok(self.node("DequantizeLinear", point, &[&qx, &scale, &zero], vec![]))
+    }
+
+    /// `DequantizeLinear(q, scale, zero)` of an int8 or int32 initialiser `name` with
+    /// per-channel (`axis` 0) or, for one scale, per-tensor parameters.
+    fn dequantized(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        elem: DataType,
+        bytes: Vec<u8>,
+        scales: &[f32],
+    ) -> String {
+        let width = if elem == DataType::INT32 { 4 } else { 1 };
+        let q = self.init(&format!("{name}.quantized"), dims, elem, bytes);
+        let per_channel = scales.len() > 1;
+        let sdims: &[i64] = if per_channel { &[scales.len() as i64] } else { &[] };
+        let s = self.const_f32(&format!("{name}.scale"), sdims, scales);
+        let z = self.init(
+            &format!("{name}.zero_point"),
+            sdims,
+            elem,
+            vec![0u8; width * scales.len()],
+        );
+        let attrs = if per_channel {
+            vec![attr_int("axis", 0)]
+        } else {
+            vec![]
+        };
+        self.node("DequantizeLinear", name, &[&q, &s, &z], attrs)
+    }
+
+    /// A convolution's int8 weights (symmetric, per output channel) and int32 bias
+    /// (scale `x_scale` times each channel's weight scale), each behind a
+    /// DequantizeLinear.
+    fn quant_conv_params(
+        &mut self,
+        vars: &std::collections::HashMap<String, Tensor>,
+        name: &str,
+        x_scale: f32,
+    ) -> Result<(String, String), ExportError> {
+        let get = |n: String| vars.get(&n).ok_or(ExportError::MissingParameter(n));
+        let w = get(format!("{name}.weight"))?;
+        let b = get(format!("{name}.bias"))?;
+        let qw = crate::quantize::quantize_weight(w);
+        let qb = crate::quantize::quantize_bias(b, x_scale, &qw.scales);
+        let wq = self.dequantized(
+            &format!("{name}.weight"),
+            &w.size(),
+            DataType::INT8,
+            qw.values.iter().map(|&v| v as u8).collect(),
+            &qw.scales,
+        );
+        let bias_scales: Vec<f32> = qw.scales.iter().map(|s| x_scale * s).collect();
+        let bq = self.dequantized(
+            &format!("{name}.bias"),
+            &b.size(),
+            DataType::INT32,
+            qb.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            &bias_scales,
+        );
+        Ok((wq, bq))
+    }
+
     /// Crops `x` (N x C x h x w) at `offset` to the spatial size of `like`.
     fn crop(&mut self, name: &str, x: &str, offset: i64, like: &str) -> String {
         let hw = self.node(
@@ -266,18 +372,26 @@ impl Builder {
 }
 
 /// The network's nodes from the preprocessed input `x` to the cropped logits (in the
-/// layers' type).
+/// layers' type). In an int8 graph every activation a convolution reads or writes
+/// passes [`Builder::act`] under the name
+/// [`Fcn8s::forward_observed`](crate::fcn8s::Fcn8s::forward_observed) gives it; a
+/// max-pool's output keeps its input's parameters; the skip sums and the upsampling
+/// stay float32.
 fn network(
     b: &mut Builder,
     vars: &std::collections::HashMap<String, Tensor>,
     s: &crate::fcn8s::Fcn8sSpec,
-    mut x: String,
+    x: String,
 ) -> Result<String, ExportError> {
+    let mut x = b.act("input", &x)?;
+    let mut point = "input";
     let mut pools = Vec::new();
     for (i, stage) in s.stages.iter().enumerate() {
         for c in stage {
-            let y = b.conv(vars, c, &x)?;
+            let y = b.conv(vars, c, &x, point)?;
             x = b.node("Relu", c.name, &[&y], vec![]);
+            x = b.act(c.name, &x)?;
+            point = c.name;
         }
         x = b.node(
             "MaxPool",
@@ -290,25 +404,33 @@ fn network(
                 attr_int("ceil_mode", 1),
             ],
         );
+        x = b.act(point, &x)?;
         pools.push(x.clone());
     }
-    let y = b.conv(vars, &s.fc6, &x)?;
+    let y = b.conv(vars, &s.fc6, &x, point)?;
     x = b.node("Relu", "fc6", &[&y], vec![]);
-    let y = b.conv(vars, &s.fc7, &x)?;
+    x = b.act(s.fc6.name, &x)?;
+    let y = b.conv(vars, &s.fc7, &x, s.fc6.name)?;
     x = b.node("Relu", "fc7", &[&y], vec![]);
-    let score_fr = b.conv(vars, &s.score_fr, &x)?;
+    x = b.act(s.fc7.name, &x)?;
+    let score_fr = b.conv(vars, &s.score_fr, &x, s.fc7.name)?;
+    let score_fr = b.act(s.score_fr.name, &score_fr)?;
     let upscore2 = b.up(vars, &s.upscore2, &score_fr)?;
 
     let k4 = b.const_float("score_pool4.scale", &[], &[s.pool4_scale as f32]);
     let p4 = b.node("Mul", "score_pool4", &[&pools[3], &k4], vec![]);
-    let sp4 = b.conv(vars, &s.score_pool4, &p4)?;
+    let p4 = b.act("score_pool4.input", &p4)?;
+    let sp4 = b.conv(vars, &s.score_pool4, &p4, "score_pool4.input")?;
+    let sp4 = b.act(s.score_pool4.name, &sp4)?;
     let sp4 = b.crop("score_pool4c", &sp4, s.crop_pool4, &upscore2);
     let fuse4 = b.node("Add", "fuse_pool4", &[&upscore2, &sp4], vec![]);
     let upscore_pool4 = b.up(vars, &s.upscore_pool4, &fuse4)?;
 
     let k3 = b.const_float("score_pool3.scale", &[], &[s.pool3_scale as f32]);
     let p3 = b.node("Mul", "score_pool3", &[&pools[2], &k3], vec![]);
-    let sp3 = b.conv(vars, &s.score_pool3, &p3)?;
+    let p3 = b.act("score_pool3.input", &p3)?;
+    let sp3 = b.conv(vars, &s.score_pool3, &p3, "score_pool3.input")?;
+    let sp3 = b.act(s.score_pool3.name, &sp3)?;
     let sp3 = b.crop("score_pool3c", &sp3, s.crop_pool3, &upscore_pool4);
     let fuse3 = b.node("Add", "fuse_pool3", &[&upscore_pool4, &sp3], vec![]);
     let upscore8 = b.up(vars, &s.upscore8, &fuse3)?;
@@ -339,6 +461,7 @@ fn build_graph(
     net: &Fcn8s,
     vs: &tch::nn::VarStore,
     meta: &ModelMeta,
+    quant: Option<&crate::quantize::ActivationParams>,
 ) -> Result<GraphProto, ExportError> {
     let vars = vs.variables();
     let mut b = Builder {
@@ -346,9 +469,15 @@ fn build_graph(
         inits: Vec::new(),
         n: 0,
         float: match meta.precision {
-            Precision::Fp32 => DataType::FLOAT,
+            Precision::Fp32 | Precision::Int8 => DataType::FLOAT,
             Precision::Fp16 => DataType::FLOAT16,
         },
+        quant: if meta.precision == Precision::Int8 {
+            Some(quant.ok_or_else(|| ExportError::MissingCalibration("input".into()))?)
+        } else {
+            None
+        },
+        quant_inits: Default::default(),
     };
     // Preprocessing inside the graph: RGB -> BGR, minus the mean (in float32).
     let order = b.const_i64("preprocess.bgr_order", &[2, 1, 0]);
@@ -398,13 +527,24 @@ fn build_graph(
     Ok(graph)
 }
 
-/// Builds the ONNX model of `net` with `meta` as its metadata (and its precision).
+/// Builds the ONNX model of `net` with `meta` as its metadata (and its precision);
+/// an int8 model ([`Precision::Int8`]) needs the activation parameters `quant`.
 pub fn build_model(
     net: &Fcn8s,
     vs: &tch::nn::VarStore,
     meta: &ModelMeta,
 ) -> Result<ModelProto, ExportError> {
-    let graph = build_graph(net, vs, meta)?;
+    build_model_quantized(net, vs, meta, None)
+}
+
+/// [`build_model`] with the activation parameters of an int8 model.
+pub fn build_model_quantized(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+    quant: Option<&crate::quantize::ActivationParams>,
+) -> Result<ModelProto, ExportError> {
+    let graph = build_graph(net, vs, meta, quant)?;
     let mut model = ModelProto::new();
     model.ir_version = IR_VERSION;
     let mut opset = OperatorSetIdProto::new();
@@ -437,7 +577,18 @@ pub fn export(
     meta: &ModelMeta,
     path: &Path,
 ) -> Result<(), ExportError> {
-    let model = build_model(net, vs, meta)?;
+    export_quantized(net, vs, meta, None, path)
+}
+
+/// [`export`] with the activation parameters of an int8 model.
+pub fn export_quantized(
+    net: &Fcn8s,
+    vs: &tch::nn::VarStore,
+    meta: &ModelMeta,
+    quant: Option<&crate::quantize::ActivationParams>,
+    path: &Path,
+) -> Result<(), ExportError> {
+    let model = build_model_quantized(net, vs, meta, quant)?;
     let bytes = model.write_to_bytes().map_err(|e| ExportError::Write {
         path: path.to_path_buf(),
         message: e.to_string(),

@@ -53,13 +53,18 @@ pub struct Args {
     #[arg(long, value_parser = lse_cli::choice(Provider::ALL, Provider::help), value_delimiter = ',')]
     pub matrix: Vec<Provider>,
     /// Precisions (a list with --matrix): TensorRT builds its engine in it; the CPU
-    /// and CUDA providers run the --fp16-model file for fp16.
+    /// and CUDA providers run the --fp16-model file for fp16; every provider runs the
+    /// --int8-model file for int8.
     #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), value_delimiter = ',', default_value = "fp32")]
     pub precision: Vec<Precision>,
     /// The float16 export of the same network (lse-train export --precision fp16),
     /// for the fp16 rows of the CPU and CUDA providers.
     #[arg(long)]
     pub fp16_model: Option<PathBuf>,
+    /// The int8 (QDQ) export of the same network (lse-train export --precision int8
+    /// --calibrate DATASET), for the int8 rows.
+    #[arg(long)]
+    pub int8_model: Option<PathBuf>,
     /// Images to evaluate on (a Cityscapes-style tree); with --gt, each row reports
     /// mIoU and its change against the fp32 row of the same provider and batch.
     #[arg(long, requires = "gt")]

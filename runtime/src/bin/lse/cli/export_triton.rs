@@ -85,6 +85,7 @@ pub fn config_pbtxt(c: &TritonConfig) -> String {
     let precision = match c.precision {
         Precision::Fp32 => "FP32",
         Precision::Fp16 => "FP16",
+        Precision::Int8 => "INT8",
     };
     let mut s = String::new();
     let _ = writeln!(s, "name: \"{}\"", c.name);

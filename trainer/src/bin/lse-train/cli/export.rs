@@ -1,10 +1,14 @@
-//! `lse-train export`: checkpoint → `model.onnx`, then an ONNX Runtime parity check.
+//! `lse-train export`: checkpoint → `model.onnx`, then an ONNX Runtime parity check
+//! (for int8: calibration on target images first, then an agreement check on held-out
+//! ones).
 
 use std::path::PathBuf;
 
 use lse_runtime::choice::Choice;
 use lse_runtime::contract::Precision;
+use lse_runtime::datasets::DatasetSpec;
 use lse_trainer::export::{ExportOptions, export_checked_as};
+use lse_trainer::quantize::{CalibrationMethod, Int8Options, export_int8_checked};
 
 /// Arguments of `lse-train export`.
 #[derive(Debug, clap::Args)]
@@ -20,9 +24,27 @@ pub struct Args {
     pub train_size: Option<[u32; 2]>,
     /// Weights and compute of the exported network: fp16 keeps the float32 input and
     /// scores and the uint8 train ids, and is checked by its arg-max agreement with the
-    /// float32 network (at least 99.5 %) instead of the logit tolerance.
+    /// float32 network (at least 99.5 %) instead of the logit tolerance; int8 (QDQ)
+    /// needs --calibrate and is checked on held-out images of that dataset (at least
+    /// 95 % arg-max agreement).
     #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), default_value_t = Precision::Fp32)]
     pub precision: Precision,
+    /// int8: the dataset whose images calibrate the activation ranges, normally the
+    /// target domain the model will see (cityscapes:DIR, gta5:DIR, synthia:DIR).
+    #[arg(long)]
+    pub calibrate: Option<DatasetSpec>,
+    /// int8: the split of --calibrate (Cityscapes layout).
+    #[arg(long, default_value = "train")]
+    pub calibrate_split: String,
+    /// int8: how many images calibrate (a fixed pseudo-random choice of the split).
+    #[arg(long, default_value_t = 200)]
+    pub calibrate_images: usize,
+    /// int8: how many other images of the split the agreement check compares on.
+    #[arg(long, default_value_t = 50)]
+    pub check_images: usize,
+    /// int8: how activation ranges are taken from the calibration images.
+    #[arg(long, value_parser = lse_cli::choice(CalibrationMethod::ALL, CalibrationMethod::help), default_value_t = CalibrationMethod::Percentile)]
+    pub calibration: CalibrationMethod,
     /// Skip the ONNX Runtime parity check (not recommended).
     #[arg(long)]
     pub no_check: bool,
@@ -41,20 +63,32 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let report = export_checked_as(
-        &a.checkpoint,
-        &a.out,
-        &ExportOptions {
-            train_size: a.train_size,
-            check: !a.no_check,
-            tolerance: lse_trainer::onnx::Tolerance {
-                rtol: a.rtol,
-                atol: a.atol,
-            },
-            ort_lib: a.ort.ort_lib.clone(),
+    let o = ExportOptions {
+        train_size: a.train_size,
+        check: !a.no_check,
+        tolerance: lse_trainer::onnx::Tolerance {
+            rtol: a.rtol,
+            atol: a.atol,
         },
-        a.precision,
-    )?;
+        ort_lib: a.ort.ort_lib.clone(),
+    };
+    let report = match (a.precision, &a.calibrate) {
+        (Precision::Int8, Some(dataset)) => {
+            let q = Int8Options {
+                dataset: dataset.clone(),
+                split: a.calibrate_split.clone(),
+                images: a.calibrate_images,
+                check_images: a.check_images,
+                method: a.calibration,
+            };
+            export_int8_checked(&a.checkpoint, &a.out, &o, &q)?
+        }
+        (Precision::Int8, None) => anyhow::bail!(
+            "--precision int8 needs --calibrate DATASET (target images, e.g. cityscapes:/data/cityscapes)"
+        ),
+        (p, Some(_)) => anyhow::bail!("--calibrate is for --precision int8 (not {p})"),
+        (p, None) => export_checked_as(&a.checkpoint, &a.out, &o, p)?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -63,6 +63,13 @@ fn parse_compute_apps(csv: &str, pid: u32) -> Option<f64> {
 fn model_for(a: &Args, provider: Provider, precision: Precision) -> Result<PathBuf, String> {
     let main = super::super::model_or_default(a.model.clone()).map_err(|e| e.to_string())?;
     match (provider, precision) {
+        // Integer arithmetic needs the calibrated scales of the QDQ file, on every
+        // provider (TensorRT reads them as explicit quantization).
+        (_, Precision::Int8) => a.int8_model.clone().ok_or_else(|| {
+            format!(
+                "{provider} runs int8 from a calibrated QDQ model: pass --int8-model (lse-train export --precision int8 --calibrate DATASET)"
+            )
+        }),
         (Provider::Tensorrt, _) | (_, Precision::Fp32) => Ok(main),
         (_, Precision::Fp16) => a.fp16_model.clone().ok_or_else(|| {
             format!(
@@ -333,6 +340,9 @@ mod tests {
                 .unwrap_err()
                 .contains("--fp16-model")
         );
+        for p in [Provider::Cpu, Provider::Tensorrt] {
+            assert!(m(p, Precision::Int8).unwrap_err().contains("--int8-model"));
+        }
         let r = Row {
             provider: Provider::Tensorrt,
             precision: Precision::Fp16,
