@@ -20,52 +20,20 @@ use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
 use lse_runtime::{imageio, palette, predict};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::{Gauges, Metrics};
-use crate::models::{Registry, Served};
+use crate::metrics::Metrics;
+use crate::models::Served;
 use crate::pipeline::{self, Predicted, Source, blocking};
+use crate::state::AppState;
 
 /// The web page (self-contained HTML, CSS and JavaScript).
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// Weight of the colours in `output=overlay`.
 pub const OVERLAY_ALPHA: f32 = 0.5;
-
-/// Shared state of the handlers.
-pub struct AppState {
-    pub cfg: Config,
-    pub models: Registry,
-    pub metrics: Arc<Metrics>,
-    /// One permit per image in progress (`--queue`).
-    pub admission: Arc<Semaphore>,
-    /// The admin routes' token (`--admin-token-file`); none: they answer 403.
-    pub admin_token: Option<crate::admin::AdminToken>,
-}
-
-impl AppState {
-    fn gauges(&self) -> Gauges {
-        let cap = self.cfg.queue as usize;
-        let models = self.models.all();
-        let sum = |f: &dyn Fn(&Served) -> usize| models.iter().map(|m| f(m)).sum::<usize>();
-        Gauges {
-            queue_depth: sum(&|m| m.pool.queue_depth()),
-            queue_capacity: cap,
-            in_progress: cap.saturating_sub(self.admission.available_permits()),
-            workers: sum(&|m| m.pool.workers()),
-            workers_ready: sum(&|m| {
-                m.pool
-                    .shared
-                    .ready
-                    .load(std::sync::atomic::Ordering::SeqCst)
-            }),
-        }
-    }
-}
 
 /// The answer formats of `POST /v1/segment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

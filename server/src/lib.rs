@@ -32,6 +32,7 @@ pub mod models;
 pub mod pipeline;
 pub mod pool;
 pub mod sample;
+pub mod state;
 pub mod swap;
 pub mod v2;
 pub mod v2_http;
@@ -148,7 +149,7 @@ fn load_models(
 /// It runs on the same accept loop as HTTP ([`listen::serve`]), so the header and idle
 /// timeouts, the connection cap and the per-connection stream limit hold for it too.
 fn spawn_grpc(
-    state: Arc<app::AppState>,
+    state: Arc<state::AppState>,
     listener: tokio::net::TcpListener,
     limits: listen::ConnLimits,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -191,7 +192,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let state = Arc::new(app::AppState {
+    let state = Arc::new(state::AppState {
         admission: Arc::new(tokio::sync::Semaphore::new(cfg.queue as usize)),
         models: models::Registry::new(loaded),
         metrics,

@@ -10,7 +10,7 @@ use image::{GrayImage, RgbImage};
 use lse_runtime::predict;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::error::ApiError;
 use crate::input;
 use crate::models::Served;

@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use image::RgbImage;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::error::ApiError;
 use crate::models::{Served, VERSION};
 use crate::pipeline::{self, Predicted, Source};
