@@ -13,7 +13,8 @@
 
 usage:
   bench_label.py int8 --fp32 M.onnx --int8 M8.onnx --report EXPORT.json --calib-root DIR
-                      --val DIR --gt DIR --work DIR [--size WxH] [--threads T] [--repeat R]
+                      --val DIR --gt DIR --work DIR [--size WxH] [--timing-images N]
+                      [--threads T] [--repeat R]
   bench_label.py compare --lse BIN --model M.onnx --input DIR --work DIR [--threads T] [--batch B] [--repeat R]
   bench_label.py pipeline --model M.onnx --input DIR --out DIR [--threads T]
   bench_label.py model --model M.onnx --input DIR [--threads T]   (prints seconds as JSON)
@@ -319,7 +320,7 @@ def int8(args):
     gts = [np.asarray(Image.open(os.path.join(args.gt, rel)).resize((tw, th), Image.NEAREST))
            for rel in images_under(args.gt) if rel.endswith("_labelIds.png")]
     w, h = (int(v) for v in args.size.split("x"))
-    timing = load_inputs(args.val, (w, h))
+    timing = load_inputs(args.val, (w, h))[: args.timing_images]
     res = {}
     for name, path in models.items():
         m, ids = miou_and_ids(session(path, args.threads), val, gts, lut)
@@ -374,6 +375,7 @@ def main():
     for a in ("--fp32", "--int8", "--report", "--calib-root", "--val", "--gt", "--work"):
         q.add_argument(a, required=True)
     q.add_argument("--size", default="1024x512")
+    q.add_argument("--timing-images", type=int, default=20)
     q.add_argument("--threads", type=int, default=os.cpu_count())
     q.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()

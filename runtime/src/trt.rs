@@ -542,7 +542,10 @@ mod tests {
         assert_eq!(o32["trt_int8_enable"], "0");
         k32.precision = Precision::Int8;
         let o8: HashMap<_, _> = provider_options(&k32, &paths, 0).into_iter().collect();
-        assert_eq!((&*o8["trt_fp16_enable"], &*o8["trt_int8_enable"]), ("0", "1"));
+        assert_eq!(
+            (&*o8["trt_fp16_enable"], &*o8["trt_int8_enable"]),
+            ("0", "1")
+        );
     }
 
     #[test]

@@ -352,7 +352,9 @@ impl Fcn8s {
         let (pool3, pool4) = (&pools[2], &pools[3]);
         x = self.conv(i, &x).relu(); // fc6
         observe(s.fc6.name, &x);
-        x = self.conv(i + 1, &x.feature_dropout(s.dropout, train)).relu(); // fc7
+        x = self
+            .conv(i + 1, &x.feature_dropout(s.dropout, train))
+            .relu(); // fc7
         observe(s.fc7.name, &x);
         x = self.conv(i + 2, &x.feature_dropout(s.dropout, train)); // score_fr
         observe(s.score_fr.name, &x);

@@ -308,7 +308,11 @@ impl Builder<'_> {
         let width = if elem == DataType::INT32 { 4 } else { 1 };
         let q = self.init(&format!("{name}.quantized"), dims, elem, bytes);
         let per_channel = scales.len() > 1;
-        let sdims: &[i64] = if per_channel { &[scales.len() as i64] } else { &[] };
+        let sdims: &[i64] = if per_channel {
+            &[scales.len() as i64]
+        } else {
+            &[]
+        };
         let s = self.const_f32(&format!("{name}.scale"), sdims, scales);
         let z = self.init(
             &format!("{name}.zero_point"),

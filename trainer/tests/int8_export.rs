@@ -69,8 +69,12 @@ fn assert_qdq_graph(m: &ModelProto) {
     let g = m.graph.as_ref().unwrap();
     let init = |name: &str| g.initializer.iter().find(|t| t.name == name);
     let producer = |out: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == out));
-    let consumers =
-        |out: &str| -> Vec<_> { g.node.iter().filter(|n| n.input.iter().any(|i| i == out)).collect() };
+    let consumers = |out: &str| -> Vec<_> {
+        g.node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == out))
+            .collect()
+    };
     let convs: Vec<_> = g.node.iter().filter(|n| n.op_type == "Conv").collect();
     assert_eq!(convs.len(), 18);
     for c in &convs {
@@ -83,8 +87,16 @@ fn assert_qdq_graph(m: &ModelProto) {
             assert_eq!(q.data_type, elem as i32, "{}", q.name);
             let scales = init(&dq.input[1]).unwrap();
             let channels = q.dims[0];
-            assert_eq!(scales.dims, vec![channels], "{}: one scale per channel", q.name);
-            assert_eq!(dq.attribute.iter().any(|a| a.name == "axis" && a.i == 0), axis);
+            assert_eq!(
+                scales.dims,
+                vec![channels],
+                "{}: one scale per channel",
+                q.name
+            );
+            assert_eq!(
+                dq.attribute.iter().any(|a| a.name == "axis" && a.i == 0),
+                axis
+            );
         }
         let mut next = consumers(&c.output[0]);
         if next[0].op_type == "Relu" {
@@ -96,7 +108,10 @@ fn assert_qdq_graph(m: &ModelProto) {
         assert_eq!(zp.data_type, DataType::UINT8 as i32);
     }
     for up in g.node.iter().filter(|n| n.op_type == "ConvTranspose") {
-        assert_eq!(init(&up.input[1]).unwrap().data_type, DataType::FLOAT as i32);
+        assert_eq!(
+            init(&up.input[1]).unwrap().data_type,
+            DataType::FLOAT as i32
+        );
     }
     let elem = |v: &onnx_protobuf::ValueInfoProto| match &v.type_.value {
         Some(onnx_protobuf::type_proto::Value::TensorType(t)) => t.elem_type,
@@ -115,9 +130,8 @@ fn assert_qdq_graph(m: &ModelProto) {
 /// A Python snippet run on `path` with the project's .venv (scripts/setup.sh).
 fn python(code: &str, path: &Path) -> String {
     let py = lse_test_support::python();
-    let out = lse_test_support::check_ok(
-        std::process::Command::new(&py).args(["-c", code]).arg(path),
-    );
+    let out =
+        lse_test_support::check_ok(std::process::Command::new(&py).args(["-c", code]).arg(path));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -140,7 +154,10 @@ fn agreement(a: &Path, b: &Path) -> f64 {
         threads: 1,
         ..Default::default()
     };
-    let (mut ea, mut eb) = (Engine::load(a, &opts).unwrap(), Engine::load(b, &opts).unwrap());
+    let (mut ea, mut eb) = (
+        Engine::load(a, &opts).unwrap(),
+        Engine::load(b, &opts).unwrap(),
+    );
     let settings = lse_runtime::synth::SynthSettings::default();
     let (mut same, mut total) = (0usize, 0usize);
     for i in 0..4 {
@@ -175,7 +192,10 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     eprintln!("the export's check: {check}");
     assert!(agree >= MIN_AGREEMENT, "{check}");
     // The synthetic target has labels: both mIoUs are measured.
-    let (m32, m8) = (check["miou_fp32"].as_f64().unwrap(), check["miou_int8"].as_f64().unwrap());
+    let (m32, m8) = (
+        check["miou_fp32"].as_f64().unwrap(),
+        check["miou_int8"].as_f64().unwrap(),
+    );
     assert!((check["miou_change"].as_f64().unwrap() - (m8 - m32)).abs() < 1e-9);
 
     let m = load(&out);
@@ -191,7 +211,10 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     assert_eq!(cal["method"], "percentile");
     assert_eq!(cal["images"], 8);
     let ds = cal["dataset"].as_str().unwrap();
-    assert!(ds.starts_with("cityscapes \"target\" train (14 images, list "), "{ds}");
+    assert!(
+        ds.starts_with("cityscapes \"target\" train (14 images, list "),
+        "{ds}"
+    );
     assert_eq!(cal["images_list"].as_str().unwrap().len(), 16);
     let root = dir.path().to_string_lossy().into_owned();
     for (k, v) in &props {
@@ -206,9 +229,15 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     export_checked_as(&default_checkpoint(), &m32, &options(true), Precision::Fp32).unwrap();
     let agree = agreement(&m32, &out);
     eprintln!("agreement on fixed inputs: {agree:.3} %");
-    assert!(agree >= MIN_AGREEMENT, "arg-max agreement on fixed inputs {agree:.3} %");
+    assert!(
+        agree >= MIN_AGREEMENT,
+        "arg-max agreement on fixed inputs {agree:.3} %"
+    );
     // About a quarter of the float32 file's size (int8 weights).
-    let (s8, s32) = (std::fs::metadata(&out).unwrap().len(), std::fs::metadata(&m32).unwrap().len());
+    let (s8, s32) = (
+        std::fs::metadata(&out).unwrap().len(),
+        std::fs::metadata(&m32).unwrap().len(),
+    );
     assert!(s8 * 3 < s32, "{s8} vs {s32} bytes");
 }
 
@@ -224,13 +253,22 @@ fn calibration_is_deterministic() {
     };
     let a = export("a.onnx", CalibrationMethod::Percentile);
     let b = export("b.onnx", CalibrationMethod::Percentile);
-    assert!(a == b, "the same images give the same scales and the same file");
+    assert!(
+        a == b,
+        "the same images give the same scales and the same file"
+    );
     // The scales are what differs between methods (so the comparison can fail).
     let c = export("c.onnx", CalibrationMethod::MinMax);
     assert!(a != c);
     let scale = |bytes: &[u8], name: &str| {
         let m = ModelProto::parse_from_bytes(bytes).unwrap();
-        let t = m.graph.initializer.iter().find(|t| t.name == name).unwrap().clone();
+        let t = m
+            .graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone();
         f32::from_le_bytes(t.raw_data[..4].try_into().unwrap())
     };
     // minmax takes the extremes, so its range (and step) is never smaller.
@@ -325,7 +363,12 @@ fn int8_without_calibration_images_is_an_error() {
     let target = synth(&dir.path().join("syn"));
     let mut q = int8(&target, CalibrationMethod::MinMax);
     q.images = 10;
-    let err = export_int8_checked(&default_checkpoint(), &dir.path().join("m.onnx"), &options(true), &q)
-        .unwrap_err();
+    let err = export_int8_checked(
+        &default_checkpoint(),
+        &dir.path().join("m.onnx"),
+        &options(true),
+        &q,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("14 images"), "{err}");
 }
