@@ -10,9 +10,9 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use tonic::{Request, Response, Status};
 
-use crate::state::AppState;
 use crate::error::ApiError;
 use crate::models::VERSION;
+use crate::state::AppState;
 use crate::v2::{self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputRequest};
 use crate::v2_http::DataLimits;
 

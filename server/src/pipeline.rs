@@ -10,11 +10,11 @@ use image::{GrayImage, RgbImage};
 use lse_runtime::predict;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::state::AppState;
 use crate::error::ApiError;
 use crate::input;
 use crate::models::Served;
 use crate::pool::{CountGuard, Job, JobOutput, SubmitError};
+use crate::state::AppState;
 
 /// An image to predict: encoded bytes (PNG or JPEG), or decoded RGB pixels.
 pub enum Source {

@@ -14,10 +14,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use crate::state::AppState;
 use crate::error::ApiError;
 use crate::models::{self, Served};
 use crate::pipeline::blocking;
+use crate::state::AppState;
 
 /// Longest time a new model may take to load and warm up.
 const WARM_LIMIT: Duration = Duration::from_secs(300);

@@ -20,10 +20,10 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use image::RgbImage;
 
-use crate::state::AppState;
 use crate::error::ApiError;
 use crate::models::{Served, VERSION};
 use crate::pipeline::{self, Predicted, Source};
+use crate::state::AppState;
 
 pub const INPUT_ENCODED: &str = "image";
 pub const INPUT_PIXELS: &str = "image_rgb";

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::state::AppState;
 use crate::error::ApiError;
 use crate::models::{Served, VERSION};
+use crate::state::AppState;
 use crate::v2::{
     self, IDS_PARAMETER, Ids, InferRequest, InputData, InputTensor, OutputData, OutputRequest,
     OutputTensor, bad,
