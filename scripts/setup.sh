@@ -21,7 +21,7 @@ TRITONCLIENT_VERSION="2.73.0"
 # GPU only (LSE_GPU=1): TensorRT 10's libraries for ONNX Runtime's TensorRT provider
 # (libnvinfer.so.10 in site-packages/tensorrt_libs; scripts/gpu-run.sh puts that folder
 # on the library path). PyPI's package is a small source stub that downloads the real
-# wheel from NVIDIA's index (pypi.nvidia.com) while installing, so it is installed in
+# wheel from NVIDIA's own package index while installing, so it is installed in
 # a second pip step of its own whose failure is a warning, not a failed set-up.
 TENSORRT_VERSION="10.16.1.11"
 
@@ -94,7 +94,7 @@ trt_note=""
 if [ "$want_gpu" = "1" ] && ! have tensorrt-cu13-libs "$TENSORRT_VERSION"; then
   say "installing into .venv: tensorrt-cu13-libs==$TENSORRT_VERSION (TensorRT's libraries, from NVIDIA's index)"
   if ! "$VPY" -m pip install --disable-pip-version-check --no-cache-dir -q "tensorrt-cu13-libs==$TENSORRT_VERSION"; then
-    trt_note="warning: TensorRT's libraries come from NVIDIA's index (pypi.nvidia.com), which this machine cannot reach (or the install failed; see pip's message above); the CUDA provider still works, the TensorRT provider will report libnvinfer missing"
+    trt_note="warning: TensorRT's libraries come from NVIDIA's own package index, which this machine cannot reach (or the install failed; see pip's message above); the CUDA provider still works, the TensorRT provider will report libnvinfer missing"
     say "$trt_note"
   fi
 fi
