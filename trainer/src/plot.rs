@@ -300,9 +300,16 @@ mod coverage_tests {
 
     #[test]
     fn miou_axis_fits_the_values() {
+        // A change of a point: the margin's minimum, 0.5.
         let r = miou_range(&[(0.0, 45.9), (10.0, 46.9)]);
         assert!(
-            (r.start - 45.75).abs() < 1e-9 && (r.end - 47.05).abs() < 1e-9,
+            (r.start - 45.4).abs() < 1e-9 && (r.end - 47.4).abs() < 1e-9,
+            "{r:?}"
+        );
+        // Ten points: 15 % of the range on each side.
+        let r = miou_range(&[(0.0, 40.0), (10.0, 50.0)]);
+        assert!(
+            (r.start - 38.5).abs() < 1e-9 && (r.end - 51.5).abs() < 1e-9,
             "{r:?}"
         );
         let r = miou_range(&[(0.0, 0.2)]);
