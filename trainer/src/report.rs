@@ -107,10 +107,15 @@ fn num(v: Option<f64>, digits: usize) -> String {
 
 fn png_uri(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(format!(
+    Ok(png_data_uri(&bytes))
+}
+
+/// PNG bytes as a data URI, for pictures embedded in the report.
+fn png_data_uri(png: &[u8]) -> String {
+    format!(
         "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    ))
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1200px;\
@@ -313,11 +318,10 @@ fn coverage_maps(
         crate::plot::COVERAGE_TOP
     )?;
     let uri = |map: &CoverageMap| -> anyhow::Result<String> {
-        let png = crate::plot::coverage_png(map, COVERAGE_CELL)?;
-        Ok(format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(png)
-        ))
+        Ok(png_data_uri(&crate::plot::coverage_png(
+            map,
+            COVERAGE_CELL,
+        )?))
     };
     if let Some(map) = run_coverage(record) {
         figure(h, &uri(&map)?, "all rounds")?;
