@@ -103,6 +103,10 @@ pub struct Config {
     /// labels (kept share and precision, confusions, the entropy premise). They never
     /// influence selection, thresholds or training.
     pub diagnostics: bool,
+    /// Target images per forward pass when a round ranks the target set (and of the
+    /// window images the diagnostics measure): fewer passes, the same probabilities up
+    /// to float rounding; lower it when memory is short.
+    pub rank_batch: usize,
     /// Confident images per round whose windows and pseudo-labels are saved for the
     /// run report (0: none).
     pub report_samples: usize,
@@ -167,6 +171,7 @@ impl Default for Config {
             max_round_iterations: 0,
             degenerate_groups: DegenerateGroups::Keep,
             diagnostics: true,
+            rank_batch: 8,
             report_samples: 4,
             focal: true,
             focal_beta: 0.1,
@@ -368,6 +373,12 @@ impl Config {
             self.report_samples,
             self.report_samples <= 64,
             "0..64",
+        )?;
+        range(
+            "rank_batch",
+            self.rank_batch,
+            (1..=256).contains(&self.rank_batch),
+            "1..256",
         )?;
         range(
             "patches",

@@ -149,11 +149,16 @@ impl Model {
     /// Class probabilities `C x H x W` (on the device) of one input image `3 x H x W`,
     /// in eval mode.
     pub fn probs(&self, image: &Tensor) -> Tensor {
+        self.probs_batch(&image.unsqueeze(0)).squeeze_dim(0)
+    }
+
+    /// Class probabilities `N x C x H x W` (on the device) of a batch of images
+    /// `N x 3 x H x W`, in eval mode: one forward pass for the batch.
+    pub fn probs_batch(&self, images: &Tensor) -> Tensor {
         tch::no_grad(|| {
             self.net
-                .forward_t(&image.to_device(self.device).unsqueeze(0), false)
+                .forward_t(&images.to_device(self.device), false)
                 .softmax(1, Kind::Float)
-                .squeeze_dim(0)
         })
     }
 
@@ -1082,5 +1087,48 @@ impl Trainer {
             Err(e) => tracing::warn!("no run report: {e:#}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fcn8s::{Fcn8sConfig, InitScheme};
+
+    fn tiny_model() -> Model {
+        let config = Fcn8sConfig {
+            width: 0.125,
+            classes: 19,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Fcn8s::new(&vs.root(), config, InitScheme::Scratch);
+        Model {
+            vs,
+            net,
+            meta: CheckpointMeta::new(config, InitScheme::Scratch),
+            device: Device::Cpu,
+        }
+    }
+
+    /// One forward pass of a batch gives every image the probabilities of its own
+    /// forward pass (the rank's batches change nothing but float rounding).
+    #[test]
+    fn a_batch_gives_each_image_its_own_probabilities() {
+        let (model, images) = crate::seeding::with_seed(11, || {
+            (
+                tiny_model(),
+                Tensor::rand([3, 3, 32, 64], (Kind::Float, Device::Cpu)),
+            )
+        });
+        let batched = model.probs_batch(&images);
+        assert_eq!(batched.size(), [3, 19, 32, 64]);
+        for k in 0..3 {
+            let one = model.probs(&images.get(k));
+            let diff = (batched.get(k) - &one).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "image {k}: largest difference {diff}");
+            let sums = one.sum_dim_intlist(0, false, Kind::Double);
+            let off = (sums - 1.0).abs().max().double_value(&[]);
+            assert!(off < 1e-5, "image {k}: probabilities sum off by {off}");
+        }
     }
 }

@@ -229,18 +229,26 @@ impl Trainer {
             data::image_stream(target.clone(), (0..n).collect(), size, self.cfg.mean_bgr);
         let mut scores = Vec::with_capacity(n);
         let mut diags = Vec::new();
-        for _ in 0..n {
-            let (i, img) = stream.recv()?;
-            let probs = self.model.probs(&img);
-            scores.push(lse::class_scores(&probs));
-            if diag_on {
-                let t = Instant::now();
-                let truth = data::label_at(target, i, size)?.expect("labels checked");
-                let pred = to_u8(&probs.argmax(0, false));
-                diags.push(pixel_accuracy(&pred, truth.as_raw(), classes));
-                *diag_seconds += t.elapsed().as_secs_f64();
+        let mut received = 0;
+        while received < n {
+            let chunk = self.cfg.rank_batch.min(n - received);
+            let (indices, images): (Vec<usize>, Vec<Tensor>) = (0..chunk)
+                .map(|_| stream.recv())
+                .collect::<Result<_, _>>()?;
+            received += chunk;
+            let probs = self.model.probs_batch(&Tensor::stack(&images, 0));
+            for (k, &i) in indices.iter().enumerate() {
+                let probs = probs.get(k as i64);
+                scores.push(lse::class_scores(&probs));
+                if diag_on {
+                    let t = Instant::now();
+                    let truth = data::label_at(target, i, size)?.expect("labels checked");
+                    let pred = to_u8(&probs.argmax(0, false));
+                    diags.push(pixel_accuracy(&pred, truth.as_raw(), classes));
+                    *diag_seconds += t.elapsed().as_secs_f64();
+                }
+                pb.inc(1);
             }
-            pb.inc(1);
         }
         pb.finish_and_clear();
         Ok((scores, diags))
@@ -329,10 +337,8 @@ impl Trainer {
                     let kept: Vec<bool> = to_u8(&mask).iter().map(|&m| m != 0).collect();
                     d.counts.add_confident(&pred, &kept, truth.as_raw());
                     d.premise.0.add(mean_normalized_entropy(&probs));
-                    for win in &windows {
-                        d.premise.1.add(mean_normalized_entropy(
-                            &self.model.probs(&lse::window_image(&img, win)),
-                        ));
+                    for probs in window_probs(&self.model, &g, self.cfg.rank_batch) {
+                        d.premise.1.add(mean_normalized_entropy(&probs));
                     }
                     add_trained_windows(&mut d.windows, &truth, &windows, &g);
                     Some(truth)
@@ -423,6 +429,18 @@ impl Trainer {
             truth: truth.is_some(),
         })
     }
+}
+
+/// The model's probabilities on each example image of `g`, `batch` images a pass.
+fn window_probs(model: &Model, g: &lse::Generated, batch: usize) -> Vec<Tensor> {
+    g.images
+        .split(batch as i64, 0)
+        .iter()
+        .flat_map(|chunk| {
+            let probs = model.probs_batch(chunk);
+            (0..chunk.size()[0]).map(move |k| probs.get(k))
+        })
+        .collect()
 }
 
 /// Adds the examples of one image, as trained on, to the window-level counts: each
