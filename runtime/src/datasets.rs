@@ -196,11 +196,14 @@ pub enum FrameKey {
     RelativeStem,
 }
 
+/// A label file as read: `(width, height, the class id of every pixel)`.
+pub type LabelIds = (u32, u32, Vec<u16>);
+
 /// How a layout's label files are read and mapped to train ids.
 #[derive(Debug)]
 pub struct LabelDecoding {
-    /// Reads the class id of every pixel: `(width, height, ids)`.
-    pub read: fn(&Path) -> Result<(u32, u32, Vec<u16>), ImageError>,
+    /// Reads the class id of every pixel.
+    pub read: fn(&Path) -> Result<LabelIds, ImageError>,
     /// The table class id -> train id (ids outside it map to ignore).
     pub to_train: fn() -> [u8; 256],
     /// The largest id of the dataset's own label space (larger ids are unknown).
@@ -740,7 +743,7 @@ impl Dataset {
 
 /// Reads an 8-bit grey label PNG (Cityscapes label ids) and returns the id of every
 /// pixel.
-pub fn read_gray_ids(path: &Path) -> Result<(u32, u32, Vec<u16>), ImageError> {
+pub fn read_gray_ids(path: &Path) -> Result<LabelIds, ImageError> {
     let g = imageio::read_gray(path)?;
     let (w, h) = g.dimensions();
     Ok((w, h, g.into_raw().into_iter().map(u16::from).collect()))
