@@ -6,6 +6,12 @@
 //! | `gta5`       | `images/<name>.png`                              | `labels/<name>.png` (Cityscapes label ids)              |
 //! | `synthia`    | `RGB/<name>.png`                                 | `GT/LABELS/<name>.png` (16-bit, class id in the red channel) |
 //!
+//! Each kind's layout is one [`Layout`], found by [`DatasetKind::layout`]: its folders
+//! and file names, how its label files are decoded and mapped to train ids, the class
+//! subset a source of that kind is reported over, its default image size and its role
+//! in an adaptation. The readers here, the synthetic writer (`crate::synth`) and the
+//! trainer read these descriptions instead of matching on the kind.
+//!
 //! - The samples are the image folder's PNG/JPEG files found recursively, sorted by
 //!   relative path, or the names of an optional list file (one path per line,
 //!   relative to the image folder; blank lines and `#` comments skipped), as the
@@ -21,6 +27,7 @@
 //! Every error names the offending file.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -31,9 +38,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use image::{GrayImage, RgbImage};
 
 use crate::imageio::{self, ImageError};
-use crate::labels;
+use crate::labels::{self, ClassSubset};
 
-/// The dataset layouts.
+/// The dataset layouts; each kind is described by its [`Layout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetKind {
@@ -42,34 +49,266 @@ pub enum DatasetKind {
     Synthia,
 }
 
+/// One line per kind: the kind and its layout. Defines [`DatasetKind::ALL`] and
+/// [`DatasetKind::layout`] from the same list, so they cannot disagree, and a kind
+/// without a line here does not compile (the `match` is exhaustive).
+macro_rules! layouts {
+    ($($kind:ident => $layout:ident),+ $(,)?) => {
+        impl DatasetKind {
+            /// Every kind, in the order messages list them.
+            pub const ALL: &'static [Self] = &[$(Self::$kind),+];
+
+            /// The description of this kind's layout.
+            pub const fn layout(self) -> &'static Layout {
+                match self {
+                    $(Self::$kind => &$layout),+
+                }
+            }
+        }
+    };
+}
+
+layouts! {
+    Cityscapes => CITYSCAPES,
+    Gta5 => GTA5,
+    Synthia => SYNTHIA,
+}
+
+const CITYSCAPES: Layout = Layout {
+    name: "cityscapes",
+    aliases: &[],
+    image_dir: &["leftImg8bit"],
+    label_dir: &["gtFine"],
+    split_folders: true,
+    files: FileNames {
+        key: FrameKey::Cityscapes,
+        image_suffix: "_leftImg8bit.png",
+        label_suffix: "_gtFine_labelIds.png",
+    },
+    labels: LabelDecoding {
+        read: read_gray_ids,
+        to_train: labels::label_to_train_lut,
+        // Cityscapes label ids 0..=33.
+        max_known_id: 33,
+    },
+    subset: ClassSubset::All19,
+    default_size: [1024, 512],
+    role: Role::Target,
+};
+
+const GTA5: Layout = Layout {
+    name: "gta5",
+    aliases: &["gta"],
+    image_dir: &["images"],
+    label_dir: &["labels"],
+    split_folders: false,
+    files: FileNames {
+        key: FrameKey::RelativeStem,
+        image_suffix: ".png",
+        label_suffix: ".png",
+    },
+    labels: LabelDecoding {
+        read: read_gray_ids,
+        to_train: labels::label_to_train_lut,
+        // The Cityscapes ids, plus 34 for the license plate in some releases.
+        max_known_id: 34,
+    },
+    subset: ClassSubset::All19,
+    default_size: [1280, 720],
+    role: Role::Source,
+};
+
+const SYNTHIA: Layout = Layout {
+    name: "synthia",
+    aliases: &[],
+    image_dir: &["RGB"],
+    label_dir: &["GT", "LABELS"],
+    split_folders: false,
+    files: FileNames {
+        key: FrameKey::RelativeStem,
+        image_suffix: ".png",
+        label_suffix: ".png",
+    },
+    labels: LabelDecoding {
+        read: read_synthia_ids,
+        to_train: labels::synthia_to_train_lut,
+        // SYNTHIA-RAND-CITYSCAPES: 0 void ... 22 lane marking.
+        max_known_id: 22,
+    },
+    subset: ClassSubset::Synthia16,
+    default_size: [1280, 760],
+    role: Role::Source,
+};
+
+/// Everything that differs between dataset kinds, as data.
+#[derive(Debug)]
+pub struct Layout {
+    /// The kind's name on command lines and in records (`gta5:DIR`).
+    pub name: &'static str,
+    /// Other names accepted on command lines.
+    pub aliases: &'static [&'static str],
+    /// The image folder under the dataset root, as path components.
+    pub image_dir: &'static [&'static str],
+    /// The label folder under the dataset root, as path components.
+    pub label_dir: &'static [&'static str],
+    /// Whether the image and label folders hold one folder per split (`train`,
+    /// `val`, ...); without them the whole dataset is one set.
+    pub split_folders: bool,
+    pub files: FileNames,
+    pub labels: LabelDecoding,
+    /// The train classes results are reported over when this kind is the source: the
+    /// classes it teaches (the others are left out of the ranking of LSE, too).
+    pub subset: ClassSubset,
+    /// The size docs/method.md resizes this kind's images to, `[width, height]`.
+    pub default_size: [u32; 2],
+    pub role: Role,
+}
+
+/// What a dataset kind is to a domain adaptation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A labelled (synthetic) source domain, the source of `adapt`.
+    Source,
+    /// The real target domain: adapted to, and where models are evaluated.
+    Target,
+}
+
+/// How a layout names its files: an image is `<key><image_suffix>`, its label
+/// `<key><label_suffix>` at the same relative path in the label folder.
+#[derive(Debug)]
+pub struct FileNames {
+    pub key: FrameKey,
+    /// How `lse synth` and the dataset's releases end an image's name (the readers
+    /// take any PNG/JPEG file and find its key by [`FileNames::key`]).
+    pub image_suffix: &'static str,
+    /// How a label's name ends after the key.
+    pub label_suffix: &'static str,
+}
+
+/// How a sample's key is found from its image's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKey {
+    /// `<city>_<seq>_<frame>`: the first three `_`-separated fields of the file name
+    /// ([`cityscapes_key`]); a name without them is an error.
+    Cityscapes,
+    /// The image's path relative to the image folder without its extension
+    /// (`/`-separated); its label is named after the file's stem.
+    RelativeStem,
+}
+
+/// A label file as read: `(width, height, the class id of every pixel)`.
+pub type LabelIds = (u32, u32, Vec<u16>);
+
+/// How a layout's label files are read and mapped to train ids.
+#[derive(Debug)]
+pub struct LabelDecoding {
+    /// Reads the class id of every pixel.
+    pub read: fn(&Path) -> Result<LabelIds, ImageError>,
+    /// The table class id -> train id (ids outside it map to ignore).
+    pub to_train: fn() -> [u8; 256],
+    /// The largest id of the dataset's own label space (larger ids are unknown).
+    pub max_known_id: u16,
+}
+
+impl Layout {
+    /// The image folder of `split` (the split is used only with split folders).
+    pub fn image_dir(&self, root: &Path, split: &str) -> PathBuf {
+        self.folder(root, self.image_dir, split)
+    }
+
+    /// The label folder of `split` (the split is used only with split folders).
+    pub fn label_dir(&self, root: &Path, split: &str) -> PathBuf {
+        self.folder(root, self.label_dir, split)
+    }
+
+    fn folder(&self, root: &Path, parts: &[&str], split: &str) -> PathBuf {
+        let mut dir = root.to_path_buf();
+        dir.extend(parts);
+        if self.split_folders {
+            dir.push(split);
+        }
+        dir
+    }
+
+    /// The train ids a source of this kind does not teach (outside its subset).
+    pub fn untaught_train_ids(&self) -> Vec<u8> {
+        (0..labels::NUM_CLASSES as u8)
+            .filter(|&c| !self.subset.contains(c))
+            .collect()
+    }
+}
+
+impl FileNames {
+    /// The file name of the image of `key`.
+    pub fn image_name(&self, key: &str) -> String {
+        format!("{key}{}", self.image_suffix)
+    }
+
+    /// The file name of the label of `key`.
+    pub fn label_name(&self, key: &str) -> String {
+        format!("{key}{}", self.label_suffix)
+    }
+
+    /// The label path (relative to the label folder) and the key of the image at
+    /// `rel` (relative to the image folder); `None` if its name has no key.
+    pub fn label_of(&self, rel: &Path) -> Option<(PathBuf, String)> {
+        match self.key {
+            FrameKey::Cityscapes => {
+                let file_name = rel
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let key = cityscapes_key(&file_name)?;
+                Some((rel.with_file_name(self.label_name(&key)), key))
+            }
+            FrameKey::RelativeStem => {
+                let mut label: OsString = rel.file_stem().unwrap_or_default().into();
+                label.push(self.label_suffix);
+                let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
+                Some((rel.with_file_name(label), key))
+            }
+        }
+    }
+
+    /// What an image's name must look like, for errors.
+    fn image_pattern(&self) -> String {
+        match self.key {
+            FrameKey::Cityscapes => self.image_name("<city>_<seq>_<frame>"),
+            FrameKey::RelativeStem => self.image_name("<name>"),
+        }
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: Vec<String>) -> String {
+    match items.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 impl DatasetKind {
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Cityscapes => "cityscapes",
-            Self::Gta5 => "gta5",
-            Self::Synthia => "synthia",
-        }
+        self.layout().name
     }
 
-    /// The size docs/method.md resizes this dataset's images to, `[width, height]`.
-    pub fn default_size(self) -> [u32; 2] {
-        match self {
-            Self::Cityscapes => [1024, 512],
-            Self::Gta5 => [1280, 720],
-            Self::Synthia => [1280, 760],
-        }
+    /// The kinds' names for messages: `cityscapes, gta5 or synthia`.
+    pub fn names() -> String {
+        or_list(Self::ALL.iter().map(|k| k.name().to_string()).collect())
     }
 
-    /// The largest label id of the dataset's own label space (larger ids are unknown).
-    fn max_known_id(self) -> u16 {
-        match self {
-            // Cityscapes ids 0..=33 (GTA5 uses the same ids, plus 34 for the
-            // license plate in some releases).
-            Self::Cityscapes => 33,
-            Self::Gta5 => 34,
-            // SYNTHIA-RAND-CITYSCAPES: 0 void ... 22 lane marking.
-            Self::Synthia => 22,
-        }
+    fn unknown() -> String {
+        format!("unknown dataset kind (expected {})", Self::names())
+    }
+}
+
+impl Role {
+    /// The kinds that play this role as `KIND:DIR` specs, for messages and help:
+    /// `gta5:DIR or synthia:DIR`.
+    pub fn specs(self) -> String {
+        let kinds = DatasetKind::ALL.iter().filter(|k| k.layout().role == self);
+        or_list(kinds.map(|k| format!("{k}:DIR")).collect())
     }
 }
 
@@ -82,15 +321,15 @@ impl std::fmt::Display for DatasetKind {
 impl FromStr for DatasetKind {
     type Err = DatasetError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "cityscapes" => Ok(Self::Cityscapes),
-            "gta5" | "gta" => Ok(Self::Gta5),
-            "synthia" => Ok(Self::Synthia),
-            _ => Err(DatasetError::Spec {
+        let name = s.to_ascii_lowercase();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == name || k.layout().aliases.contains(&name.as_str()))
+            .ok_or_else(|| DatasetError::Spec {
                 spec: s.to_string(),
-                message: "unknown dataset kind (expected cityscapes, gta5 or synthia)".into(),
-            }),
-        }
+                message: Self::unknown(),
+            })
     }
 }
 
@@ -115,9 +354,7 @@ impl FromStr for DatasetSpec {
         if root.is_empty() {
             return Err(bad("the folder is empty"));
         }
-        let kind = kind
-            .parse()
-            .map_err(|_| bad("unknown dataset kind (expected cityscapes, gta5 or synthia)"))?;
+        let kind = kind.parse().map_err(|_| bad(&DatasetKind::unknown()))?;
         Ok(Self {
             kind,
             root: PathBuf::from(root),
@@ -152,10 +389,7 @@ pub enum DatasetError {
         message: String,
     },
     #[error("{path} is not named {expected}")]
-    BadName {
-        path: PathBuf,
-        expected: &'static str,
-    },
+    BadName { path: PathBuf, expected: String },
     #[error("image {image} has no label (expected {expected})")]
     NoLabel { image: PathBuf, expected: PathBuf },
     #[error("image {image} is {image_size:?} (w, h) but its label {label} is {label_size:?}")]
@@ -290,33 +524,20 @@ fn image_names(image_dir: &Path, list: Option<&Path>) -> Result<Vec<PathBuf>, Da
     Ok(out)
 }
 
-/// The sample of image `rel` (relative to `image_dir`) of a `kind` dataset: its frame
-/// key and, when the dataset has a `label_dir`, its label file (which must exist).
+/// The sample of image `rel` (relative to `image_dir`) of a dataset named as in
+/// `files`: its frame key and, when the dataset has a `label_dir`, its label file
+/// (which must exist).
 fn sample(
-    kind: DatasetKind,
+    files: &FileNames,
     image_dir: &Path,
     label_dir: Option<&Path>,
     rel: PathBuf,
 ) -> Result<Sample, DatasetError> {
     let image = image_dir.join(&rel);
-    let file_name = rel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (label_rel, key) = match kind {
-        DatasetKind::Cityscapes => {
-            let key = cityscapes_key(&file_name).ok_or_else(|| DatasetError::BadName {
-                path: image.clone(),
-                expected: "<city>_<seq>_<frame>_leftImg8bit.png",
-            })?;
-            let label_name = format!("{key}_gtFine_labelIds.png");
-            (rel.with_file_name(label_name), key)
-        }
-        DatasetKind::Gta5 | DatasetKind::Synthia => {
-            let key = rel.with_extension("").to_string_lossy().replace('\\', "/");
-            (rel.with_extension("png"), key)
-        }
-    };
+    let (label_rel, key) = files.label_of(&rel).ok_or_else(|| DatasetError::BadName {
+        path: image.clone(),
+        expected: files.image_pattern(),
+    })?;
     let label = match label_dir {
         Some(dir) => {
             let expected = dir.join(label_rel);
@@ -340,14 +561,8 @@ impl Dataset {
         split: &str,
         list: Option<&Path>,
     ) -> Result<Self, DatasetError> {
-        let (image_dir, label_dir) = match kind {
-            DatasetKind::Cityscapes => (
-                root.join("leftImg8bit").join(split),
-                root.join("gtFine").join(split),
-            ),
-            DatasetKind::Gta5 => (root.join("images"), root.join("labels")),
-            DatasetKind::Synthia => (root.join("RGB"), root.join("GT").join("LABELS")),
-        };
+        let layout = kind.layout();
+        let (image_dir, label_dir) = (layout.image_dir(root, split), layout.label_dir(root, split));
         if !image_dir.is_dir() {
             return Err(DatasetError::MissingDir {
                 kind,
@@ -365,7 +580,7 @@ impl Dataset {
         let labels = has_labels.then_some(label_dir.as_path());
         let samples = rel_images
             .into_iter()
-            .map(|rel| sample(kind, &image_dir, labels, rel))
+            .map(|rel| sample(&layout.files, &image_dir, labels, rel))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             kind,
@@ -484,19 +699,10 @@ impl Dataset {
 
     /// Reads a label file of this dataset's kind and maps it to train ids.
     pub fn read_train_ids(&self, path: &Path) -> Result<GrayImage, DatasetError> {
-        let (w, h, ids) = match self.kind {
-            DatasetKind::Synthia => read_synthia_ids(path)?,
-            DatasetKind::Cityscapes | DatasetKind::Gta5 => {
-                let g = imageio::read_gray(path)?;
-                let (w, h) = g.dimensions();
-                (w, h, g.into_raw().into_iter().map(u16::from).collect())
-            }
-        };
-        let lut = match self.kind {
-            DatasetKind::Synthia => labels::synthia_to_train_lut(),
-            _ => labels::label_to_train_lut(),
-        };
-        let max_known = self.kind.max_known_id();
+        let decoding = &self.kind.layout().labels;
+        let (w, h, ids) = (decoding.read)(path)?;
+        let lut = (decoding.to_train)();
+        let max_known = decoding.max_known_id;
         let mut unknown: BTreeMap<u16, u64> = BTreeMap::new();
         let out: Vec<u8> = ids
             .iter()
@@ -533,6 +739,14 @@ impl Dataset {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// Reads an 8-bit grey label PNG (Cityscapes label ids) and returns the id of every
+/// pixel.
+pub fn read_gray_ids(path: &Path) -> Result<LabelIds, ImageError> {
+    let g = imageio::read_gray(path)?;
+    let (w, h) = g.dimensions();
+    Ok((w, h, g.into_raw().into_iter().map(u16::from).collect()))
 }
 
 /// Reads a SYNTHIA label PNG (8- or 16-bit, grey or RGB(A)) and returns the class id
@@ -856,6 +1070,58 @@ mod tests {
             Some("frankfurt_000000_000294")
         );
         assert_eq!(cityscapes_key("a_b.png"), None);
+    }
+
+    #[test]
+    fn kinds_are_named_by_their_layouts() {
+        assert_eq!(DatasetKind::names(), "cityscapes, gta5 or synthia");
+        for &k in DatasetKind::ALL {
+            assert_eq!(k.name().parse::<DatasetKind>().unwrap(), k);
+            assert_eq!(k.name().to_uppercase().parse::<DatasetKind>().unwrap(), k);
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(
+                json,
+                format!("\"{}\"", k.name()),
+                "serde and layout names agree"
+            );
+        }
+        assert_eq!("gta".parse::<DatasetKind>().unwrap(), DatasetKind::Gta5);
+        let e = "kitti:/x".parse::<DatasetSpec>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid dataset `kitti:/x`: unknown dataset kind (expected cityscapes, gta5 or synthia)"
+        );
+        assert_eq!(Role::Source.specs(), "gta5:DIR or synthia:DIR");
+        assert_eq!(Role::Target.specs(), "cityscapes:DIR");
+    }
+
+    #[test]
+    fn layouts_name_folders_and_files() {
+        let cs = DatasetKind::Cityscapes.layout();
+        let root = Path::new("r");
+        assert_eq!(cs.image_dir(root, "val"), Path::new("r/leftImg8bit/val"));
+        assert_eq!(cs.label_dir(root, "val"), Path::new("r/gtFine/val"));
+        let (label, key) = cs
+            .files
+            .label_of(Path::new("aa/aa_000001_000019_leftImg8bit.png"))
+            .unwrap();
+        assert_eq!(label, Path::new("aa/aa_000001_000019_gtFine_labelIds.png"));
+        assert_eq!(key, "aa_000001_000019");
+        assert_eq!(cs.files.label_of(Path::new("aa/bad.png")), None);
+        let syn = DatasetKind::Synthia.layout();
+        assert_eq!(syn.label_dir(root, "val"), Path::new("r/GT/LABELS"));
+        let (label, key) = syn.files.label_of(Path::new("a/0001.jpg")).unwrap();
+        assert_eq!(
+            (label.as_path(), key.as_str()),
+            (Path::new("a/0001.png"), "a/0001")
+        );
+    }
+
+    #[test]
+    fn untaught_classes_come_from_the_subset() {
+        let synthia = DatasetKind::Synthia.layout().untaught_train_ids();
+        assert_eq!(synthia, labels::SYNTHIA_UNTAUGHT);
+        assert!(DatasetKind::Gta5.layout().untaught_train_ids().is_empty());
     }
 
     #[test]

@@ -197,8 +197,9 @@ pub fn train_to_label_ids(train_ids: &GrayImage) -> GrayImage {
 /// Encodes 8-bit pixels as PNG into memory (`channels` 1 or 3).
 ///
 /// Label maps (`channels` 1) use the fastest settings (the "up" filter and fdeflate's
-/// ultra-fast mode): about 0.3 ms for a 2048x1024 map against 1.7 ms with adaptive
-/// filtering, for files about 7 % larger (some 25 kB: large uniform regions).
+/// ultra-fast mode): much faster than adaptive filtering, for files only slightly
+/// larger, as label maps are large uniform regions (`lse label` writes one per image;
+/// `scripts/bench-label.sh` times it).
 /// Colour maps and overlays keep adaptive filtering.
 pub fn encode_png(
     data: &[u8],

@@ -78,6 +78,36 @@ pub fn train_classes() -> [Label; NUM_CLASSES] {
     out
 }
 
+/// The train id of the train class called `name` in [`LABELS`], usable in constants
+/// (`const CAR: u8 = train_id("car");`), so code names the class it means; a name that
+/// is not a train class fails to compile there.
+pub const fn train_id(name: &str) -> u8 {
+    let mut i = 0;
+    while i < LABELS.len() {
+        if LABELS[i].train_id != IGNORE && same_bytes(LABELS[i].name, name) {
+            return LABELS[i].train_id;
+        }
+        i += 1;
+    }
+    panic!("not the name of a train class in the label table")
+}
+
+/// `a == b`, usable in constants.
+const fn same_bytes(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Name of a train id (`"ignore"` for 255 and unknown ids).
 pub fn train_name(train_id: u8) -> &'static str {
     LABELS
@@ -233,6 +263,13 @@ mod tests {
                 "bicycle"
             ]
         );
+    }
+
+    #[test]
+    fn train_ids_by_name() {
+        for (t, lab) in train_classes().iter().enumerate() {
+            assert_eq!(usize::from(train_id(lab.name)), t);
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //! - [`palette`]: colour tables, colour maps and overlays of label maps (the CLI,
 //!   the run report; public for the server);
 //! - [`metrics`]: the confusion matrix and (m)IoU of the Cityscapes protocol;
-//! - [`datasets`]: Cityscapes, GTA5 and SYNTHIA layouts;
+//! - [`datasets`]: the Cityscapes, GTA5 and SYNTHIA layouts as data, and their readers;
 //! - [`synth`]: the built-in synthetic source/target domains;
-//! - [`label`]: batch labelling of folder trees;
+//! - [`labelling`]: batch labelling of folder trees;
 //! - [`trt`]: TensorRT engine and timing caches, shape profiles, the shared build.
 //!
 //! The `lse` binary (`src/bin/lse/`) is a thin CLI over these modules.
@@ -26,7 +26,7 @@ pub mod contract;
 pub mod datasets;
 pub mod engine;
 pub mod imageio;
-pub mod label;
+pub mod labelling;
 pub mod labels;
 pub mod metrics;
 pub mod palette;

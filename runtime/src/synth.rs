@@ -38,14 +38,50 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::datasets::DatasetKind;
 use crate::imageio::{self, ImageError};
-use crate::labels;
+use crate::labels::{self, train_id};
+
+/// The train ids the generator paints, named as in the label table.
+const ROAD: u8 = train_id("road");
+const SIDEWALK: u8 = train_id("sidewalk");
+const BUILDING: u8 = train_id("building");
+const WALL: u8 = train_id("wall");
+const FENCE: u8 = train_id("fence");
+const POLE: u8 = train_id("pole");
+const TRAFFIC_LIGHT: u8 = train_id("traffic light");
+const TRAFFIC_SIGN: u8 = train_id("traffic sign");
+const VEGETATION: u8 = train_id("vegetation");
+const TERRAIN: u8 = train_id("terrain");
+const SKY: u8 = train_id("sky");
+const PERSON: u8 = train_id("person");
+const RIDER: u8 = train_id("rider");
+const CAR: u8 = train_id("car");
+const TRUCK: u8 = train_id("truck");
+const BUS: u8 = train_id("bus");
+const BICYCLE: u8 = train_id("bicycle");
 
 /// Train ids of the classes every generated image contains.
-pub const PROMISED: [u8; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 18];
+pub const PROMISED: [u8; 15] = [
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    BICYCLE,
+];
 
-/// Additional train ids that appear in some images (truck, bus).
-pub const OCCASIONAL: [u8; 2] = [14, 15];
+/// Additional train ids that appear in some images.
+pub const OCCASIONAL: [u8; 2] = [TRUCK, BUS];
 
 /// The base colour of each train id, shared by both domains.
 pub const BASE_PALETTE: [[u8; 3]; labels::NUM_CLASSES] = [
@@ -448,24 +484,24 @@ fn make_side(
     let mut segments = Vec::new();
     let mut d = 0.0f32;
     // Make sure the first, large segments include a wall and a fence.
-    let mut forced: Vec<u8> = vec![3, 4];
+    let mut forced: Vec<u8> = vec![WALL, FENCE];
     while d < 200.0 {
         let len = rng.random_range(6.0..22.0);
         let class = if let Some(c) = forced.pop_if(|_| d > d_edge + 2.0) {
             c
         } else {
             match rng.random_range(0..10) {
-                0..=5 => 2,
-                6 | 7 => 8,
-                8 => 3,
-                _ => 4,
+                0..=5 => BUILDING,
+                6 | 7 => VEGETATION,
+                8 => WALL,
+                _ => FENCE,
             }
         };
         let height_m = match class {
-            2 => rng.random_range(7.0..25.0),
-            8 => rng.random_range(5.0..10.0),
-            3 => rng.random_range(1.2..2.5),
-            _ => rng.random_range(1.0..1.8),
+            BUILDING => rng.random_range(7.0..25.0),
+            VEGETATION => rng.random_range(5.0..10.0),
+            WALL => rng.random_range(1.2..2.5),
+            _ => rng.random_range(1.0..1.8), // fence
         };
         d += len;
         segments.push(Segment {
@@ -572,11 +608,11 @@ impl Street {
             make_side(rng, road_half, terrain_left, jit, &geo, geo.cx),
             make_side(rng, road_half, terrain_right, jit, &geo, w as f32 - geo.cx),
         ];
-        let road_c = jitter(rng, 0, jit);
-        let side_c = jitter(rng, 1, jit);
-        let terr_c = jitter(rng, 9, jit);
-        let sky_c = jitter(rng, 10, jit);
-        let far_c = jitter(rng, 2, jit);
+        let road_c = jitter(rng, ROAD, jit);
+        let side_c = jitter(rng, SIDEWALK, jit);
+        let terr_c = jitter(rng, TERRAIN, jit);
+        let sky_c = jitter(rng, SKY, jit);
+        let far_c = jitter(rng, BUILDING, jit);
         let far_blocks: Vec<f32> = (0..32).map(|_| rng.random_range(5.0..40.0)).collect();
         Self {
             geo,
@@ -598,11 +634,11 @@ impl Street {
     fn ground(&self, side: &Side, u: f32, py: f32) -> (u8, [f32; 3]) {
         let lat = (u * self.geo.cam_h / (py - self.geo.yh)).abs();
         if lat < self.road_half {
-            (0, self.road_c)
+            (ROAD, self.road_c)
         } else if lat < side.kerb_out_m || !side.terrain {
-            (1, self.side_c)
+            (SIDEWALK, self.side_c)
         } else {
-            (9, self.terr_c)
+            (TERRAIN, self.terr_c)
         }
     }
 }
@@ -648,9 +684,9 @@ fn paint_column(cv: &mut Canvas, st: &Street, x: i32) {
         } else {
             match seg {
                 Some(s) if py >= top => (s.class, s.color),
-                _ if py > geo.yh => (9, st.terr_c),
-                _ if py >= far_top => (2, st.far_c),
-                _ => (10, st.sky_c),
+                _ if py > geo.yh => (TERRAIN, st.terr_c),
+                _ if py >= far_top => (BUILDING, st.far_c),
+                _ => (SKY, st.sky_c),
             }
         };
         cv.put(x, y, class, color);
@@ -721,12 +757,12 @@ fn place_vehicles(rng: &mut ChaCha8Rng, st: &Street, at: &Placement, objs: &mut 
     for i in 0..n_cars {
         let lane = rng.random_range(-road_half + 1.2..road_half - 1.2);
         let kind = if i > 0 && rng.random_bool(0.25) {
-            if rng.random_bool(0.5) { 15 } else { 14 }
+            if rng.random_bool(0.5) { BUS } else { TRUCK }
         } else {
-            13
+            CAR
         };
         objs.push((
-            at.near(rng, lane, if kind == 13 { 1.6 } else { 3.3 }, i == 0),
+            at.near(rng, lane, if kind == CAR { 1.6 } else { 3.3 }, i == 0),
             Obj::Car { x: lane, kind },
         ));
     }
@@ -812,13 +848,13 @@ fn paint_object(
     }
 }
 
-/// A car (13), truck (14) or bus (15) with its shadow and wheels.
+/// A car, truck or bus (`kind`, its train id) with its shadow and wheels.
 fn paint_vehicle(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, kind: u8, jit: f32, shadow: f32) {
     let Spot { gx, gy, k } = at;
     let (wm, hm) = match kind {
-        13 => (1.8, rng.random_range(1.35..1.6)),
-        15 => (2.5, 3.2),
-        _ => (2.4, 3.0),
+        CAR => (1.8, rng.random_range(1.35..1.6)),
+        BUS => (2.5, 3.2),
+        _ => (2.4, 3.0), // truck
     };
     let c = jitter(rng, kind, jit);
     let hw = 0.5 * wm * k;
@@ -826,8 +862,8 @@ fn paint_vehicle(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, kind: u8, jit:
         cv.shadow(gx, gy, hw * 1.3, 0.25 * k, shadow);
     }
     match kind {
-        13 => paint_car_body(cv, at, hw, hm, c),
-        15 => paint_bus_body(cv, at, hw, hm, c),
+        CAR => paint_car_body(cv, at, hw, hm, c),
+        BUS => paint_bus_body(cv, at, hw, hm, c),
         _ => paint_truck_body(cv, at, hw, hm, c),
     }
     let wheel = [28.0, 28.0, 30.0];
@@ -844,7 +880,7 @@ fn paint_car_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
         gy - 0.95 * hm * k * 0.62,
         gx + hw,
         gy - 0.25 * k,
-        13,
+        CAR,
         c,
     );
     cv.rect(
@@ -852,7 +888,7 @@ fn paint_car_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
         gy - hm * k,
         gx + hw * 0.75,
         gy - 0.55 * hm * k,
-        13,
+        CAR,
         c,
     );
     let glass = [c[0] * 0.4 + 60.0, c[1] * 0.4 + 70.0, c[2] * 0.4 + 90.0];
@@ -861,7 +897,7 @@ fn paint_car_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
         gy - 0.93 * hm * k,
         gx + hw * 0.62,
         gy - 0.64 * hm * k,
-        13,
+        CAR,
         glass,
     );
 }
@@ -869,14 +905,14 @@ fn paint_car_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
 /// A bus's body and its band of windows.
 fn paint_bus_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
     let Spot { gx, gy, k } = at;
-    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 15, c);
+    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, BUS, c);
     let glass = [60.0, 70.0, 90.0];
     cv.rect(
         gx - hw * 0.9,
         gy - 0.9 * hm * k,
         gx + hw * 0.9,
         gy - 0.55 * hm * k,
-        15,
+        BUS,
         glass,
     );
 }
@@ -884,14 +920,14 @@ fn paint_bus_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
 /// A truck's body and its darker lower part.
 fn paint_truck_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
     let Spot { gx, gy, k } = at;
-    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, 14, c);
+    cv.rect(gx - hw, gy - hm * k, gx + hw, gy - 0.25 * k, TRUCK, c);
     let cab = [c[0] * 0.7, c[1] * 0.7, c[2] * 0.7];
     cv.rect(
         gx - hw * 0.95,
         gy - 0.45 * hm * k,
         gx + hw * 0.95,
         gy - 0.25 * k,
-        14,
+        TRUCK,
         cab,
     );
 }
@@ -900,7 +936,7 @@ fn paint_truck_body(cv: &mut Canvas, at: Spot, hw: f32, hm: f32, c: [f32; 3]) {
 fn paint_person(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
     let Spot { gx, gy, k } = at;
     let hm = rng.random_range(1.55..1.9);
-    let c = jitter(rng, 11, jit * 2.0);
+    let c = jitter(rng, PERSON, jit * 2.0);
     let legs = [c[0] * 0.4, c[1] * 0.4, c[2] * 0.5 + 30.0];
     let skin = [220.0, 180.0, 150.0];
     cv.rect(
@@ -908,7 +944,7 @@ fn paint_person(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
         gy - 0.48 * hm * k,
         gx - 0.02 * k,
         gy,
-        11,
+        PERSON,
         legs,
     );
     cv.rect(
@@ -916,7 +952,7 @@ fn paint_person(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
         gy - 0.48 * hm * k,
         gx + 0.18 * k,
         gy,
-        11,
+        PERSON,
         legs,
     );
     cv.rect(
@@ -924,49 +960,56 @@ fn paint_person(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
         gy - 0.85 * hm * k,
         gx + 0.25 * k,
         gy - 0.46 * hm * k,
-        11,
+        PERSON,
         c,
     );
-    cv.ellipse(gx, gy - 0.92 * hm * k, 0.11 * k, 0.12 * k, 11, skin);
+    cv.ellipse(gx, gy - 0.92 * hm * k, 0.11 * k, 0.12 * k, PERSON, skin);
 }
 
-/// A bicycle (18) and its rider (12).
+/// A bicycle and its rider.
 fn paint_cyclist(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
     let Spot { gx, gy, k } = at;
-    let bc = jitter(rng, 18, jit);
+    let bc = jitter(rng, BICYCLE, jit);
     let r = 0.34 * k;
     let (w0, w1) = (gx - 0.55 * k, gx + 0.55 * k);
-    cv.ring(w0, gy - r, r, 0.08 * k, 18, bc);
-    cv.ring(w1, gy - r, r, 0.08 * k, 18, bc);
+    cv.ring(w0, gy - r, r, 0.08 * k, BICYCLE, bc);
+    cv.ring(w1, gy - r, r, 0.08 * k, BICYCLE, bc);
     let t = 0.07 * k;
-    cv.line([w0, gy - r, gx, gy - 2.0 * r], t, 18, bc);
-    cv.line([gx, gy - 2.0 * r, w1, gy - r], t, 18, bc);
-    cv.line([w0, gy - r, gx - 0.1 * k, gy - 2.3 * r], t, 18, bc);
-    let rc = jitter(rng, 12, jit);
+    cv.line([w0, gy - r, gx, gy - 2.0 * r], t, BICYCLE, bc);
+    cv.line([gx, gy - 2.0 * r, w1, gy - r], t, BICYCLE, bc);
+    cv.line([w0, gy - r, gx - 0.1 * k, gy - 2.3 * r], t, BICYCLE, bc);
+    let rc = jitter(rng, RIDER, jit);
     let skin = [220.0, 180.0, 150.0];
     cv.rect(
         gx - 0.25 * k,
         gy - 1.65 * k,
         gx + 0.15 * k,
         gy - 2.2 * r,
-        12,
+        RIDER,
         rc,
     );
     cv.line(
         [gx - 0.05 * k, gy - 2.2 * r, gx + 0.1 * k, gy - r],
         0.12 * k,
-        12,
+        RIDER,
         rc,
     );
-    cv.ellipse(gx - 0.02 * k, gy - 1.75 * k, 0.11 * k, 0.12 * k, 12, skin);
+    cv.ellipse(
+        gx - 0.02 * k,
+        gy - 1.75 * k,
+        0.11 * k,
+        0.12 * k,
+        RIDER,
+        skin,
+    );
 }
 
-/// A pole (5) carrying a traffic light (6) or a traffic sign (7).
+/// A pole carrying a traffic light or a traffic sign.
 fn paint_pole(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, light: bool, jit: f32) {
     let Spot { gx, gy, k } = at;
     let hm = rng.random_range(3.2..4.5);
-    let pc = jitter(rng, 5, jit);
-    cv.rect(gx - 0.07 * k, gy - hm * k, gx + 0.07 * k, gy, 5, pc);
+    let pc = jitter(rng, POLE, jit);
+    cv.rect(gx - 0.07 * k, gy - hm * k, gx + 0.07 * k, gy, POLE, pc);
     if light {
         paint_traffic_light(cv, rng, at, hm, jit);
     } else {
@@ -977,22 +1020,29 @@ fn paint_pole(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, light: bool, jit:
 /// A traffic light's box and its lit lamp on top of a pole `hm` metres high.
 fn paint_traffic_light(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, jit: f32) {
     let Spot { gx, gy, k } = at;
-    let lc = jitter(rng, 6, jit * 0.5);
+    let lc = jitter(rng, TRAFFIC_LIGHT, jit * 0.5);
     let (bx0, bx1) = (gx - 0.18 * k, gx + 0.18 * k);
     let (by0, by1) = (gy - (hm + 0.9) * k, gy - hm * k);
-    cv.rect(bx0, by0, bx1, by1, 6, lc);
+    cv.rect(bx0, by0, bx1, by1, TRAFFIC_LIGHT, lc);
     let lamp = match rng.random_range(0..3) {
         0 => ([230.0, 40.0, 30.0], 0.2),
         1 => ([240.0, 180.0, 20.0], 0.5),
         _ => ([40.0, 220.0, 90.0], 0.8),
     };
-    cv.ellipse(gx, by0 + (by1 - by0) * lamp.1, 0.1 * k, 0.1 * k, 6, lamp.0);
+    cv.ellipse(
+        gx,
+        by0 + (by1 - by0) * lamp.1,
+        0.1 * k,
+        0.1 * k,
+        TRAFFIC_LIGHT,
+        lamp.0,
+    );
 }
 
 /// A square or round traffic sign on top of a pole `hm` metres high.
 fn paint_traffic_sign(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, jit: f32) {
     let Spot { gx, gy, k } = at;
-    let sc = jitter(rng, 7, jit);
+    let sc = jitter(rng, TRAFFIC_SIGN, jit);
     let cy = gy - (hm + 0.25) * k;
     if rng.random_bool(0.5) {
         cv.rect(
@@ -1000,11 +1050,11 @@ fn paint_traffic_sign(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, 
             cy - 0.35 * k,
             gx + 0.35 * k,
             cy + 0.35 * k,
-            7,
+            TRAFFIC_SIGN,
             sc,
         );
     } else {
-        cv.ellipse(gx, cy, 0.35 * k, 0.35 * k, 7, sc);
+        cv.ellipse(gx, cy, 0.35 * k, 0.35 * k, TRAFFIC_SIGN, sc);
     }
 }
 
@@ -1012,18 +1062,18 @@ fn paint_traffic_sign(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, hm: f32, 
 fn paint_tree(cv: &mut Canvas, rng: &mut ChaCha8Rng, at: Spot, jit: f32) {
     let Spot { gx, gy, k } = at;
     let hm = rng.random_range(4.0..8.0);
-    let vc = jitter(rng, 8, jit);
+    let vc = jitter(rng, VEGETATION, jit);
     let trunk = [vc[0] * 0.5 + 50.0, vc[1] * 0.45 + 20.0, vc[2] * 0.4];
     cv.rect(
         gx - 0.15 * k,
         gy - 0.6 * hm * k,
         gx + 0.15 * k,
         gy,
-        8,
+        VEGETATION,
         trunk,
     );
     let r = rng.random_range(1.2..2.2);
-    cv.ellipse(gx, gy - (hm - r) * k, r * k, r * 0.9 * k, 8, vc);
+    cv.ellipse(gx, gy - (hm - r) * k, r * k, r * 0.9 * k, VEGETATION, vc);
 }
 
 /// One image's draws of the appearance, each effect scaled by the image's strength.
@@ -1143,7 +1193,7 @@ fn shade(cv: &Canvas, look: &Look) -> Vec<f32> {
 fn texture(c: &mut [f32; 3], class: u8, fx: f32, fy: f32, look: &Look, h: usize) -> f32 {
     let (tex, win, seed) = (look.tex, look.win, look.seed);
     match class {
-        2 => {
+        BUILDING => {
             // window grid with per-block brightness
             let gx = (fx / win).fract();
             let gy = (fy / (win * 1.3)).fract();
@@ -1151,43 +1201,43 @@ fn texture(c: &mut [f32; 3], class: u8, fx: f32, fy: f32, look: &Look, h: usize)
             let b = 0.85 + 0.3 * value_noise(fx, fy, 30.0, seed);
             if window { b * (1.0 - 0.5 * tex) } else { b }
         }
-        8 => {
+        VEGETATION => {
             let n =
                 0.6 * value_noise(fx, fy, 3.0, seed ^ 1) + 0.4 * value_noise(fx, fy, 9.0, seed ^ 2);
             1.0 + tex * 0.9 * (n - 0.5)
         }
-        9 => {
+        TERRAIN => {
             let n = value_noise(fx, fy, 5.0, seed ^ 3);
             *c = mix(*c, [150.0, 125.0, 80.0], tex * 0.5 * n);
             1.0 + tex * 0.3 * (value_noise(fx, fy, 2.0, seed ^ 4) - 0.5)
         }
-        10 => {
+        SKY => {
             let n = 0.65 * value_noise(fx, fy, 40.0, seed ^ 5)
                 + 0.35 * value_noise(fx, fy, 12.0, seed ^ 6);
             let cloud = ((n - 0.45) * 2.5).clamp(0.0, 1.0) * tex;
             *c = mix(*c, [235.0, 235.0, 240.0], cloud * 0.85);
             1.0 - 0.1 * tex * (fy / h as f32)
         }
-        0 => {
+        ROAD => {
             let n = value_noise(fx, fy, 2.0, seed ^ 7) - 0.5;
             let patch = value_noise(fx, fy, 25.0, seed ^ 8) - 0.5;
             1.0 + tex * (0.25 * n + 0.35 * patch)
         }
-        1 => {
+        SIDEWALK => {
             let line = (fx % 12.0) < 1.2 || (fy % 6.0) < 1.0;
             let n = value_noise(fx, fy, 3.0, seed ^ 9) - 0.5;
             (if line { 1.0 - 0.3 * tex } else { 1.0 }) + 0.2 * tex * n
         }
-        3 | 4 => {
+        WALL | FENCE => {
             let n = value_noise(fx, fy, 4.0, seed ^ 10) - 0.5;
-            let slat = if class == 4 && (fx % 4.0) < 1.0 {
+            let slat = if class == FENCE && (fx % 4.0) < 1.0 {
                 1.0 - 0.35 * tex
             } else {
                 1.0
             };
             slat + 0.3 * tex * n
         }
-        13..=15 => {
+        CAR | TRUCK | BUS => {
             // specular sheen: brighter toward the top of each pixel row band
             1.0 + tex * 0.25 * (value_noise(fx, fy, 6.0, seed ^ 11) - 0.5)
         }
@@ -1285,20 +1335,33 @@ pub struct Job {
 const TRAIN_CITIES: [&str; 3] = ["ashford", "brookvale", "corbridge"];
 const VAL_CITIES: [&str; 2] = ["dunmore", "elmstead"];
 
-/// Every image and label `lse synth` writes under `out`.
+/// The layout the source is written in.
+const SOURCE_LAYOUT: DatasetKind = DatasetKind::Gta5;
+/// The layout the target is written in (with `train` and `val` splits).
+const TARGET_LAYOUT: DatasetKind = DatasetKind::Cityscapes;
+
+/// Every image and label `lse synth` writes under `out`: the source in the
+/// [`SOURCE_LAYOUT`] under `out/source`, the target in the [`TARGET_LAYOUT`] under
+/// `out/target`, both with Cityscapes label ids.
 pub fn jobs(settings: &SynthSettings, out: &Path) -> Vec<Job> {
     let mut v = Vec::with_capacity(2 * settings.train + settings.val);
     let src = out.join("source");
+    let layout = SOURCE_LAYOUT.layout();
+    let (images, labels) = (
+        layout.image_dir(&src, "train"),
+        layout.label_dir(&src, "train"),
+    );
     for i in 0..settings.train {
-        let name = format!("{:05}.png", i + 1);
+        let key = format!("{:05}", i + 1);
         v.push(Job {
             part: Part::Source,
             index: i,
-            image: src.join("images").join(&name),
-            label: src.join("labels").join(&name),
+            image: images.join(layout.files.image_name(&key)),
+            label: labels.join(layout.files.label_name(&key)),
         });
     }
     let tgt = out.join("target");
+    let layout = TARGET_LAYOUT.layout();
     for (part, split, n, cities) in [
         (
             Part::TargetTrain,
@@ -1314,16 +1377,14 @@ pub fn jobs(settings: &SynthSettings, out: &Path) -> Vec<Job> {
             v.push(Job {
                 part,
                 index: i,
-                image: tgt
-                    .join("leftImg8bit")
-                    .join(split)
+                image: layout
+                    .image_dir(&tgt, split)
                     .join(city)
-                    .join(format!("{key}_leftImg8bit.png")),
-                label: tgt
-                    .join("gtFine")
-                    .join(split)
+                    .join(layout.files.image_name(&key)),
+                label: layout
+                    .label_dir(&tgt, split)
                     .join(city)
-                    .join(format!("{key}_gtFine_labelIds.png")),
+                    .join(layout.files.label_name(&key)),
             });
         }
     }
@@ -1496,14 +1557,28 @@ mod tests {
     }
 
     #[test]
+    fn written_label_ids_read_back_as_the_train_ids_in_both_layouts() {
+        let written = labels::train_to_label_lut();
+        for kind in [SOURCE_LAYOUT, TARGET_LAYOUT] {
+            let to_train = (kind.layout().labels.to_train)();
+            for t in PROMISED.iter().chain(&OCCASIONAL) {
+                assert_eq!(to_train[written[*t as usize] as usize], *t, "{kind}");
+            }
+        }
+    }
+
+    #[test]
     fn layout_sky_on_top_road_at_the_bottom() {
         let s = small();
         let scene = generate(&s, Part::Source, 0);
         let (w, h) = scene.train_ids.dimensions();
         let top = scene.train_ids.get_pixel(0, 0)[0];
-        assert!(top == 10 || top == 2 || top == 8, "top-left is {top}");
+        assert!(
+            top == SKY || top == BUILDING || top == VEGETATION,
+            "top-left is {top}"
+        );
         let bottom_road = (0..w)
-            .filter(|&x| scene.train_ids.get_pixel(x, h - 1)[0] == 0)
+            .filter(|&x| scene.train_ids.get_pixel(x, h - 1)[0] == ROAD)
             .count();
         assert!(bottom_road > 0, "road at the bottom row");
     }

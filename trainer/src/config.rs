@@ -287,7 +287,7 @@ impl Config {
     /// The size source images of `kind` are resized to: `source_size` when set, else
     /// the dataset kind's own size.
     pub fn source_size_for(&self, kind: DatasetKind) -> [u32; 2] {
-        self.source_size.unwrap_or_else(|| kind.default_size())
+        self.source_size.unwrap_or(kind.layout().default_size)
     }
 
     /// Checks every range; the error names the setting and the accepted range.

@@ -60,9 +60,10 @@ pub const PERCENTILE: f64 = 99.99;
 /// The least arg-max agreement, in percent, of an int8 model with the float32
 /// network on held-out images. 8-bit rounding flips the pixels whose float32 top two
 /// logits lie within a few quantisation steps of each other; on the committed
-/// 1/8-width model (`models/default`, calibrated on 200 target-train images) that is
-/// about 2 % of the target pixels (97.8 % agreement, -0.6 to -0.8 mIoU), and a network with
-/// wider layers has more channels to average the rounding over. A broken quantisation
+/// 1/8-width model (`models/default`, calibrated on 200 target-train images) that is a
+/// few percent of the target pixels (the export reports the agreement it measured;
+/// docs/quantization.md records it with the mIoU), and a network with wider layers has
+/// more channels to average the rounding over. A broken quantisation
 /// (an activation range blown up by an outlier, a clipped layer, a wrong scale) flips
 /// far more: the test network built to fail agrees on less than half of the pixels.
 /// 95 % lies between the two with room on both sides (docs/quantization.md).

@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use lse_runtime::datasets::Role;
 use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, DatasetSummary};
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::{ConfusionMatrix, Report};
@@ -207,22 +208,16 @@ pub fn forward_backward(
     loss.double_value(&[])
 }
 
-/// The class subset results are reported over for a source kind.
+/// The class subset results are reported over for a source kind (its layout's).
 pub fn subset_for(source: DatasetKind) -> ClassSubset {
-    match source {
-        DatasetKind::Synthia => ClassSubset::Synthia16,
-        _ => ClassSubset::All19,
-    }
+    source.layout().subset
 }
 
-/// Classes a source does not teach (skipped in the ranking).
+/// Classes a source does not teach (skipped in the ranking): those outside its
+/// layout's subset.
 pub fn skipped_classes(source: DatasetKind) -> Vec<usize> {
-    match source {
-        DatasetKind::Synthia => lse_runtime::labels::SYNTHIA_UNTAUGHT
-            .map(usize::from)
-            .to_vec(),
-        _ => Vec::new(),
-    }
+    let untaught = source.layout().untaught_train_ids();
+    untaught.into_iter().map(usize::from).collect()
 }
 
 /// A progress bar for one phase, with its rate.
@@ -437,13 +432,14 @@ fn open_datasets(
 ) -> anyhow::Result<(DatasetSpec, RunData)> {
     let source: DatasetSpec = record.source.parse()?;
     let target: Option<DatasetSpec> = record.target.as_deref().map(str::parse).transpose()?;
-    if source.kind == DatasetKind::Cityscapes && command == RunCommand::Adapt {
-        anyhow::bail!("the adaptation source must be gta5:DIR or synthia:DIR (got {source})");
+    if source.kind.layout().role != Role::Source && command == RunCommand::Adapt {
+        let expected = Role::Source.specs();
+        anyhow::bail!("the adaptation source must be {expected} (got {source})");
     }
     if let Some(t) = &target
-        && t.kind != DatasetKind::Cityscapes
+        && t.kind.layout().role != Role::Target
     {
-        anyhow::bail!("the target must be cityscapes:DIR (got {t})");
+        anyhow::bail!("the target must be {} (got {t})", Role::Target.specs());
     }
     let source_ds = Arc::new(
         Dataset::open_spec(&source, "train", source_list)

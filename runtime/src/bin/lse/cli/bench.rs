@@ -185,7 +185,7 @@ fn accuracy(
     batch: usize,
     mode: Upsample,
 ) -> anyhow::Result<f64> {
-    let files = lse_runtime::label::list_images(images, &[])?;
+    let files = lse_runtime::labelling::list_images(images, &[])?;
     if files.is_empty() {
         anyhow::bail!("no PNG or JPEG images under {}", images.display());
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use lse_runtime::choice::Choice;
 use lse_runtime::engine::{Engine, EngineOptions, Fetch, Provider};
-use lse_runtime::label::{self, LabelSettings, OutputIds, Shard};
+use lse_runtime::labelling::{self, LabelSettings, OutputIds, Shard};
 use lse_runtime::predict::Upsample;
 
 /// Arguments of `lse label`.
@@ -67,11 +67,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let settings = settings(&args);
     // Plan first, so that an empty or missing input fails before the model loads.
-    let (jobs, _) = label::plan(&settings)?;
+    let (jobs, _) = labelling::plan(&settings)?;
     let mut engine = Engine::load(&args.model, &engine_options(&args, &settings))
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let bar = progress_bar(jobs.len() as u64, args.json);
-    let summary = label::label_tree(&mut engine, &settings, &|| bar.inc(1))?;
+    let summary = labelling::label_tree(&mut engine, &settings, &|| bar.inc(1))?;
     bar.finish_and_clear();
     if args.json {
         crate::cli::print_json(&summary)?;
@@ -143,7 +143,7 @@ fn progress_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
 }
 
 /// The human-readable summary: counts, speed, where the outputs are, the failures.
-fn print_summary(args: &Args, settings: &LabelSettings, summary: &label::LabelSummary) {
+fn print_summary(args: &Args, settings: &LabelSettings, summary: &labelling::LabelSummary) {
     println!(
         "{} images in this {}: {} labelled, {} already done, {} failed; {:.1} s, {:.2} images/s ({})",
         summary.selected,

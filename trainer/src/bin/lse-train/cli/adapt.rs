@@ -1,16 +1,18 @@
 //! `lse-train adapt`: the LSE rounds on an unlabelled target (its train labels are
 //! never read).
 
-use lse_runtime::datasets::DatasetSpec;
+use lse_runtime::datasets::{DatasetSpec, Role};
 
 /// Arguments of `lse-train adapt`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub run: super::train::RunArgs,
-    /// The target: cityscapes:DIR (images of the `target_split`, default train; the
-    /// `val_split` evaluates each round when it has labels).
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present = "resume", help = format!(
+        "The target: {} (images of the `target_split`, default train; the `val_split` \
+         evaluates each round when it has labels)",
+        Role::Target.specs()
+    ))]
     pub target: Option<DatasetSpec>,
     /// Share p per round, comma-separated (one round each), e.g. 0.1,0.15,0.2.
     #[arg(long, value_delimiter = ',')]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
+use lse_runtime::datasets::{Dataset, DatasetSpec, Role};
 use lse_runtime::labels::ClassSubset;
 
 use lse_trainer::config::Config;
@@ -35,8 +35,7 @@ pub struct Args {
 pub struct CheckpointOnSplit {
     /// The checkpoint (.safetensors written by lse-train).
     pub checkpoint: PathBuf,
-    /// The target: cityscapes:DIR.
-    #[arg(long)]
+    #[arg(long, help = format!("The target: {}", Role::Target.specs()))]
     pub target: DatasetSpec,
     /// The split (choose settings on a tuning split, report on val).
     #[arg(long, default_value = "val")]
@@ -52,8 +51,9 @@ pub struct CheckpointOnSplit {
 impl CheckpointOnSplit {
     /// The model on `device`, its prediction size and the split, checked.
     pub fn open(&self, device: tch::Device) -> anyhow::Result<(Model, [u32; 2], Dataset)> {
-        if self.target.kind != DatasetKind::Cityscapes {
-            anyhow::bail!("the target must be cityscapes:DIR (got {})", self.target);
+        if self.target.kind.layout().role != Role::Target {
+            let expected = Role::Target.specs();
+            anyhow::bail!("the target must be {expected} (got {})", self.target);
         }
         let model = Model::load(&self.checkpoint, device, None)?;
         let size = match self.size {

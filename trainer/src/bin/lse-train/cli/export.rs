@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use lse_runtime::choice::Choice;
 use lse_runtime::contract::Precision;
-use lse_runtime::datasets::DatasetSpec;
+use lse_runtime::datasets::{DatasetKind, DatasetSpec};
 use lse_trainer::export::{ExportOptions, export_checked_as};
 use lse_trainer::quantize::{CalibrationMethod, Int8Options, export_int8_checked};
 
@@ -29,9 +29,11 @@ pub struct Args {
     /// 95 % arg-max agreement).
     #[arg(long, value_parser = lse_cli::choice(Precision::ALL, Precision::help), default_value_t = Precision::Fp32)]
     pub precision: Precision,
-    /// int8: the dataset whose images calibrate the activation ranges, normally the
-    /// target domain the model will see (cityscapes:DIR, gta5:DIR, synthia:DIR).
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "int8: the dataset whose images calibrate the activation ranges, normally the \
+         target domain the model will see ({})",
+        DatasetKind::ALL.iter().map(|k| format!("{k}:DIR")).collect::<Vec<_>>().join(", ")
+    ))]
     pub calibrate: Option<DatasetSpec>,
     /// int8: the split of --calibrate (Cityscapes layout).
     #[arg(long, default_value = "train")]

@@ -3,7 +3,7 @@
 //! instrument of the regime search in docs/synthetic-domains.md. It never trains.
 
 use anyhow::Context;
-use lse_runtime::datasets::{Dataset, DatasetSpec};
+use lse_runtime::datasets::{Dataset, DatasetSpec, Role};
 
 use super::eval::CheckpointOnSplit;
 use lse_trainer::config::Config;
@@ -14,8 +14,10 @@ use lse_trainer::premise::{self, PremiseReport, PremiseSettings};
 pub struct Args {
     #[command(flatten)]
     pub on: CheckpointOnSplit,
-    /// A source dataset (gta5:DIR or synthia:DIR) for the source entropy reference.
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "A source dataset ({}) for the source entropy reference",
+        Role::Source.specs()
+    ))]
     pub source: Option<DatasetSpec>,
     /// Window scales, comma-separated (LSE's window_scale; 1.0 is the whole image).
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lse_runtime::datasets::DatasetSpec;
+use lse_runtime::datasets::{DatasetKind, DatasetSpec, Role};
 
 use lse_trainer::config::Config;
 use lse_trainer::run::RunCommand;
@@ -15,8 +15,11 @@ pub struct RunArgs {
     /// The checkpoint to start from (written by `lse-train init` or a previous run).
     #[arg(long, required_unless_present = "resume")]
     pub init: Option<PathBuf>,
-    /// The labelled source: gta5:DIR or synthia:DIR.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(
+        long,
+        required_unless_present = "resume",
+        help = format!("The labelled source: {}", Role::Source.specs())
+    )]
     pub source: Option<DatasetSpec>,
     /// A list file selecting source images (one path per line, relative to the image folder).
     #[arg(long)]
@@ -45,9 +48,14 @@ pub struct RunArgs {
     /// Seed of every random choice.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Size source images are resized to, WxH (default: the source kind's own,
-    /// GTA5 1280x720, SYNTHIA 1280x760).
-    #[arg(long, value_parser = super::parse_size)]
+    #[arg(
+        long,
+        value_parser = super::parse_size,
+        help = format!(
+            "Size source images are resized to, WxH (default: the source kind's own, {})",
+            source_sizes()
+        )
+    )]
     pub source_size: Option<[u32; 2]>,
     /// Size target images are resized to (and the model's input size), WxH.
     #[arg(long, value_parser = super::parse_size)]
@@ -164,9 +172,23 @@ pub fn print_summary(t: &Trainer) {
 pub struct Args {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Optional target (cityscapes:DIR) whose val split evaluates the trained model.
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Optional target ({}) whose val split evaluates the trained model",
+        Role::Target.specs()
+    ))]
     pub target: Option<DatasetSpec>,
+}
+
+/// The source kinds' own sizes, for the help: `GTA5 1280x720, SYNTHIA 1280x760`.
+fn source_sizes() -> String {
+    let sources = DatasetKind::ALL
+        .iter()
+        .filter(|k| k.layout().role == Role::Source);
+    let sizes = sources.map(|k| {
+        let [w, h] = k.layout().default_size;
+        format!("{} {w}x{h}", k.name().to_uppercase())
+    });
+    sizes.collect::<Vec<_>>().join(", ")
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -424,10 +424,11 @@ fn write_outputs(
 /// the largest being the score tensors of the outputs (`C x H x W` floats: 40 MB for
 /// 19 classes at 1024x512) and the batched input. glibc serves blocks above its mmap
 /// threshold (at most 32 MB) with a fresh `mmap` and unmaps them on `free`, so every
-/// image paid thousands of page faults and the zeroing of each block (a visible share of
-/// the CPU time of `lse label` with a small model in `perf`). With `mmap`
-/// allocation off and trimming raised to 1 GiB, the freed blocks are reused; peak
-/// memory stays the same (the same blocks are live at once as before).
+/// image paid the page faults and the zeroing of each fresh block (`perf stat -e
+/// page-faults` on `lse label` counts them; `scripts/bench-label.sh` times labelling
+/// end to end). With `mmap` allocation off and trimming raised to 1 GiB, the freed
+/// blocks are reused; peak memory stays the same (the same blocks are live at once as
+/// before).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
