@@ -20,6 +20,7 @@ use lse_runtime::predict;
 use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// One image waiting for inference: its model input at the training size (RGB CHW).
@@ -100,6 +101,29 @@ pub struct PoolOptions {
     pub batch_wait: Duration,
     pub queue: usize,
     pub engine: EngineOptions,
+}
+
+impl PoolOptions {
+    /// The settings of each model's worker pool under `cfg`.
+    pub fn of(cfg: &Config) -> Self {
+        let devices = cfg.worker_devices();
+        Self {
+            workers: devices.len(),
+            devices,
+            max_batch: cfg.max_batch as usize,
+            batch_wait: Duration::from_millis(cfg.batch_wait_ms),
+            queue: cfg.queue as usize,
+            engine: EngineOptions {
+                provider: cfg.provider,
+                ort_lib: cfg.ort_lib.clone(),
+                threads: cfg.threads_per_worker(),
+                device_id: 0,
+                // TensorRT's shape profile covers the largest batch a worker forms.
+                max_batch: cfg.max_batch as usize,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// The worker pool. Dropping the sender (via [`Pool::close`]) lets the workers finish

@@ -14,13 +14,23 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::models::{self, Served};
 use crate::pipeline::blocking;
+use crate::pool::PoolOptions;
 use crate::state::AppState;
 
 /// Longest time a new model may take to load and warm up.
 const WARM_LIMIT: Duration = Duration::from_secs(300);
+
+/// The served models' routes: the list, and the admin route that loads a model.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/v1/models", list),
+        Endpoint::post("/v1/models/{name}/load", load_route),
+    ]
+}
 
 fn describe(m: &Served, default: &str) -> Value {
     json!({
@@ -82,7 +92,7 @@ pub async fn load(
     let lock = st.models.load_lock(name);
     let _one_load_of_this_name = lock.lock().await;
     let (opts, metrics, name2) = (
-        crate::pool_options(&st.cfg),
+        PoolOptions::of(&st.cfg),
         st.metrics.clone(),
         name.to_string(),
     );
@@ -120,10 +130,11 @@ pub async fn reload_changed(st: &Arc<AppState>) {
     };
     for (name, path) in found {
         let served = st.models.get(Some(&name)).ok().map(|m| m.info.id.clone());
-        let current =
-            blocking(move || crate::model_id(&path).map_err(|e| ApiError::internal(e.to_string())))
-                .await
-                .map(|(id, _)| id);
+        let current = blocking(move || {
+            models::model_id(&path).map_err(|e| ApiError::internal(e.to_string()))
+        })
+        .await
+        .map(|(id, _)| id);
         if current.as_ref().ok() == served.as_ref() {
             continue;
         }
