@@ -195,10 +195,15 @@ impl Registry {
         map.values().cloned().collect()
     }
 
-    /// Puts `model` in place of the one of the same name; returns the replaced one.
+    /// Puts `model` in place of the one of the same name; returns the replaced one,
+    /// resumed if it was paused, so that the requests it holds finish on it.
     pub fn replace(&self, model: Served) -> Option<Arc<Served>> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(model.name.clone(), Arc::new(model))
+        let old = map.insert(model.name.clone(), Arc::new(model));
+        if let Some(o) = &old {
+            o.pool.resume();
+        }
+        old
     }
 
     /// The lock that loads of `name` hold (loads of other names do not wait for it).

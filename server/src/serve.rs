@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::listen::PortMetrics;
 use crate::metrics::Metrics;
 use crate::models::{self, Served};
 use crate::pool::PoolOptions;
@@ -76,8 +77,14 @@ fn spawn_grpc(
         let _ = writeln!(out, "grpc listening on {addr}");
         let _ = out.flush();
     }
+    let metrics = PortMetrics {
+        port: "grpc",
+        metrics: state.metrics.clone(),
+    };
     let router = grpc::router(state);
-    Ok(tokio::spawn(listen::serve(listener, router, limits, stop)))
+    Ok(tokio::spawn(listen::serve(
+        listener, router, limits, stop, metrics,
+    )))
 }
 
 /// Loads the models into their worker pools, listens, and serves until SIGTERM/SIGINT;
@@ -118,10 +125,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, name = %m.name, model = %m.info.id, file = %m.info.path, provider = %m.info.provider, workers = m.pool.workers(), "serving");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            // The requests in progress are to finish: paused models run them too.
+            for m in state.models.all() {
+                m.pool.resume();
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
     tokio::spawn(swap::on_sighup(state.clone()));
     let limits = listen::ConnLimits {
         header_timeout: Duration::from_millis(state.cfg.header_timeout_ms),
@@ -139,7 +153,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let app = router::router(state.clone());
-    listen::serve(listener, app, limits, stop_rx).await;
+    let metrics = PortMetrics {
+        port: "http",
+        metrics: state.metrics.clone(),
+    };
+    listen::serve(listener, app, limits, stop_rx, metrics).await;
     if let Some(g) = grpc {
         g.await.context("the gRPC server failed")?;
     }

@@ -1,6 +1,7 @@
 //! Several models and swaps without downtime: `GET /v1/models`,
 //! `POST /v1/models/{name}/load` and SIGHUP (reload the folders of `--model-dir` whose
-//! file changed, load new ones).
+//! file changed, load new ones); and holding a model's work:
+//! `POST /v1/models/{name}/pause` and `.../resume`.
 //!
 //! A load opens the new model's sessions and warms them up while the old model keeps
 //! answering; only then is the registry entry replaced. Requests in flight hold the
@@ -24,11 +25,14 @@ use crate::state::AppState;
 /// Longest time a new model may take to load and warm up.
 const WARM_LIMIT: Duration = Duration::from_secs(300);
 
-/// The served models' routes: the list, and the admin route that loads a model.
+/// The served models' routes: the list, and the admin routes that load, pause and
+/// resume a model.
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint::get("/v1/models", list),
         Endpoint::post("/v1/models/{name}/load", load_route),
+        Endpoint::post("/v1/models/{name}/pause", pause_route),
+        Endpoint::post("/v1/models/{name}/resume", resume_route),
     ]
 }
 
@@ -37,6 +41,7 @@ fn describe(m: &Served, default: &str) -> Value {
         "name": m.name,
         "default": m.name == default,
         "ready": m.pool.ready(),
+        "paused": m.pool.paused(),
         "id": m.info.id,
         "path": m.info.path,
         "file_bytes": m.info.file_bytes,
@@ -70,6 +75,49 @@ pub async fn load_route(
         "previous": previous,
         "ready": served.pool.ready(),
     })))
+}
+
+/// `POST /v1/models/{name}/pause`: holds the model's images in its queue until
+/// resumed (a batch already running finishes). Its requests keep their admission
+/// places, so once `--queue` images wait, further requests answer 503 `queue_full`;
+/// each request is still held to `--timeout-ms`. SIGTERM and a load of the same name
+/// resume it. Answers `{"name", "id", "paused": true}`.
+pub async fn pause_route(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&st, &headers, &name, true)
+}
+
+/// `POST /v1/models/{name}/resume`: the model's workers take its queued images
+/// again. Answers `{"name", "id", "paused": false}`.
+pub async fn resume_route(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&st, &headers, &name, false)
+}
+
+/// Pauses or resumes the model `name` (admin only).
+fn set_paused(
+    st: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    crate::admin::authorize(st.admin_token.as_ref(), headers)?;
+    let m = st.models.get(Some(name))?;
+    if paused {
+        m.pool.pause();
+    } else {
+        m.pool.resume();
+    }
+    tracing::info!(name, id = %m.info.id, paused, "model paused or resumed");
+    Ok(Json(
+        json!({ "name": m.name, "id": m.info.id, "paused": paused }),
+    ))
 }
 
 /// Loads and swaps in the model `name` of `--model-dir`; returns it and the id of
