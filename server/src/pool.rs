@@ -7,6 +7,9 @@
 //! server therefore never waits, and concurrent requests share one session run. Every
 //! image is resized to the model's training size before it is queued, so all jobs have
 //! the same input shape and any of them can share a batch.
+//!
+//! A paused pool ([`Pool::pause`]) holds its jobs at a [`Gate`] before they run; the
+//! requests waiting on them keep their admission places.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
