@@ -1,4 +1,5 @@
-//! The admin routes' guard (`POST /v1/models/NAME/load`, and any later admin route):
+//! The admin routes' guard (`POST /v1/models/NAME/load`, `.../pause`, `.../resume`, and
+//! any later admin route):
 //! they answer 403 unless the server was started with `--admin-token-file FILE` and
 //! the request carries that token as `Authorization: Bearer TOKEN`, compared in
 //! constant time (`subtle`), so the answer's timing says nothing about the token.

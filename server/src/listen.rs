@@ -11,7 +11,8 @@
 //! first byte nor for HTTP/2. A connection with no request in progress is held to the
 //! idle timeout until bytes arrive, then (HTTP/1) to the header timeout until hyper
 //! hands the request over. The connection cap stops accepting (the kernel's backlog
-//! holds further clients) until one closes.
+//! holds further clients) until one closes. Each port reports its open connections and
+//! the connections its timeouts closed ([`PortMetrics`]).
 
 use std::convert::Infallible;
 use std::io;
@@ -31,6 +32,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::metrics::Metrics;
+
 /// Limits of the HTTP connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -43,6 +46,61 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Requests (HTTP/2 streams) one connection may have in progress at once.
     pub max_streams: u32,
+}
+
+/// A port's name in the metrics (`http`, `grpc`) and the metrics it reports to.
+#[derive(Clone)]
+pub struct PortMetrics {
+    pub port: &'static str,
+    pub metrics: Arc<Metrics>,
+}
+
+/// An open connection: its place under the connection cap, counted in the metrics
+/// while it lives. The count goes down before the place is given back, so the
+/// `lse_connections_open` gauge never exceeds the cap.
+struct OpenConnection {
+    port: PortMetrics,
+    _place: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(port: PortMetrics, place: OwnedSemaphorePermit) -> Self {
+        port.metrics.connection_opened(port.port);
+        Self {
+            port,
+            _place: place,
+        }
+    }
+
+    /// Counts the expiry of `timeout`.
+    fn timed_out(&self, timeout: Timeout) {
+        let p = &self.port;
+        p.metrics.connection_timed_out(p.port, timeout.label());
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.port.metrics.connection_closed(self.port.port);
+    }
+}
+
+/// Which limit a connection ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timeout {
+    /// A begun request header was not complete in time.
+    Header,
+    /// Nothing arrived in time, between requests or since the connection opened.
+    Idle,
+}
+
+impl Timeout {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Idle => "idle",
+        }
+    }
 }
 
 /// hyper's own header-read timer is off: [`Activity`] keeps the header and idle
@@ -58,12 +116,13 @@ fn builder(max_streams: u32) -> Builder<TokioExecutor> {
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then waits for the
-/// connections' requests in progress to finish.
+/// connections' requests in progress to finish; counts the connections in `metrics`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
+    metrics: PortMetrics,
 ) {
     let builder = builder(limits.max_streams);
     let cap = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
@@ -89,7 +148,8 @@ pub async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
-        spawn_connection(&builder, stream, app.clone(), limits, stop.clone(), permit);
+        let open = OpenConnection::new(metrics.clone(), permit);
+        spawn_connection(&builder, stream, app.clone(), limits, stop.clone(), open);
     }
     drop(listener);
     // Each open connection holds a permit until it has closed.
@@ -101,14 +161,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves one connection on its own task until it closes (see [`drive`]).
+/// Serves one connection on its own task until it closes (see [`drive`]); `open` is
+/// released then.
 fn spawn_connection(
     builder: &Builder<TokioExecutor>,
     stream: TcpStream,
     app: Router,
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    open: OpenConnection,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(IdleIo {
@@ -130,20 +191,22 @@ fn spawn_connection(
     tokio::spawn(async move {
         let conn = std::pin::pin!(conn);
         let shutdown = UpgradeableConnection::graceful_shutdown;
-        if let Err(e) = drive(conn, shutdown, &activity, limits, &mut stop).await {
+        let timed_out = |t| open.timed_out(t);
+        if let Err(e) = drive(conn, shutdown, timed_out, &activity, limits, &mut stop).await {
             tracing::debug!(error = %e, "connection closed with an error");
         }
-        drop(permit);
+        drop(open);
     });
 }
 
-/// Polls the connection `conn` until it closes. On `stop`, or once idle for
-/// `limits.idle_timeout`, it is shut down gracefully with `shutdown` (an HTTP/1
-/// connection between requests closes at once; HTTP/2 sends GOAWAY and finishes its
-/// streams); one still open after a further idle period is dropped.
+/// Polls the connection `conn` until it closes. On `stop`, or once its header or idle
+/// timeout expires (told to `timed_out`), it is shut down gracefully with `shutdown` (an
+/// HTTP/1 connection between requests closes at once; HTTP/2 sends GOAWAY and finishes
+/// its streams); one still open after a further idle period is dropped.
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     shutdown: impl Fn(Pin<&mut C>),
+    timed_out: impl Fn(Timeout),
     activity: &Activity,
     limits: ConnLimits,
     stop: &mut watch::Receiver<bool>,
@@ -155,14 +218,15 @@ where
     loop {
         tokio::select! {
             r = conn.as_mut() => return r,
-            _ = activity.expired(limits) => {
+            timeout = activity.expired(limits) => {
                 if closing {
                     // Shut down but still open, idle all along (an HTTP/2 client that
                     // does not answer the GOAWAY's ping): drop it.
                     tracing::debug!("dropping a connection that outlived its shutdown");
                     return Ok(());
                 }
-                tracing::debug!("closing an idle connection");
+                tracing::debug!(timeout = timeout.label(), "closing a connection: its timeout expired");
+                timed_out(timeout);
                 shutdown(conn.as_mut());
                 closing = true;
                 activity.restart_idle();
@@ -224,26 +288,27 @@ impl Activity {
         }
     }
 
-    /// When the connection is due to close: `None` while a request is in progress; a
-    /// begun header that has not become a request yet is held to the header-read
-    /// timeout, an idle connection to the idle timeout.
-    fn deadline(&self, limits: ConnLimits) -> Option<Instant> {
+    /// When the connection is due to close, and by which timeout: `None` while a
+    /// request is in progress; a begun header that has not become a request yet is
+    /// held to the header-read timeout, an idle connection to the idle timeout.
+    fn deadline(&self, limits: ConnLimits) -> Option<(Instant, Timeout)> {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match (s.busy, s.head_since) {
-            (0, None) => Some(s.idle_since + limits.idle_timeout),
-            (0, Some(t)) => Some(t + limits.header_timeout),
+            (0, None) => Some((s.idle_since + limits.idle_timeout, Timeout::Idle)),
+            (0, Some(t)) => Some((t + limits.header_timeout, Timeout::Header)),
             _ => None,
         }
     }
 
-    /// Resolves once the connection is due to close (see [`Activity::deadline`]).
-    async fn expired(&self, limits: ConnLimits) {
+    /// Resolves once the connection is due to close (see [`Activity::deadline`]), with
+    /// the timeout that expired.
+    async fn expired(&self, limits: ConnLimits) -> Timeout {
         loop {
             let changed = self.changed.notified();
             match self.deadline(limits) {
                 None => changed.await,
-                Some(d) if d <= Instant::now() => return,
-                Some(d) => {
+                Some((d, timeout)) if d <= Instant::now() => return timeout,
+                Some((d, _)) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(d) => {}
                         _ = changed => {}

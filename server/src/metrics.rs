@@ -5,7 +5,8 @@
 //!
 //! Families: requests by route, method and status; request latency by route; batch
 //! sizes and session-run times; the time of each image in each stage of the pipeline
-//! (`decode`, `queue`, `postprocess`, `encode`; inference is per batch); and gauges
+//! (`decode`, `queue`, `postprocess`, `encode`; inference is per batch); the open
+//! connections of each port and those its header or idle timeout closed; and gauges
 //! read at scrape time (queue depth, requests in progress, workers).
 
 use std::time::Duration;
@@ -27,6 +28,8 @@ const LATENCY: &str = "lse_http_request_duration_seconds";
 const BATCH: &str = "lse_batch_size";
 const INFERENCE: &str = "lse_inference_seconds";
 const STAGE: &str = "lse_stage_seconds";
+const CONNECTIONS_OPEN: &str = "lse_connections_open";
+const CONNECTIONS_TIMED_OUT: &str = "lse_connections_timed_out_total";
 
 /// The HTTP methods counted by name; any other is counted as `other`.
 pub const METHODS: [&str; 9] = [
@@ -107,6 +110,13 @@ impl Metrics {
         };
         let (n, t) = help(REQUESTS, "HTTP requests by route, method and status.");
         self.recorder.describe_counter(n, None, t);
+        let (n, t) = help(
+            CONNECTIONS_TIMED_OUT,
+            "Connections closed by the header-read or the idle timeout, by port.",
+        );
+        self.recorder.describe_counter(n, None, t);
+        let (n, t) = help(CONNECTIONS_OPEN, "Open connections, by port.");
+        self.recorder.describe_gauge(n, None, t);
         for (name, text) in [
             (LATENCY, "Time from request to response, by route."),
             (BATCH, "Images per session run."),
@@ -148,6 +158,31 @@ impl Metrics {
         self.recorder
             .register_histogram(&key(INFERENCE, vec![]), &META)
             .record(inference.as_secs_f64());
+    }
+
+    /// A connection was accepted on `port` (`http`, `grpc`).
+    pub fn connection_opened(&self, port: &'static str) {
+        self.open_connections(port).increment(1.0);
+    }
+
+    /// A connection of `port` has closed.
+    pub fn connection_closed(&self, port: &'static str) {
+        self.open_connections(port).decrement(1.0);
+    }
+
+    fn open_connections(&self, port: &'static str) -> metrics::Gauge {
+        let labels = vec![Label::new("port", port)];
+        self.recorder
+            .register_gauge(&key(CONNECTIONS_OPEN, labels), &META)
+    }
+
+    /// The `timeout` (`header`, `idle`) of a connection of `port` expired: the server
+    /// is closing it.
+    pub fn connection_timed_out(&self, port: &'static str, timeout: &'static str) {
+        let labels = vec![Label::new("port", port), Label::new("timeout", timeout)];
+        self.recorder
+            .register_counter(&key(CONNECTIONS_TIMED_OUT, labels), &META)
+            .increment(1);
     }
 
     /// Records the time of one stage of one image (decode, queue, postprocess, encode).

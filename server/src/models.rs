@@ -27,6 +27,34 @@ pub const DEFAULT_NAME: &str = "default";
 /// per name: a reload replaces it).
 pub const VERSION: &str = "1";
 
+/// A stable identity of a model file: `<name>-<16 hex digits of FNV-1a 64 of its bytes>`,
+/// where the name is the folder's name for `.../<name>/model.onnx`, else the file stem.
+pub fn model_id(path: &Path) -> std::io::Result<(String, u64)> {
+    let bytes = std::fs::read(path)?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in &bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = if stem == "model" {
+        path.canonicalize()
+            .ok()
+            .and_then(|p| {
+                p.parent()
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or(stem)
+    } else {
+        stem
+    };
+    Ok((format!("{name}-{h:016x}"), bytes.len() as u64))
+}
+
 /// What a served model is.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
@@ -64,7 +92,7 @@ impl Served {
     ) -> anyhow::Result<Self> {
         let shown = shown_path(path);
         let (id, file_bytes) =
-            crate::model_id(path).map_err(|e| anyhow::anyhow!("cannot read model {shown}: {e}"))?;
+            model_id(path).map_err(|e| anyhow::anyhow!("cannot read model {shown}: {e}"))?;
         // The engine's error already says "cannot load model PATH: ...".
         let (pool, meta, provider) = Pool::start(path, opts, metrics)
             .map_err(|e| anyhow::anyhow!("{}", scrub(&e.to_string(), path, &shown)))?;
@@ -167,10 +195,15 @@ impl Registry {
         map.values().cloned().collect()
     }
 
-    /// Puts `model` in place of the one of the same name; returns the replaced one.
+    /// Puts `model` in place of the one of the same name; returns the replaced one,
+    /// resumed if it was paused, so that the requests it holds finish on it.
     pub fn replace(&self, model: Served) -> Option<Arc<Served>> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(model.name.clone(), Arc::new(model))
+        let old = map.insert(model.name.clone(), Arc::new(model));
+        if let Some(o) = &old {
+            o.pool.resume();
+        }
+        old
     }
 
     /// The lock that loads of `name` hold (loads of other names do not wait for it).

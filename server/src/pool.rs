@@ -7,10 +7,13 @@
 //! server therefore never waits, and concurrent requests share one session run. Every
 //! image is resized to the model's training size before it is queued, so all jobs have
 //! the same input shape and any of them can share a batch.
+//!
+//! A paused pool ([`Pool::pause`]) holds its jobs at a [`Gate`] before they run; the
+//! requests waiting on them keep their admission places.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ use lse_runtime::predict;
 use ndarray::{Array4, ArrayView2, ArrayView3, Axis};
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// One image waiting for inference: its model input at the training size (RGB CHW).
@@ -72,6 +76,41 @@ pub struct Shared {
     pub ready: AtomicUsize,
     /// The error of the first worker whose warm-up failed.
     pub warm_up_failed: Mutex<Option<String>>,
+    /// Closed while the pool is paused ([`Pool::pause`]).
+    pub gate: Gate,
+}
+
+/// Where the workers wait before they run a job: while it is closed, jobs stay
+/// queued (and their requests keep their admission places) until it opens.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// Closes or opens the gate; opening lets every waiting worker go on.
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = closed;
+        if !closed {
+            self.opened.notify_all();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once the gate is open.
+    fn wait_open(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        while *closed {
+            closed = self
+                .opened
+                .wait(closed)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// Decrements a counter when dropped.
@@ -100,6 +139,29 @@ pub struct PoolOptions {
     pub batch_wait: Duration,
     pub queue: usize,
     pub engine: EngineOptions,
+}
+
+impl PoolOptions {
+    /// The settings of each model's worker pool under `cfg`.
+    pub fn of(cfg: &Config) -> Self {
+        let devices = cfg.worker_devices();
+        Self {
+            workers: devices.len(),
+            devices,
+            max_batch: cfg.max_batch as usize,
+            batch_wait: Duration::from_millis(cfg.batch_wait_ms),
+            queue: cfg.queue as usize,
+            engine: EngineOptions {
+                provider: cfg.provider,
+                ort_lib: cfg.ort_lib.clone(),
+                threads: cfg.threads_per_worker(),
+                device_id: 0,
+                // TensorRT's shape profile covers the largest batch a worker forms.
+                max_batch: cfg.max_batch as usize,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// The worker pool. Dropping the sender (via [`Pool::close`]) lets the workers finish
@@ -217,8 +279,27 @@ impl Pool {
         self.shared.queued.load(Ordering::SeqCst)
     }
 
-    /// Stops taking jobs, lets the workers finish the queued ones and joins them.
+    /// Holds every job in the queue, from the next one a worker takes: the jobs wait
+    /// (their requests keep their admission places, so a full queue answers 503) until
+    /// [`Pool::resume`]. Batches already running finish.
+    pub fn pause(&self) {
+        self.shared.gate.set_closed(true);
+    }
+
+    /// Lets the workers take jobs again after [`Pool::pause`].
+    pub fn resume(&self) {
+        self.shared.gate.set_closed(false);
+    }
+
+    /// Whether the pool is paused.
+    pub fn paused(&self) -> bool {
+        self.shared.gate.is_closed()
+    }
+
+    /// Stops taking jobs, lets the workers finish the queued ones (resuming a paused
+    /// pool) and joins them.
     pub fn close(&self) {
+        self.resume();
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let handles: Vec<_> =
             std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
@@ -257,6 +338,8 @@ impl Worker {
     fn next_batch(&self) -> Option<Vec<Job>> {
         let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         let first = rx.recv().ok()?;
+        // Paused: the job waits here, still counted as queued.
+        self.shared.gate.wait_open();
         self.shared.queued.fetch_sub(1, Ordering::SeqCst);
         let mut batch = vec![first];
         let deadline = Instant::now() + self.batch_wait;

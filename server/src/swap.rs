@@ -1,6 +1,7 @@
 //! Several models and swaps without downtime: `GET /v1/models`,
 //! `POST /v1/models/{name}/load` and SIGHUP (reload the folders of `--model-dir` whose
-//! file changed, load new ones).
+//! file changed, load new ones); and holding a model's work:
+//! `POST /v1/models/{name}/pause` and `.../resume`.
 //!
 //! A load opens the new model's sessions and warms them up while the old model keeps
 //! answering; only then is the registry entry replaced. Requests in flight hold the
@@ -14,19 +15,33 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::models::{self, Served};
 use crate::pipeline::blocking;
+use crate::pool::PoolOptions;
 use crate::state::AppState;
 
 /// Longest time a new model may take to load and warm up.
 const WARM_LIMIT: Duration = Duration::from_secs(300);
+
+/// The served models' routes: the list, and the admin routes that load, pause and
+/// resume a model.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/v1/models", list),
+        Endpoint::post("/v1/models/{name}/load", load_route),
+        Endpoint::post("/v1/models/{name}/pause", pause_route),
+        Endpoint::post("/v1/models/{name}/resume", resume_route),
+    ]
+}
 
 fn describe(m: &Served, default: &str) -> Value {
     json!({
         "name": m.name,
         "default": m.name == default,
         "ready": m.pool.ready(),
+        "paused": m.pool.paused(),
         "id": m.info.id,
         "path": m.info.path,
         "file_bytes": m.info.file_bytes,
@@ -62,6 +77,49 @@ pub async fn load_route(
     })))
 }
 
+/// `POST /v1/models/{name}/pause`: holds the model's images in its queue until
+/// resumed (a batch already running finishes). Its requests keep their admission
+/// places, so once `--queue` images wait, further requests answer 503 `queue_full`;
+/// each request is still held to `--timeout-ms`. SIGTERM and a load of the same name
+/// resume it. Answers `{"name", "id", "paused": true}`.
+pub async fn pause_route(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&st, &headers, &name, true)
+}
+
+/// `POST /v1/models/{name}/resume`: the model's workers take its queued images
+/// again. Answers `{"name", "id", "paused": false}`.
+pub async fn resume_route(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&st, &headers, &name, false)
+}
+
+/// Pauses or resumes the model `name` (admin only).
+fn set_paused(
+    st: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    crate::admin::authorize(st.admin_token.as_ref(), headers)?;
+    let m = st.models.get(Some(name))?;
+    if paused {
+        m.pool.pause();
+    } else {
+        m.pool.resume();
+    }
+    tracing::info!(name, id = %m.info.id, paused, "model paused or resumed");
+    Ok(Json(
+        json!({ "name": m.name, "id": m.info.id, "paused": paused }),
+    ))
+}
+
 /// Loads and swaps in the model `name` of `--model-dir`; returns it and the id of
 /// the model it replaced.
 pub async fn load(
@@ -82,7 +140,7 @@ pub async fn load(
     let lock = st.models.load_lock(name);
     let _one_load_of_this_name = lock.lock().await;
     let (opts, metrics, name2) = (
-        crate::pool_options(&st.cfg),
+        PoolOptions::of(&st.cfg),
         st.metrics.clone(),
         name.to_string(),
     );
@@ -120,10 +178,11 @@ pub async fn reload_changed(st: &Arc<AppState>) {
     };
     for (name, path) in found {
         let served = st.models.get(Some(&name)).ok().map(|m| m.info.id.clone());
-        let current =
-            blocking(move || crate::model_id(&path).map_err(|e| ApiError::internal(e.to_string())))
-                .await
-                .map(|(id, _)| id);
+        let current = blocking(move || {
+            models::model_id(&path).map_err(|e| ApiError::internal(e.to_string()))
+        })
+        .await
+        .map(|(id, _)| id);
         if current.as_ref().ok() == served.as_ref() {
             continue;
         }

@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::models::{Served, VERSION};
 use crate::state::AppState;
@@ -46,24 +46,20 @@ impl IntoResponse for V2Error {
     }
 }
 
-/// The `/v2` routes; `infer` wraps the inference route in the request time limit.
-pub fn routes(
-    infer: impl FnOnce(MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>>,
-) -> Router<Arc<AppState>> {
-    let infer_route = infer(post(infer_handler));
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready),
-        )
-        .route("/v2/models/{name}/infer", infer_route.clone())
-        .route("/v2/models/{name}/versions/{version}/infer", infer_route)
+/// The `/v2` routes; the inference routes are held to `timeout_ms`.
+pub fn endpoints(timeout_ms: u64) -> Vec<Endpoint> {
+    let infer = |path| Endpoint::post(path, infer_handler).timed(timeout_ms);
+    vec![
+        Endpoint::get("/v2", server_metadata),
+        Endpoint::get("/v2/health/live", live),
+        Endpoint::get("/v2/health/ready", ready),
+        Endpoint::get("/v2/models/{name}", model_metadata),
+        Endpoint::get("/v2/models/{name}/versions/{version}", model_metadata),
+        Endpoint::get("/v2/models/{name}/ready", model_ready),
+        Endpoint::get("/v2/models/{name}/versions/{version}/ready", model_ready),
+        infer("/v2/models/{name}/infer"),
+        infer("/v2/models/{name}/versions/{version}/infer"),
+    ]
 }
 
 /// The model a `/v2/models/{name}[/versions/{version}]` path names.

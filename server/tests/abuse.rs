@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use lse_test_support::{check_ok, python};
@@ -327,7 +326,7 @@ fn smaller_refusals() {
 fn h2_settings(s: &mut TcpStream) -> Vec<(u16, u32)> {
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
     s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // an empty SETTINGS frame
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut head = [0u8; 9];
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
@@ -390,32 +389,41 @@ fn the_grpc_port_is_held_to_the_http_limits() {
         read_until_closed(&mut silent),
         "a silent connection is held"
     );
+    // Their timeouts closed them.
+    for timeout in ["header", "idle"] {
+        let series =
+            format!("lse_connections_timed_out_total{{port=\"grpc\",timeout=\"{timeout}\"}}");
+        assert!(metric_value(server.addr, &series) >= 1.0, "{series}");
+    }
     // The official client still works, and an over-size message is RESOURCE_EXHAUSTED.
     check_ok(Command::new(python()).args(["-c", GRPC_TOO_LARGE, &g.to_string()]));
 }
 
 #[test]
 fn the_grpc_port_has_a_connection_cap() {
-    let server = Server::start(&["--grpc-addr", "127.0.0.1:0", "--max-connections", "3"]);
-    let g = server.grpc.expect("a gRPC address");
-    // With three held, a fourth waits in the backlog until one closes.
+    // No timeout can close a connection during the test.
+    let server = Server::start(&[
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--max-connections",
+        "3",
+        "--idle-timeout-ms",
+        "600000",
+    ]);
+    let (a, g) = (server.addr, server.grpc.expect("a gRPC address"));
+    let open = "lse_connections_open{port=\"grpc\"}";
+    // Three held: the server takes them without waiting for a byte.
     let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(g).unwrap()).collect();
+    wait_for_metric(a, open, |v| v == 3.0);
+    // A fourth waits in the backlog until one closes (the gauge never exceeds the cap).
     let mut fourth = TcpStream::connect(g).unwrap();
-    fourth
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
     fourth
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .unwrap();
     fourth.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
-    let mut byte = [0u8; 1];
-    assert!(
-        fourth.read(&mut byte).is_err(),
-        "a connection over the cap was served"
-    );
+    assert_eq!(metric_value(a, open), 3.0);
     drop(held);
-    fourth
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    fourth.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    let mut byte = [0u8; 1];
     fourth.read_exact(&mut byte).unwrap();
 }

@@ -1,14 +1,15 @@
 //! Connection-level hardening: the 413 answer reaches clients that send their whole
 //! body before reading (with a Content-Length or chunked), slow headers and idle
-//! connections are cut off while other clients are served, and the connection cap
-//! holds. Needs `lse-train` built (`cargo build --workspace`).
+//! connections are cut off by their timeouts (as the server's metrics count them)
+//! while other clients are served, and the connection cap holds. No assertion here is
+//! about time: a test waits for the server to act, and its only clock is a hang guard.
+//! Needs `lse-train` built (`cargo build --workspace`).
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
 use lse_test_support::{check_ok, python};
@@ -79,18 +80,15 @@ fn over_limit_chunked_body_gets_413_json_when_sent_whole() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// Whether the server closed `s` (EOF or reset) before its read timeout.
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = [0u8; 256];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => {
-            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
-        }
-    }
+/// The connections of the HTTP port that `timeout` (`header`, `idle`) has closed.
+fn timed_out(a: SocketAddr, timeout: &str) -> f64 {
+    metric_value(
+        a,
+        &format!("lse_connections_timed_out_total{{port=\"http\",timeout=\"{timeout}\"}}"),
+    )
 }
+
+const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 
 #[test]
 fn slow_headers_are_closed_while_others_are_served() {
@@ -107,35 +105,53 @@ fn slow_headers_are_closed_while_others_are_served() {
     let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
     assert_eq!(r.status, 200, "{}", r.text());
     for (i, s) in slow.iter_mut().enumerate() {
-        assert!(closed_by_server(s), "slow connection {i} was not closed");
+        assert!(read_until_closed(s), "slow connection {i} was not closed");
     }
+    // Closed by the header timeout, each of them; the idle one (a minute) closed none.
+    assert_eq!(timed_out(a, "header"), 50.0);
+    assert_eq!(timed_out(a, "idle"), 0.0);
     assert_eq!(get(a, "/healthz").unwrap().status, 200);
 }
 
 #[test]
 fn connection_cap_holds_and_frees() {
-    let server = Server::start(&["--max-connections", "2", "--header-timeout-ms", "60000"]);
+    // No timeout can close a connection during the test.
+    let server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--header-timeout-ms",
+        "600000",
+        "--idle-timeout-ms",
+        "600000",
+    ]);
     let a = server.addr;
-    // Wait until the server is idle: the readiness probes' connections have closed.
-    std::thread::sleep(Duration::from_millis(200));
-    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(a).unwrap()).collect();
+    // Two kept-alive connections, each answered once: the server holds both.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.write_all(GET_HEALTHZ).unwrap();
+            assert_eq!(read_one(&mut s).status, 200);
+            s
+        })
+        .collect();
+    // A third connection sends its request; it waits in the kernel's backlog.
     let mut third = TcpStream::connect(a).unwrap();
     third
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    third
-        .set_read_timeout(Some(Duration::from_secs(1)))
+    // The server has the two open, not the third (the gauge never exceeds the cap).
+    held[0]
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let mut buf = [0u8; 512];
-    let early = third.read(&mut buf);
-    assert!(
-        early.is_err(),
-        "a third connection was served beside two open ones: {early:?}"
+    let text = read_one(&mut held[0]).text();
+    assert_eq!(
+        metric(&text, "lse_connections_open{port=\"http\"}"),
+        Some(2.0),
+        "{text}"
     );
-    drop(idle);
-    third
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    // Closing one lets the third in.
+    drop(held.pop());
+    third.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut answer = Vec::new();
     third.read_to_end(&mut answer).unwrap();
     let text = String::from_utf8_lossy(&answer);
@@ -145,12 +161,25 @@ fn connection_cap_holds_and_frees() {
 #[test]
 fn idle_connections_are_closed_while_others_are_served() {
     // The header timeout is far longer than the test: only the idle timer can close.
-    let server = Server::start(&["--idle-timeout-ms", "1000", "--header-timeout-ms", "30000"]);
+    let server =
+        Server::start_admin(&["--idle-timeout-ms", "1000", "--header-timeout-ms", "600000"]);
     let a = server.addr;
-    let get_healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Another client's request stays in progress all along: the model is paused until
+    // the idle connections have been closed.
+    admin(a, "default", "pause");
+    let mut busy = TcpStream::connect(a).unwrap();
+    let body = png(40, 30, 2);
+    let mut req = format!(
+        "POST /v1/segment?output=trainids HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    busy.write_all(&req).unwrap();
+    wait_for_metric(a, "lse_requests_in_progress", |v| v == 1.0);
     // One request, then silence.
     let mut idle = TcpStream::connect(a).unwrap();
-    idle.write_all(get_healthz).unwrap();
+    idle.write_all(GET_HEALTHZ).unwrap();
     assert_eq!(read_one(&mut idle).status, 200);
     // Connected, never a byte.
     let silent = TcpStream::connect(a).unwrap();
@@ -158,28 +187,18 @@ fn idle_connections_are_closed_while_others_are_served() {
     let mut h2 = TcpStream::connect(a).unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
-    let t0 = Instant::now();
-    let watch = |mut s: TcpStream| std::thread::spawn(move || read_until_closed(&mut s));
-    let (idle, silent, h2) = (watch(idle), watch(silent), watch(h2));
-    // Meanwhile a busy kept-alive connection is served, request after request.
-    let mut busy = TcpStream::connect(a).unwrap();
-    let mut served = 0;
-    let all_closed = || idle.is_finished() && silent.is_finished() && h2.is_finished();
-    while !all_closed() && t0.elapsed() < Duration::from_secs(10) {
-        busy.write_all(get_healthz).unwrap();
-        assert_eq!(read_one(&mut busy).status, 200, "request {served}");
-        served += 1;
-        std::thread::sleep(Duration::from_millis(20));
+    for (what, mut s) in [("idle", idle), ("silent", silent), ("HTTP/2", h2)] {
+        assert!(
+            read_until_closed(&mut s),
+            "the {what} connection was not closed"
+        );
     }
-    assert!(idle.join().unwrap(), "the idle connection was not closed");
-    assert!(
-        silent.join().unwrap(),
-        "the silent connection was not closed"
-    );
-    assert!(h2.join().unwrap(), "the HTTP/2 connection was not closed");
-    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    assert!(served > 0);
-    let r = post(a, "/v1/segment?output=trainids", &png(40, 30, 2));
+    // The idle timer closed them (at least these three); the header timer none.
+    assert!(timed_out(a, "idle") >= 3.0, "{}", metrics_text(a));
+    assert_eq!(timed_out(a, "header"), 0.0);
+    // The connection whose request is in progress outlived them and is answered.
+    admin(a, "default", "resume");
+    let r = read_one(&mut busy);
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -188,19 +207,23 @@ fn an_idle_kept_alive_connection_outlives_the_header_timeout() {
     // The header timeout is far shorter than the idle one: a kept-alive connection
     // that waits between requests is held to the idle timeout only, while a header
     // that has begun is still held to the header timeout.
-    let server = Server::start(&["--header-timeout-ms", "300", "--idle-timeout-ms", "30000"]);
+    let server = Server::start(&["--header-timeout-ms", "300", "--idle-timeout-ms", "600000"]);
     let a = server.addr;
-    let get_healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut kept = TcpStream::connect(a).unwrap();
-    kept.write_all(get_healthz).unwrap();
+    kept.write_all(GET_HEALTHZ).unwrap();
     assert_eq!(read_one(&mut kept).status, 200);
-    let mut half = TcpStream::connect(a).unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    kept.write_all(get_healthz).unwrap();
+    // Two half-sent headers, one after the other, each closed by the header timeout:
+    // by then `kept` has waited longer than twice the header timeout.
+    for i in 0..2 {
+        let mut half = TcpStream::connect(a).unwrap();
+        half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+        assert!(
+            read_until_closed(&mut half),
+            "half-sent header {i} was not closed"
+        );
+    }
+    kept.write_all(GET_HEALTHZ).unwrap();
     assert_eq!(read_one(&mut kept).status, 200);
-    assert!(
-        closed_by_server(&mut half),
-        "the half-sent header was not closed"
-    );
+    assert_eq!(timed_out(a, "header"), 2.0);
+    assert_eq!(timed_out(a, "idle"), 0.0);
 }

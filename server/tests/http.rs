@@ -5,8 +5,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use common::*;
 use image::ImageFormat;
@@ -336,7 +335,9 @@ fn concurrent_answers_equal_lse_segment() {
         "the test model predicts one class only: {distinct:?}"
     );
 
-    let server = Server::start(&[
+    let server = Server::start_admin(&[
+        "--workers",
+        "1",
         "--queue",
         "128",
         "--max-batch",
@@ -345,18 +346,21 @@ fn concurrent_answers_equal_lse_segment() {
         "20",
     ]);
     let a = server.addr;
+    // The 64 requests wait in the paused model's queue, then its one worker takes them
+    // eight at a time.
+    admin(a, "default", "pause");
     let inputs = Arc::new(inputs);
-    let barrier = Arc::new(Barrier::new(64));
     let threads: Vec<_> = (0..64)
         .map(|k| {
-            let (inputs, barrier) = (inputs.clone(), barrier.clone());
+            let inputs = inputs.clone();
             std::thread::spawn(move || {
                 let i = k % inputs.len();
-                barrier.wait();
                 (i, post(a, "/v1/segment", &inputs[i].1))
             })
         })
         .collect();
+    wait_for_metric(a, "lse_queue_depth", |v| v == 64.0);
+    admin(a, "default", "resume");
     let mut batch_sizes = BTreeSet::new();
     for t in threads {
         let (i, r) = t.join().unwrap();
@@ -379,16 +383,16 @@ fn concurrent_answers_equal_lse_segment() {
             "image {i}: {differ} pixels differ from lse segment"
         );
     }
-    assert!(
-        batch_sizes.iter().any(|&b| b > 1),
-        "64 concurrent requests were never batched: {batch_sizes:?}"
+    assert_eq!(
+        batch_sizes,
+        BTreeSet::from([8]),
+        "64 queued requests were not run in batches of --max-batch"
     );
-    assert!(batch_sizes.iter().all(|&b| b <= 8), "{batch_sizes:?}");
 }
 
 #[test]
 fn queue_overflow_gives_503_then_recovers() {
-    let server = Server::start(&[
+    let server = Server::start_admin(&[
         "--workers",
         "1",
         "--threads",
@@ -396,93 +400,94 @@ fn queue_overflow_gives_503_then_recovers() {
         "--max-batch",
         "1",
         "--queue",
-        "2",
+        "1",
     ]);
     let a = server.addr;
-    let body = Arc::new(png(800, 600, 5));
-    let barrier = Arc::new(Barrier::new(24));
-    let threads: Vec<_> = (0..24)
-        .map(|_| {
-            let (body, barrier) = (body.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                post(a, "/v1/segment", &body)
-            })
-        })
-        .collect();
-    let (mut ok, mut busy) = (0, 0);
-    for t in threads {
-        let r = t.join().unwrap();
-        match r.status {
-            200 => ok += 1,
-            503 => {
-                r.assert_error(503, "queue_full");
-                assert!(
-                    r.header("retry-after")
-                        .is_some_and(|v| v.parse::<u32>().is_ok())
-                );
-                busy += 1;
-            }
-            other => panic!("unexpected {other}: {}", r.text()),
-        }
-    }
-    assert!(ok >= 1 && busy >= 1, "{ok} answered, {busy} refused");
+    let body = Arc::new(png(80, 60, 5));
+    // Pausing is an admin route.
+    let r = send(a, "POST", "/v1/models/default/pause", &[], b"").unwrap();
+    r.assert_error(403, "forbidden");
+    // A request takes the only place and waits in the paused model's queue.
+    let paused = admin(a, "default", "pause");
+    assert_eq!(
+        (paused["name"].as_str(), paused["paused"].as_bool()),
+        (Some("default"), Some(true))
+    );
+    let listed = get(a, "/v1/models").unwrap().json();
+    assert_eq!(listed["models"][0]["paused"], true, "{listed}");
+    let held = {
+        let body = body.clone();
+        std::thread::spawn(move || post(a, "/v1/segment", &body))
+    };
+    wait_for_metric(a, "lse_queue_depth", |v| v == 1.0);
+    assert_eq!(metric_value(a, "lse_requests_in_progress"), 1.0);
+    // The next one is refused at once, with a time to retry after.
+    let r = post(a, "/v1/segment", &body);
+    r.assert_error(503, "queue_full");
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u32>().is_ok()),
+        "{:?}",
+        r.headers
+    );
+    // The held one is answered once the model runs again.
+    assert_eq!(admin(a, "default", "resume")["paused"], false);
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
     // Recovered: requests one after another all succeed.
     for _ in 0..5 {
         let r = post(a, "/v1/segment", &body);
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let text = get(a, "/metrics").unwrap().text();
+    let text = metrics_text(a);
     assert_eq!(
         metric(
             &text,
             "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"503\"}"
         ),
-        Some(busy as f64)
+        Some(1.0)
     );
     assert_eq!(metric(&text, "lse_requests_in_progress"), Some(0.0));
 }
 
 #[test]
 fn slow_requests_get_504() {
-    let server = Server::start(&["--timeout-ms", "100", "--workers", "1", "--threads", "1"]);
+    let server = Server::start_admin(&["--timeout-ms", "3000", "--workers", "1", "--threads", "1"]);
     let a = server.addr;
-    // A small body (a flat 7000 x 5000 PNG, a few hundred kB, read long before the
-    // limit) whose decoding, resizing, upsampling and encoding of 35 million pixels
-    // take far longer than 100 ms, even with the exact post-processing shortcut.
-    let flat = image::RgbImage::from_pixel(7000, 5000, image::Rgb([90, 90, 90]));
-    let body = encode(&flat, ImageFormat::Png);
-    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
-    let r = post(a, "/v1/segment", &body);
-    r.assert_error(504, "timeout");
-    assert_eq!(get(a, "/healthz").unwrap().status, 200);
-    // The server keeps serving: once the abandoned work has drained (it still runs to
-    // completion on the pool), a small image is answered within the 100 ms limit. On a
-    // loaded 2-core CI machine a single try can miss the limit, so allow a few.
     let small = png(64, 48, 1);
-    let mut last = None;
-    for _ in 0..40 {
-        let text = get(a, "/metrics").unwrap().text();
-        if metric(&text, "lse_requests_in_progress") != Some(0.0) {
-            std::thread::sleep(Duration::from_millis(250));
-            continue;
-        }
-        let r = post(a, "/v1/segment", &small);
-        if r.status == 200 {
-            return;
-        }
-        r.assert_error(504, "timeout");
-        last = Some(r.text());
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("no small request succeeded after the timeout: {last:?}");
+    let r = post(a, "/v1/segment", &small);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let runs = "lse_batch_size_count";
+    assert_eq!(metric_value(a, runs), 1.0);
+    // A request whose image waits in the paused model's queue past the time limit.
+    admin(a, "default", "pause");
+    post(a, "/v1/segment", &small).assert_error(504, "timeout");
+    // Its place is given back at once; its image is still queued.
+    let text = metrics_text(a);
+    assert_eq!(
+        metric(&text, "lse_requests_in_progress"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "lse_queue_depth"), Some(1.0), "{text}");
+    assert_eq!(get(a, "/healthz").unwrap().status, 200);
+    // Resumed, the worker drops the abandoned image without running it, and the server
+    // keeps serving.
+    admin(a, "default", "resume");
+    wait_for_metric(a, "lse_queue_depth", |v| v == 0.0);
+    assert_eq!(metric_value(a, runs), 1.0, "the abandoned image was run");
+    let r = post(a, "/v1/segment", &small);
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
 fn sigterm_finishes_requests_in_flight() {
-    let mut server = Server::start(&["--workers", "1", "--threads", "1", "--max-batch", "1"]);
+    let mut server = Server::start_admin(&["--workers", "1", "--threads", "1", "--max-batch", "1"]);
     let a = server.addr;
-    let body = Arc::new(png(1280, 960, 4));
+    // Every request is inside the server (admitted, waiting in the paused model's
+    // queue) when the signal comes.
+    admin(a, "default", "pause");
+    let body = Arc::new(png(320, 240, 4));
     let n = 6;
     let threads: Vec<_> = (0..n)
         .map(|_| {
@@ -490,36 +495,14 @@ fn sigterm_finishes_requests_in_flight() {
             std::thread::spawn(move || post(a, "/v1/segment", &body))
         })
         .collect();
-    // Wait until every request is inside the server (admitted), then signal.
-    let t0 = Instant::now();
-    loop {
-        let text = get(a, "/metrics").unwrap().text();
-        let in_progress = metric(&text, "lse_requests_in_progress").unwrap_or(0.0);
-        let done = metric(
-            &text,
-            "lse_http_requests_total{route=\"/v1/segment\",method=\"POST\",status=\"200\"}",
-        )
-        .unwrap_or(0.0);
-        if in_progress + done >= n as f64 {
-            assert!(
-                in_progress >= 1.0,
-                "every request finished before the signal: make them slower"
-            );
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "requests never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_metric(a, "lse_requests_in_progress", |v| v == n as f64);
     server.signal("TERM");
     for t in threads {
         let r = t.join().unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(decode(&r.body).to_luma8().dimensions(), (1280, 960));
+        assert_eq!(decode(&r.body).to_luma8().dimensions(), (320, 240));
     }
-    let status = server.wait_exit(Duration::from_secs(60));
+    let status = server.wait_exit(HANG_GUARD);
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",
@@ -581,4 +564,35 @@ fn default_model_and_missing_model() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn every_route_the_404_names_answers() {
+    let server = Server::start(&[]);
+    let a = server.addr;
+    let r = get(a, "/no/such/route").unwrap();
+    r.assert_error(404, "not_found");
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    let (_, routes) = detail
+        .split_once("; the routes are ")
+        .unwrap_or_else(|| panic!("the 404 names no routes: {detail}"));
+    let routes: Vec<(&str, &str)> = routes
+        .split(", ")
+        .map(|r| r.split_once(' ').expect("METHOD path"))
+        .collect();
+    for needed in [("GET", "/"), ("POST", "/v1/segment"), ("GET", "/metrics")] {
+        assert!(
+            routes.contains(&needed),
+            "{needed:?} is not named: {detail}"
+        );
+    }
+    for (method, template) in routes {
+        let path = template
+            .replace("{name}", "default")
+            .replace("{version}", "1");
+        // An empty body: the inference routes answer 400, the admin ones 403.
+        let r = send(a, method, &path, &[], b"").unwrap();
+        assert_ne!(r.status, 404, "{method} {path}: {}", r.text());
+        assert_ne!(r.status, 405, "{method} {path}: {}", r.text());
+    }
 }

@@ -5,9 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use common::*;
 
@@ -37,25 +37,25 @@ fn model_ids(a: std::net::SocketAddr) -> Vec<(String, String)> {
 /// One answer of the load: status, the model id it was made with, when it was sent.
 type Answer = (u16, String, Instant);
 
-/// Posts an image to /v1/segment from `n` threads until `stop`.
+/// Posts an image to /v1/segment from `n` threads until `stop`; each answer joins
+/// `seen` as it comes.
 fn hammer(
     a: std::net::SocketAddr,
     n: usize,
     stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<Answer>>> {
+    seen: Arc<Mutex<Vec<Answer>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..n)
         .map(|k| {
-            let stop = stop.clone();
+            let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 let body = png(48, 32, k as u32);
-                let mut seen = Vec::new();
                 while !stop.load(Ordering::SeqCst) {
                     let sent = Instant::now();
                     let r = post(a, "/v1/segment", &body);
                     let id = r.header("x-lse-model").unwrap_or("").to_string();
-                    seen.push((r.status, id, sent));
+                    seen.lock().unwrap().push((r.status, id, sent));
                 }
-                seen
             })
         })
         .collect()
@@ -104,16 +104,23 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     // Swap `default` to model b while four clients keep posting.
     put(&b_file, &dir.join("default/model.onnx"));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = hammer(a, 4, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let clients = hammer(a, 4, stop.clone(), seen.clone());
+    let answered_after = |t: Instant| {
+        let seen = seen.lock().unwrap();
+        seen.iter().filter(|(_, _, sent)| *sent > t).count()
+    };
+    // Each client's answers before and after the swap: waited for, not timed.
+    let started = Instant::now();
+    wait_until("answers before the swap", || answered_after(started) >= 4);
     let r = send(a, "POST", "/v1/models/default/load", ADMIN, b"").unwrap();
     let swapped = Instant::now();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("answers after the swap", || answered_after(swapped) >= 4);
     stop.store(true, Ordering::SeqCst);
-    let answers: Vec<Answer> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answers = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(r.status, 200, "{}", r.text());
     // Ids are `<folder>-<file hash>`: `default` now has other's file.
     let hash = |id: &str| id.rsplit_once('-').map(|(_, h)| h.to_string());
@@ -141,15 +148,7 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     // SIGHUP reloads the folder whose file changed back to model a.
     put(&a_file, &dir.join("default/model.onnx"));
     server.signal("HUP");
-    let t0 = Instant::now();
-    while model_ids(a)[0].1 != id_a {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "SIGHUP did not reload; log:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the reload on SIGHUP", || model_ids(a)[0].1 == id_a);
     assert_eq!(model_ids(a)[1].1, id_b, "the unchanged model stays");
 
     // Bad loads name the problem and leave the served model alone.
@@ -162,7 +161,7 @@ fn model_dir_serves_every_folder_and_swaps_under_load() {
     r.assert_error(422, "load_failed");
     assert_eq!(model_ids(a)[0].1, id_a);
     server.signal("TERM");
-    assert!(server.wait_exit(Duration::from_secs(30)).success());
+    assert!(server.wait_exit(HANG_GUARD).success());
 }
 
 /// Softmax confidence and normalised entropy of one pixel's logits, as 8-bit values.

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 use image::{ImageFormat, RgbImage};
 use lse_test_support::{beside, ok};
 
+/// How long a test waits for something that must happen before it gives up: a guard
+/// against hanging, never a bound a test asserts (the server's own timeouts are far
+/// shorter).
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
 /// The admin token the tests start servers with (`--admin-token-file`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -95,6 +100,12 @@ impl Server {
         Self::start_in(None, true, args)
     }
 
+    /// Starts `lse-serve --model <tiny model> --admin-token-file <a file of ADMIN_TOKEN>
+    /// ARGS`: the admin routes answer requests with [`ADMIN`].
+    pub fn start_admin(args: &[&str]) -> Self {
+        Self::launch(lse_serve(), None, true, true, args)
+    }
+
     /// Starts the server in `cwd`; `with_model` adds `--model <tiny model>`.
     pub fn start_in(cwd: Option<&Path>, with_model: bool, args: &[&str]) -> Self {
         Self::start_exe(lse_serve(), cwd, with_model, args)
@@ -102,11 +113,28 @@ impl Server {
 
     /// Starts the binary `exe` (a copy of lse-serve) in `cwd`.
     pub fn start_exe(exe: &Path, cwd: Option<&Path>, with_model: bool, args: &[&str]) -> Self {
+        Self::launch(exe, cwd, with_model, false, args)
+    }
+
+    /// Starts `exe` in `cwd`; `with_model` adds `--model <tiny model>`, `admin` an
+    /// `--admin-token-file` holding [`ADMIN_TOKEN`].
+    fn launch(
+        exe: &Path,
+        cwd: Option<&Path>,
+        with_model: bool,
+        admin: bool,
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.log");
         let mut cmd = Command::new(exe);
         if with_model {
             cmd.arg("--model").arg(model());
+        }
+        if admin {
+            let token = dir.path().join("admin-token");
+            std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("write the admin token");
+            cmd.arg("--admin-token-file").arg(token);
         }
         cmd.args(["--addr", "127.0.0.1:0"]).args(args);
         if let Some(c) = cwd {
@@ -131,7 +159,7 @@ impl Server {
         });
         let mut grpc = None;
         let addr = loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
+            match rx.recv_timeout(HANG_GUARD) {
                 Ok((true, a)) => grpc = Some(a.parse().expect("a socket address")),
                 Ok((false, a)) => break a.parse().expect("a socket address"),
                 Err(_) => {
@@ -162,8 +190,8 @@ impl Server {
                 return;
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "server not ready after 60 s; log:\n{}",
+                t0.elapsed() < HANG_GUARD,
+                "server not ready after {HANG_GUARD:?}; log:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -261,8 +289,8 @@ impl Resp {
 /// Sends raw bytes (a whole request) and reads the answer to the end.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    s.set_read_timeout(Some(HANG_GUARD))?;
+    s.set_write_timeout(Some(HANG_GUARD))?;
     s.write_all(request)?;
     read_response(&mut s)
 }
@@ -441,10 +469,10 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Whether the server closed `s` (EOF or reset) before a read timeout, whatever it
-/// sent first.
+/// Whether the server closed `s` (EOF or reset), whatever it sent first; false if it
+/// was still open after [`HANG_GUARD`].
 pub fn read_until_closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
@@ -460,7 +488,7 @@ pub fn read_until_closed(s: &mut TcpStream) -> bool {
 
 /// Reads one answer with a Content-Length from a kept-alive connection.
 pub fn read_one(s: &mut TcpStream) -> Resp {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -479,4 +507,59 @@ pub fn read_one(s: &mut TcpStream) -> Resp {
         assert!(n > 0, "closed mid-answer");
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Waits until `done` holds, checking every few milliseconds; panics after
+/// [`HANG_GUARD`], naming `what` it waited for.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(
+            t0.elapsed() < HANG_GUARD,
+            "waited {HANG_GUARD:?} for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The server's `/metrics` text.
+pub fn metrics_text(addr: SocketAddr) -> String {
+    let r = get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// The value of one series of `/metrics`; 0 for a series not recorded yet.
+pub fn metric_value(addr: SocketAddr, series: &str) -> f64 {
+    metric(&metrics_text(addr), series).unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until the series `series` (0 while not recorded) satisfies `ok`;
+/// panics after [`HANG_GUARD`]. Returns the value.
+pub fn wait_for_metric(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        // A poll may fail while the server is busy with the test's other connections.
+        let v = get(addr, "/metrics")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| metric(&r.text(), series).unwrap_or(0.0));
+        if let Some(v) = v.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < HANG_GUARD,
+            "{series} never reached the expected value (last {v:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `POST /v1/models/NAME/ACTION` with the admin token (`load`, `pause`, `resume`);
+/// asserts a 200 answer.
+pub fn admin(addr: SocketAddr, name: &str, action: &str) -> serde_json::Value {
+    let path = format!("/v1/models/{name}/{action}");
+    let r = send(addr, "POST", &path, ADMIN, b"").unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    assert_eq!(r.status, 200, "POST {path}: {}", r.text());
+    r.json()
 }

@@ -163,7 +163,7 @@ mod tests {
         c.validate().unwrap();
         let want = [0, 0, 2, 2].map(Device::Cuda).to_vec();
         assert_eq!(c.worker_devices(), want);
-        let opts = lse_server::pool_options(&c);
+        let opts = lse_server::pool::PoolOptions::of(&c);
         assert_eq!((opts.workers, opts.devices), (4, want));
         assert_eq!(opts.engine.max_batch, 8);
         let one = parse(&["--devices", "1"]).unwrap();
@@ -174,7 +174,7 @@ mod tests {
     fn without_devices_the_workers_go_where_the_provider_puts_them() {
         let c = parse(&["--workers", "3"]).unwrap();
         assert_eq!(c.worker_devices(), vec![Device::Auto; 3]);
-        assert_eq!(lse_server::pool_options(&c).workers, 3);
+        assert_eq!(lse_server::pool::PoolOptions::of(&c).workers, 3);
     }
 
     #[test]

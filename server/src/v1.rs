@@ -1,28 +1,26 @@
-//! Routes and handlers. Handlers stay short: limits, the time limit, tracing and
-//! metrics are layers; decoding, resizing, upsampling and encoding run on the blocking
-//! thread pool; inference runs in the worker pool ([`crate::pool`]).
+//! The page and the `/v1` API: `GET /`, `POST /v1/segment`, `GET /v1/model`,
+//! `GET /v1/sample.png` (the served models' routes are [`crate::swap`]'s). Handlers stay
+//! short: limits, the time limit, tracing and metrics are layers ([`crate::router`]);
+//! decoding, resizing, upsampling and encoding run on the blocking thread pool;
+//! inference runs in the worker pool ([`crate::pool`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::body::Bytes;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
-use axum::{BoxError, Json, Router};
 use image::GrayImage;
 use lse_runtime::contract::{self, ModelMeta};
 use lse_runtime::{imageio, palette, predict};
 use serde::Serialize;
-use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
 
+use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::models::Served;
@@ -73,122 +71,18 @@ impl OutputKind {
     }
 }
 
-/// Wraps an inference route in the request time limit (`--timeout-ms`, then 504).
-fn with_timeout(
-    route: MethodRouter<Arc<AppState>>,
-    timeout_ms: u64,
-) -> MethodRouter<Arc<AppState>> {
-    route.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(move |e: BoxError| async move {
-                if e.is::<tower::timeout::error::Elapsed>() {
-                    ApiError::timeout(timeout_ms)
-                } else {
-                    ApiError::internal(e.to_string())
-                }
-            }))
-            .timeout(Duration::from_millis(timeout_ms)),
-    )
-}
-
-/// Builds the router with every layer.
-pub fn router(state: Arc<AppState>) -> Router {
-    let timeout_ms = state.cfg.timeout_ms;
-    let limit = state.cfg.max_body_bytes();
-    Router::new()
-        .route("/", get(index))
-        .route("/v1/segment", with_timeout(post(segment), timeout_ms))
-        .route("/v1/model", get(model))
-        .route("/v1/models", get(crate::swap::list))
-        .route("/v1/models/{name}/load", post(crate::swap::load_route))
-        .route("/v1/sample.png", get(sample))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(crate::v2_http::routes(|r| with_timeout(r, timeout_ms)))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            crate::limit::limit_body(limit, req, next)
-        }))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-/// Counts requests by route and status and times them.
-async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().clone();
-    let resp = next.run(req).await;
-    st.metrics.observe_request(
-        &route,
-        method.as_str(),
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    resp
-}
-
-async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!(
-            "no route {method} {}: see GET / for the page, POST /v1/segment, GET /v1/model, /healthz, /readyz, /metrics, and the Open Inference Protocol under /v2",
-            uri.path()
-        ),
-    )
-}
-
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{} does not accept {method}", uri.path()),
-    )
+/// The page and the `/v1` inference routes (`/v1/segment` held to `timeout_ms`).
+pub fn endpoints(timeout_ms: u64) -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/", index),
+        Endpoint::post("/v1/segment", segment).timed(timeout_ms),
+        Endpoint::get("/v1/model", model),
+        Endpoint::get("/v1/sample.png", sample),
+    ]
 }
 
 async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let g = st.gauges();
-    if st.models.ready() {
-        Json(serde_json::json!({ "status": "ready", "workers": g.workers })).into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!(
-                "{} of {} workers have loaded and warmed up their model",
-                g.workers_ready, g.workers
-            ),
-        )
-        .into_response()
-    }
-}
-
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let text = st.metrics.render(st.gauges());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }
 
 /// A request's query as one value per key; a key given twice is refused (400
