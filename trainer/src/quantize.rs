@@ -24,10 +24,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use lse_runtime::datasets::{Dataset, DatasetSpec, DatasetSummary};
+use lse_runtime::datasets::{Dataset, DatasetSpec};
 use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::ConfusionMatrix;
+use lse_runtime::provenance::DatasetSummary;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -389,7 +390,7 @@ pub fn calibration_meta(
         "method": cal.method,
         "dataset": DatasetSummary::of(ds, &o.split).to_string(),
         "images": cal.images,
-        "images_list": lse_runtime::datasets::list_hash(&names),
+        "images_list": lse_runtime::provenance::list_hash(&names),
         "selection": "ChaCha8 seed 0 order: the first images calibrate, the next check",
         "weights": "int8 symmetric per output channel",
         "activations": "uint8 per tensor",

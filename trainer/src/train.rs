@@ -28,9 +28,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, DatasetSummary};
+use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec};
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::{ConfusionMatrix, Report};
+use lse_runtime::provenance::DatasetSummary;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor, nn};

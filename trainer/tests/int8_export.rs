@@ -219,7 +219,7 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     let root = dir.path().to_string_lossy().into_owned();
     for (k, v) in &props {
         assert!(!v.contains(&root), "{k} names the temporary folder: {v}");
-        let found = lse_runtime::datasets::find_absolute_paths(v);
+        let found = lse_runtime::provenance::find_absolute_paths(v);
         assert!(found.is_empty(), "{k} carries local paths {found:?}");
     }
 
