@@ -24,7 +24,7 @@ use crate::contract::{self, ContractError, ModelMeta, Precision};
 use crate::trt;
 
 /// Which execution provider runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// TensorRT, then CUDA, then CPU: the first that works.

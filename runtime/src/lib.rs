@@ -14,7 +14,11 @@
 //! - [`palette`]: colour tables, colour maps and overlays of label maps (the CLI,
 //!   the run report; public for the server);
 //! - [`metrics`]: the confusion matrix and (m)IoU of the Cityscapes protocol;
+//! - [`evaluate`]: the protocol over two folder trees (`lse eval`) and
+//!   [`evaluate::Evaluation`], the record every evaluation is written as;
 //! - [`datasets`]: the Cityscapes, GTA5 and SYNTHIA layouts as data, and their readers;
+//! - [`provenance`]: what a shipped model says about its datasets (summaries, never
+//!   paths) and the scan for local paths;
 //! - [`synth`]: the built-in synthetic source/target domains;
 //! - [`labelling`]: batch labelling of folder trees;
 //! - [`trt`]: TensorRT engine and timing caches, shape profiles, the shared build.
@@ -25,12 +29,14 @@ pub mod choice;
 pub mod contract;
 pub mod datasets;
 pub mod engine;
+pub mod evaluate;
 pub mod imageio;
 pub mod labelling;
 pub mod labels;
 pub mod metrics;
 pub mod palette;
 pub mod predict;
+pub mod provenance;
 pub mod synth;
 pub mod trt;
 

@@ -2,12 +2,10 @@
 //! `models/` (ONNX metadata and safetensors headers included) holds an absolute path
 //! of a machine, and `lse info` names the default model's datasets by kind and folder.
 
-mod machine_paths;
-
 use std::path::Path;
 use std::process::Command;
 
-use machine_paths::{files_under, machine_paths_in};
+use lse_test_support::machine_paths::{files_under, machine_paths_in};
 
 fn models_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))

@@ -1,11 +1,14 @@
 //! Helpers shared by the workspace's integration tests: running the binaries, the
-//! project's Python, JSON files. Used only as a dev-dependency.
+//! project's Python, JSON files, the scan of model files for machine paths
+//! ([`machine_paths`]). Used only as a dev-dependency.
 //!
 //! A test finds its own binaries with `env!("CARGO_BIN_EXE_<name>")` (only the test's
 //! crate sees it) and the others beside them with [`beside`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+pub mod machine_paths;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

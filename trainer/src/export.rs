@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use lse_runtime::contract::{ModelMeta, Precision};
 use lse_runtime::engine::{EngineOptions, Provider};
+use serde::Serialize;
 use tch::{Tensor, nn};
 
 use crate::checkpoint;
 use crate::fcn8s::Fcn8s;
+use crate::onnx::{Parity, Tolerance};
 
 /// Builds the model metadata of a checkpoint: its recorded run (source, target,
 /// method, settings, evaluation) and the label table.
@@ -69,6 +71,34 @@ pub struct ExportOptions {
     pub ort_lib: Option<PathBuf>,
 }
 
+/// What an export wrote and how it was checked (`lse-train export --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub model: PathBuf,
+    pub checkpoint: PathBuf,
+    /// The model's input size `[width, height]`.
+    pub train_size: [u32; 2],
+    pub precision: Precision,
+    /// The check in ONNX Runtime against libtorch, unless it was turned off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parity: Option<CheckReport>,
+}
+
+/// The parity (float32) or agreement (float16) check of an export, with its bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    #[serde(flatten)]
+    pub parity: Parity,
+    /// float32: the tolerance, and the |logit difference| it allowed here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<Tolerance>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_diff: Option<f64>,
+    /// float16: the least arg-max agreement accepted, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_agreement: Option<f64>,
+}
+
 /// Exports `checkpoint` to `out` (atomically) and, unless told not to, runs the
 /// file in ONNX Runtime against libtorch; a model that fails the check is moved to
 /// `<out>.failed` and the error says so. Returns the report (model, checkpoint,
@@ -77,7 +107,7 @@ pub fn export_checked(
     checkpoint: &Path,
     out: &Path,
     o: &ExportOptions,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<ExportReport> {
     export_checked_as(checkpoint, out, o, Precision::Fp32)
 }
 
@@ -89,7 +119,7 @@ pub fn export_checked_as(
     out: &Path,
     o: &ExportOptions,
     precision: Precision,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<ExportReport> {
     if precision == Precision::Int8 {
         anyhow::bail!(
             "an int8 export needs calibration images: lse-train export --precision int8 \
@@ -100,16 +130,18 @@ pub fn export_checked_as(
     let mut model_meta = model_meta(&meta, o.train_size)?;
     model_meta.precision = precision;
     crate::onnx::export(&net, &vs, &model_meta, out)?;
-    let mut report = serde_json::json!({
-        "model": out,
-        "checkpoint": checkpoint,
-        "train_size": model_meta.train_size,
-        "precision": precision,
-    });
-    if o.check {
-        report["parity"] = check_export(&net, out, o, precision)?;
-    }
-    Ok(report)
+    let parity = if o.check {
+        Some(check_export(&net, out, o, precision)?)
+    } else {
+        None
+    };
+    Ok(ExportReport {
+        model: out.to_path_buf(),
+        checkpoint: checkpoint.to_path_buf(),
+        train_size: model_meta.train_size,
+        precision,
+        parity,
+    })
 }
 
 /// The check's input: a small probe of odd size and batch 2 (it exercises dynamic N,
@@ -151,7 +183,7 @@ fn check_export(
     out: &Path,
     o: &ExportOptions,
     precision: Precision,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<CheckReport> {
     let probe = parity_probe();
     let opts = EngineOptions {
         provider: Provider::Cpu,
@@ -169,7 +201,6 @@ fn check_export(
     };
     match checked {
         Ok(p) => {
-            let mut report = serde_json::to_value(&p)?;
             if precision == Precision::Fp32 {
                 let allowed = o.tolerance.allowed(p.max_abs_logit);
                 tracing::info!(
@@ -180,8 +211,12 @@ fn check_export(
                     argmax_disagreements = p.argmax_disagreements,
                     "parity check passed (ONNX Runtime vs libtorch)"
                 );
-                report["tolerance"] = serde_json::to_value(o.tolerance)?;
-                report["allowed_diff"] = allowed.into();
+                Ok(CheckReport {
+                    parity: p,
+                    tolerance: Some(o.tolerance),
+                    allowed_diff: Some(allowed),
+                    min_agreement: None,
+                })
             } else {
                 tracing::info!(
                     argmax_agreement = format!("{:.2} %", p.argmax_agreement),
@@ -190,9 +225,13 @@ fn check_export(
                     max_abs_logit = p.max_abs_logit,
                     "agreement check passed ({precision} model in ONNX Runtime vs the float32 network in libtorch)"
                 );
-                report["min_agreement"] = crate::onnx::MIN_AGREEMENT.into();
+                Ok(CheckReport {
+                    parity: p,
+                    tolerance: None,
+                    allowed_diff: None,
+                    min_agreement: Some(crate::onnx::MIN_AGREEMENT),
+                })
             }
-            Ok(report)
         }
         Err(e) => Err(refuse(out, e)),
     }

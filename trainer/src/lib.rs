@@ -4,7 +4,8 @@
 //! weight import ([`checkpoint`], [`pth`]), the ONNX writer ([`onnx`]), the losses and
 //! LSE round ([`losses`], [`lse`]), and the trainer: settings ([`config`]), data
 //! loading ([`data`]), mixed precision ([`amp`]), Adam ([`optim`]), run directories ([`run`]) and the training
-//! loops ([`train`]).
+//! loops ([`train`]); checked exports ([`export`], [`quantize`]) and publishing a run as
+//! a self-contained model folder ([`publish`]).
 
 pub mod amp;
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod optim;
 pub mod plot;
 pub mod premise;
 pub mod pth;
+pub mod publish;
 pub mod quantize;
 pub mod report;
 pub mod run;

@@ -21,13 +21,14 @@
 //!   calibration image.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use lse_runtime::datasets::{Dataset, DatasetSpec, DatasetSummary};
+use lse_runtime::datasets::{Dataset, DatasetSpec};
 use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::ConfusionMatrix;
+use lse_runtime::provenance::DatasetSummary;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -379,26 +380,41 @@ pub struct Int8Options {
 /// The calibration as recorded in the model (`lse.calibration`): method, dataset
 /// summary (kind, folder name, split, image count, list hash) and a hash of the
 /// calibration images' names; never a local path.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationRecord {
+    pub activations: &'static str,
+    /// The dataset's [`DatasetSummary`] text.
+    pub dataset: String,
+    /// Calibration images.
+    pub images: usize,
+    /// `list_hash` of the calibration images' names.
+    pub images_list: String,
+    pub method: CalibrationMethod,
+    /// The percentile method's quantile, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    pub selection: &'static str,
+    pub weights: &'static str,
+}
+
+/// The calibration record of `cal` on `ds` (see [`CalibrationRecord`]).
 pub fn calibration_meta(
     cal: &Calibration,
     ds: &Dataset,
     o: &Int8Options,
     split: &ImageSplit,
-) -> serde_json::Value {
+) -> CalibrationRecord {
     let names = image_names(ds, &split.calibrate);
-    let mut v = serde_json::json!({
-        "method": cal.method,
-        "dataset": DatasetSummary::of(ds, &o.split).to_string(),
-        "images": cal.images,
-        "images_list": lse_runtime::datasets::list_hash(&names),
-        "selection": "ChaCha8 seed 0 order: the first images calibrate, the next check",
-        "weights": "int8 symmetric per output channel",
-        "activations": "uint8 per tensor",
-    });
-    if cal.method == CalibrationMethod::Percentile {
-        v["percentile"] = PERCENTILE.into();
+    CalibrationRecord {
+        activations: "uint8 per tensor",
+        dataset: DatasetSummary::of(ds, &o.split).to_string(),
+        images: cal.images,
+        images_list: lse_runtime::provenance::list_hash(&names),
+        method: cal.method,
+        percentile: (cal.method == CalibrationMethod::Percentile).then_some(PERCENTILE),
+        selection: "ChaCha8 seed 0 order: the first images calibrate, the next check",
+        weights: "int8 symmetric per output channel",
     }
-    v
 }
 
 /// The names of images `indices` of `ds`, relative to its folder, `/`-separated.
@@ -533,6 +549,25 @@ pub fn check(
     Ok(c)
 }
 
+/// What an int8 export wrote and how it was checked (`lse-train export --precision
+/// int8 --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Int8ExportReport {
+    pub model: PathBuf,
+    pub checkpoint: PathBuf,
+    /// The model's input size `[width, height]`.
+    pub train_size: [u32; 2],
+    pub precision: lse_runtime::contract::Precision,
+    /// As recorded in the model.
+    pub calibration: CalibrationRecord,
+    /// The calibration images, relative to the dataset's folder (so other quantisers
+    /// can be calibrated on exactly these images).
+    pub calibration_images: Vec<String>,
+    /// The agreement check on the held-out images, unless it was turned off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Int8Check>,
+}
+
 /// Calibrates `net` on the images of `q` and writes its int8 model to `out`
 /// (atomically); unless `o.check` is off, checks it on the held-out images and moves
 /// a model that fails to `<out>.failed`. Returns the report that `lse-train export
@@ -542,7 +577,7 @@ pub fn export_int8_checked(
     out: &Path,
     o: &crate::export::ExportOptions,
     q: &Int8Options,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<Int8ExportReport> {
     let (meta, vs, net) = crate::export::load_checkpoint(checkpoint)?;
     let mut model_meta = crate::export::model_meta(&meta, o.train_size)?;
     let ds = Dataset::open_spec(&q.dataset, &q.split, None)
@@ -558,19 +593,20 @@ pub fn export_int8_checked(
             .map(|&i| rgb_input(&ds, i, size).map(|(t, _)| t)),
         q.method,
     )?;
+    let calibration = calibration_meta(&cal, &ds, q, &split);
     model_meta.precision = lse_runtime::contract::Precision::Int8;
-    model_meta.calibration = Some(calibration_meta(&cal, &ds, q, &split));
+    model_meta.calibration = Some(serde_json::to_value(&calibration)?);
     let params = ActivationParams::of(&cal);
     crate::onnx::export_quantized(&net, &vs, &model_meta, Some(&params), out)?;
-    let mut report = serde_json::json!({
-        "model": out,
-        "checkpoint": checkpoint,
-        "train_size": size,
-        "precision": model_meta.precision,
-        "calibration": model_meta.calibration,
-        // So other quantisers can be calibrated on exactly these images.
-        "calibration_images": image_names(&ds, &split.calibrate),
-    });
+    let mut report = Int8ExportReport {
+        model: out.to_path_buf(),
+        checkpoint: checkpoint.to_path_buf(),
+        train_size: size,
+        precision: model_meta.precision,
+        calibration,
+        calibration_images: image_names(&ds, &split.calibrate),
+        check: None,
+    };
     if o.check {
         let opts = EngineOptions {
             provider: Provider::Cpu,
@@ -586,7 +622,7 @@ pub fn export_int8_checked(
             miou_int8 = ?c.miou_int8,
             "agreement check passed (int8 model in ONNX Runtime vs the float32 network in libtorch)"
         );
-        report["check"] = serde_json::to_value(&c)?;
+        report.check = Some(c);
     }
     Ok(report)
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use base64::Engine;
+use lse_runtime::evaluate::Evaluation;
 use lse_runtime::labels;
 
 use crate::diagnostics::{CoverageMap, WindowDiagnostics};
@@ -166,7 +167,7 @@ fn render(
 }
 
 fn header(h: &mut String, title: &str, record: &RunRecord) -> anyhow::Result<()> {
-    let miou = |e: &Option<serde_json::Value>| pct(e.as_ref().and_then(|e| e["miou"].as_f64()));
+    let miou = |e: &Option<Evaluation>| pct(e.as_ref().and_then(|e| e.miou));
     writeln!(h, "<h1>{}</h1><table>", esc(title))?;
     let rows = [
         ("status", record.status.to_string()),
@@ -465,23 +466,11 @@ fn per_class_iou(h: &mut String, record: &RunRecord) -> anyhow::Result<()> {
     let Some(after) = &record.evaluation else {
         return Ok(());
     };
-    let classes = |e: &serde_json::Value| -> Vec<(String, Option<f64>)> {
-        e["per_class"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        (
-                            c["class"].as_str().unwrap_or("").to_string(),
-                            c["iou"].as_f64(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let after = classes(after);
-    let before = record.initial_evaluation.as_ref().map(classes);
+    let after = after.class_ious();
+    let before = record
+        .initial_evaluation
+        .as_ref()
+        .map(Evaluation::class_ious);
     h.push_str(
         "<h2>Per-class IoU (target val)</h2><table id=\"per-class\"><tr><th>class</th>\
          <th>before %</th><th>after %</th><th>change</th></tr>\n",

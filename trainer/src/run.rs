@@ -28,6 +28,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use lse_runtime::evaluate::Evaluation;
+use lse_runtime::provenance::DatasetSummary;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -232,11 +234,11 @@ pub struct RunRecord {
     /// Total wall seconds per phase over all sessions.
     pub phase_seconds: BTreeMap<Phase, f64>,
     pub rounds: Vec<RoundStats>,
-    /// The final evaluation (report JSON), when val labels exist.
-    pub evaluation: Option<serde_json::Value>,
+    /// The final evaluation, when val labels exist.
+    pub evaluation: Option<Evaluation>,
     /// Adaptation: the evaluation of the starting model, before round 1.
     #[serde(default)]
-    pub initial_evaluation: Option<serde_json::Value>,
+    pub initial_evaluation: Option<Evaluation>,
     /// Evaluations during the run: `(iteration, mIoU)`.
     pub miou_curve: Vec<(u64, f64)>,
     /// What curves.png shows.
@@ -247,6 +249,27 @@ pub struct RunRecord {
     pub width: f64,
     pub classes: i64,
     pub init_scheme: String,
+    /// A published model's record only: who published it, under which name, and its
+    /// datasets' summaries (`lse-train publish`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
+}
+
+/// What `lse-train publish` adds to the run record of the model folder it writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// The model's name.
+    pub name: String,
+    /// `lse-train publish VERSION`.
+    pub by: String,
+    pub datasets: DatasetPair,
+}
+
+/// A run's source and target datasets, as summaries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetPair {
+    pub source: Option<DatasetSummary>,
+    pub target: Option<DatasetSummary>,
 }
 
 /// The versions recorded in runs.
@@ -381,7 +404,8 @@ impl RunDir {
     }
 
     /// Appends one line to metrics.jsonl.
-    pub fn log(&self, line: &serde_json::Value) -> anyhow::Result<()> {
+    pub fn log(&self, line: &impl Serialize) -> anyhow::Result<()> {
+        let line = serde_json::to_string(line)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -487,6 +511,88 @@ mod tests {
             serde_json::to_string(&seconds).unwrap(),
             r#"{"diagnostics":1.0,"eval":1.0,"generate":1.0,"rank":1.0,"thresholds":1.0,"train":1.0}"#
         );
+    }
+
+    /// A run record as read, the document it was read from and the document it is
+    /// written as again (through the text, as the file is written: f32 fields print
+    /// as f32).
+    fn read_and_write(text: &str) -> (RunRecord, serde_json::Value, serde_json::Value) {
+        let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+        let record: RunRecord = serde_json::from_value(doc.clone()).unwrap();
+        let written = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        (record, doc, written)
+    }
+
+    /// Every member of `doc`, at every depth, is in `written` with the same value
+    /// (`written` may have more).
+    fn assert_kept(doc: &serde_json::Value, written: &serde_json::Value, at: &str) {
+        use serde_json::Value;
+        match (doc, written) {
+            (Value::Object(d), Value::Object(w)) => {
+                for (k, v) in d {
+                    let w = w.get(k).unwrap_or_else(|| panic!("{at}.{k} was dropped"));
+                    assert_kept(v, w, &format!("{at}.{k}"));
+                }
+            }
+            (Value::Array(d), Value::Array(w)) => {
+                assert_eq!(d.len(), w.len(), "{at}");
+                for (i, (d, w)) in d.iter().zip(w).enumerate() {
+                    assert_kept(d, w, &format!("{at}[{i}]"));
+                }
+            }
+            _ => assert_eq!(doc, written, "{at}"),
+        }
+    }
+
+    #[test]
+    fn run_records_written_before_read_back_unchanged() {
+        // `lse-train train` and `adapt` on tiny synthetic data (the adaptation's
+        // record with one round and its diagnostics), written before the record's
+        // evaluations were typed: every field, its type and its nulls come back.
+        let (train, doc, written) =
+            read_and_write(include_str!("../tests/fixtures/run-train.json"));
+        assert_eq!(written, doc);
+        assert_eq!(train.command, RunCommand::Train);
+        assert_eq!(train.status, RunStatus::Finished);
+        let ev = train.evaluation.unwrap();
+        assert_eq!(ev.split.as_deref(), Some("val"));
+        assert_eq!(ev.class_ious().len(), 19);
+        let (adapt, doc, written) =
+            read_and_write(include_str!("../tests/fixtures/run-adapt.json"));
+        assert_eq!(written, doc);
+        assert_eq!(adapt.command, RunCommand::Adapt);
+        assert!(adapt.initial_evaluation.unwrap().miou.is_some());
+        assert_eq!(adapt.rounds.len(), 1);
+        // Published models' records, with what publish added, from older versions
+        // (fields added since are written as well).
+        for text in [
+            include_str!("../../models/default/run.json"),
+            include_str!("../../models/source-synth/run.json"),
+        ] {
+            let (record, doc, written) = read_and_write(text);
+            assert_kept(&doc, &written, "");
+            let published = record.published.unwrap();
+            assert!(published.datasets.source.unwrap().images.is_some());
+        }
+    }
+
+    #[test]
+    fn evaluations_written_before_read_back_unchanged() {
+        // `lse-train eval --json --classes 16`: the 13-class mIoU, checkpoint, size.
+        let text = include_str!("../tests/fixtures/lse-train-eval-16.json");
+        let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+        let ev: Evaluation = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&ev).unwrap(), doc);
+        assert!(ev.miou13.flatten().is_some() && ev.size.is_some());
+        // Published models' eval.json: one of each shape.
+        for text in [
+            include_str!("../../models/default/eval.json"),
+            include_str!("../../models/source-synth/eval.json"),
+        ] {
+            let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+            let ev: Evaluation = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&ev).unwrap(), doc);
+        }
     }
 
     #[test]

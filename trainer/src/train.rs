@@ -28,10 +28,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use lse_runtime::datasets::Role;
-use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, DatasetSummary};
+use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, Role};
+use lse_runtime::evaluate::Evaluation;
 use lse_runtime::labels::ClassSubset;
-use lse_runtime::metrics::{ConfusionMatrix, Report};
+use lse_runtime::metrics::ConfusionMatrix;
+use lse_runtime::provenance::DatasetSummary;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor, nn};
@@ -289,26 +290,20 @@ pub fn evaluate(
     Ok(cm)
 }
 
-/// The evaluation as recorded in runs and checkpoints.
-pub fn evaluation_json(
-    cm: &ConfusionMatrix,
-    subset: ClassSubset,
-    split: &str,
-    images: usize,
-) -> serde_json::Value {
-    let report: Report = cm.report(subset);
-    let mut v = serde_json::json!({
-        "split": split,
-        "images": images,
-        "subset": subset.count(),
-        "miou": report.miou,
-        "pixel_accuracy": report.pixel_accuracy,
-        "per_class": report.classes.iter().map(|c| serde_json::json!({"class": c.name, "iou": c.iou})).collect::<Vec<_>>(),
-    });
-    if subset == ClassSubset::Synthia16 {
-        v["miou13"] = serde_json::json!(cm.miou(ClassSubset::Synthia13));
-    }
-    v
+/// A training iteration's line in metrics.jsonl (the fields in the order the file
+/// has always had them).
+#[derive(Debug, serde::Serialize)]
+struct IterationLine<'a> {
+    iteration: u64,
+    lr: f64,
+    phase: &'a str,
+    /// Adaptation: the 1-based round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round: Option<usize>,
+    source_loss: f64,
+    /// Adaptation: the loss on the generated target examples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_loss: Option<f64>,
 }
 
 /// What a run trains on.
@@ -417,6 +412,7 @@ fn new_run(
         width: 0.0,
         classes: 0,
         init_scheme: String::new(),
+        published: None,
     };
     Ok((run, cfg, record))
 }
@@ -777,18 +773,19 @@ impl Trainer {
         if !it.is_multiple_of(self.cfg.log_every) {
             return Ok(());
         }
-        let (lw, _) = self.cfg.lr_at(it - 1);
-        let mut line = serde_json::json!({
-            "phase": phase, "iteration": it, "lr": lw, "source_loss": src,
-        });
-        if let Some(t) = tgt {
-            line["target_loss"] = serde_json::json!(t);
-            line["round"] = serde_json::json!(self.state.round + 1);
-        }
+        let (lr, _) = self.cfg.lr_at(it - 1);
+        let line = IterationLine {
+            iteration: it,
+            lr,
+            phase,
+            round: tgt.map(|_| self.state.round + 1),
+            source_loss: src,
+            target_loss: tgt,
+        };
         self.run.log(&line)
     }
 
-    fn eval_val(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+    fn eval_val(&mut self) -> anyhow::Result<Option<Evaluation>> {
         let Some(val) = self.val.clone() else {
             return Ok(None);
         };
@@ -808,8 +805,8 @@ impl Trainer {
         )?;
         self.add_phase_time(Phase::Eval, t0.elapsed().as_secs_f64());
         let subset = subset_for(self.source.kind());
-        let ev = evaluation_json(&cm, subset, &self.cfg.val_split, n);
-        if let Some(m) = ev["miou"].as_f64() {
+        let ev = Evaluation::of_split(&cm, subset, &self.cfg.val_split, n);
+        if let Some(m) = ev.miou {
             self.record.miou_curve.push((self.state.iteration, m));
             self.run.log(&serde_json::json!({
                 "phase": "eval", "iteration": self.state.iteration, "miou": m,
@@ -1001,11 +998,7 @@ impl Trainer {
 
     /// Closes round `r`: its statistics and evaluation, the checkpoint and the round's
     /// network, the plot; returns the evaluation.
-    fn end_round(
-        &mut self,
-        r: usize,
-        train_seconds: f64,
-    ) -> anyhow::Result<Option<serde_json::Value>> {
+    fn end_round(&mut self, r: usize, train_seconds: f64) -> anyhow::Result<Option<Evaluation>> {
         self.add_phase_time(Phase::Train, train_seconds);
         let mut stats = self.state.current.take().expect("prepared");
         *stats.seconds.entry(Phase::Train).or_default() += train_seconds;
@@ -1017,7 +1010,7 @@ impl Trainer {
         stats
             .seconds
             .insert(Phase::Eval, t1.elapsed().as_secs_f64());
-        stats.miou = ev.as_ref().and_then(|e| e["miou"].as_f64());
+        stats.miou = ev.as_ref().and_then(|e| e.miou);
         self.run.log(&serde_json::json!({
             "phase": "round", "iteration": self.state.iteration, "round": r + 1,
             "confident": stats.confident, "examples": stats.examples,
@@ -1044,7 +1037,7 @@ impl Trainer {
     }
 
     /// Writes the final model (with its run in the metadata), the record and the plot.
-    fn finish(&mut self, evaluation: Option<serde_json::Value>) -> anyhow::Result<()> {
+    fn finish(&mut self, evaluation: Option<Evaluation>) -> anyhow::Result<()> {
         let mut meta = self.model.meta.clone();
         meta.extra.retain(|k, _| k == "backbone" || k == "weights");
         let method = self.record.command.method();
@@ -1061,7 +1054,8 @@ impl Trainer {
             serde_json::to_string(&self.cfg.target_size)?,
         );
         if let Some(ev) = &evaluation {
-            meta.extra.insert("evaluation".into(), ev.to_string());
+            meta.extra
+                .insert("evaluation".into(), serde_json::to_string(ev)?);
         }
         checkpoint::save_network(&self.run.model_path(), &self.model.vs, &meta)?;
         self.record.evaluation = evaluation;
@@ -1126,5 +1120,35 @@ mod tests {
             let off = (sums - 1.0).abs().max().double_value(&[]);
             assert!(off < 1e-5, "image {k}: probabilities sum off by {off}");
         }
+    }
+
+    #[test]
+    fn iteration_lines_are_written_as_before() {
+        // metrics.jsonl of a tiny adaptation, written before the line was a type.
+        let written: Vec<&str> = include_str!("../tests/fixtures/metrics-adapt.jsonl")
+            .lines()
+            .collect();
+        let line = |l: &IterationLine| serde_json::to_string(l).unwrap();
+        let adapt = IterationLine {
+            iteration: 1,
+            lr: 0.0001,
+            phase: "adapt",
+            round: Some(1),
+            source_loss: 4.087699890136719,
+            target_loss: Some(2.7875983715057373),
+        };
+        assert_eq!(line(&adapt), written[1]);
+        // The first line of the source-only run's metrics.jsonl.
+        let source_only = IterationLine {
+            phase: "source",
+            round: None,
+            source_loss: 5.846829891204834,
+            target_loss: None,
+            ..adapt
+        };
+        assert_eq!(
+            line(&source_only),
+            r#"{"iteration":1,"lr":0.0001,"phase":"source","source_loss":5.846829891204834}"#
+        );
     }
 }

@@ -179,6 +179,7 @@ fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
     let ckpt = checkpoint(dir.path(), unchanged);
     let (m16, m32) = (dir.path().join("m16.onnx"), dir.path().join("m32.onnx"));
     let report = export_checked_as(&ckpt, &m16, &options(), Precision::Fp16).unwrap();
+    let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["precision"], "fp16");
     let parity = &report["parity"];
     assert_eq!(parity["min_agreement"], 99.5);

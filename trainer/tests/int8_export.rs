@@ -183,6 +183,7 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     let out = dir.path().join("m8.onnx");
     let q = int8(&target, CalibrationMethod::Percentile);
     let report = export_int8_checked(&default_checkpoint(), &out, &options(true), &q).unwrap();
+    let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["precision"], "int8");
     let check = &report["check"];
     assert_eq!(check["images"], 6);
@@ -219,7 +220,7 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     let root = dir.path().to_string_lossy().into_owned();
     for (k, v) in &props {
         assert!(!v.contains(&root), "{k} names the temporary folder: {v}");
-        let found = lse_runtime::datasets::find_absolute_paths(v);
+        let found = lse_runtime::provenance::find_absolute_paths(v);
         assert!(found.is_empty(), "{k} carries local paths {found:?}");
     }
 

@@ -7,15 +7,13 @@
 //!
 //! Needs `lse` built beside `lse-train` (`cargo build -p lse-runtime --bins`).
 
-#[path = "../../runtime/tests/machine_paths/mod.rs"]
-mod machine_paths;
-
 use std::path::{Path, PathBuf};
 
-use lse_runtime::datasets::{DatasetSpec, DatasetSummary};
+use lse_runtime::datasets::DatasetSpec;
+use lse_runtime::provenance::DatasetSummary;
+use lse_test_support::machine_paths::{files_under, machine_paths_in};
 use lse_test_support::{beside, fails_with, init_tiny, json, ok, run, synth};
 use lse_trainer::checkpoint;
-use machine_paths::{files_under, machine_paths_in};
 
 fn lse_train() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lse-train"))

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
 use lse_runtime::choice::Choice;
 use lse_runtime::contract::Precision;
 use lse_runtime::engine::{Device, Engine, EngineOptions, Provider};
+use lse_runtime::evaluate::{Ids, folder_confusion};
+use lse_runtime::labels::ClassSubset;
 use lse_runtime::predict::{self, Upsample};
 
 /// Arguments of `lse bench`.
@@ -99,21 +102,48 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     println!(
         "{:.2} images/s ({} x {}x{}, batch {}, median {:.1} ms per batch, provider {}, first run {:.2} s, peak RSS {:.0} MiB)",
-        report["images_per_s"].as_f64().unwrap_or(0.0),
-        report["iterations"],
-        report["image_size"][0],
-        report["image_size"][1],
-        report["batch"],
-        report["median_ms_per_batch"].as_f64().unwrap_or(0.0),
-        report["provider"].as_str().unwrap_or("?"),
-        report["first_run_s"].as_f64().unwrap_or(0.0),
-        report["peak_host_mib"].as_f64().unwrap_or(0.0),
+        report.images_per_s,
+        report.iterations,
+        report.image_size[0],
+        report.image_size[1],
+        report.batch,
+        report.median_ms_per_batch,
+        report.provider,
+        report.first_run_s,
+        report.peak_host_mib.unwrap_or(0.0),
     );
     Ok(())
 }
 
+/// What `lse bench --json` prints for one combination (and `--matrix` reads back
+/// from each child).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub batch: usize,
+    /// GPU memory of the process at the end, MiB (`null` on the CPU or without
+    /// `nvidia-smi`).
+    pub device_mib: Option<f64>,
+    /// Seconds from loading the model to the end of the first run.
+    pub first_run_s: f64,
+    /// `[width, height]` of the image.
+    pub image_size: [u32; 2],
+    pub images_per_s: f64,
+    /// Timed iterations.
+    pub iterations: usize,
+    pub median_ms_per_batch: f64,
+    /// mIoU in percent with `--images` and `--gt`.
+    pub miou: Option<f64>,
+    pub model: PathBuf,
+    pub model_precision: Precision,
+    pub ms_per_image: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_host_mib: Option<f64>,
+    pub precision: Precision,
+    pub provider: Provider,
+}
+
 /// One combination in this process: load, first run, timed runs, memory, accuracy.
-fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
+fn single(a: &Args) -> anyhow::Result<BenchReport> {
     let path = super::model_or_default(a.model.clone())?;
     let batch_size = a.batch[0];
     let mut opts = EngineOptions {
@@ -158,22 +188,26 @@ fn single(a: &Args) -> anyhow::Result<serde_json::Value> {
         _ => None,
     };
     let gpu = engine.provider() != Provider::Cpu;
-    Ok(serde_json::json!({
-        "model": path,
-        "provider": engine.provider(),
-        "precision": opts.precision,
-        "model_precision": engine.meta().precision,
-        "image_size": [batch[0].width(), batch[0].height()],
-        "batch": batch.len(),
-        "iterations": iters,
-        "images_per_s": images / total,
-        "ms_per_image": 1e3 * total / images,
-        "median_ms_per_batch": times[times.len() / 2] * 1e3,
-        "first_run_s": first_run,
-        "peak_host_mib": matrix::peak_rss_mib(),
-        "device_mib": if gpu { matrix::device_mib(std::process::id()) } else { None },
-        "miou": miou,
-    }))
+    Ok(BenchReport {
+        batch: batch.len(),
+        device_mib: if gpu {
+            matrix::device_mib(std::process::id())
+        } else {
+            None
+        },
+        first_run_s: first_run,
+        image_size: [batch[0].width(), batch[0].height()],
+        images_per_s: images / total,
+        iterations: iters,
+        median_ms_per_batch: times[times.len() / 2] * 1e3,
+        miou,
+        model: path,
+        model_precision: engine.meta().precision,
+        ms_per_image: 1e3 * total / images,
+        peak_host_mib: matrix::peak_rss_mib(),
+        precision: opts.precision,
+        provider: engine.provider(),
+    })
 }
 
 /// mIoU (19 classes, percent) of `engine` on the images under `images` against `gt`,
@@ -203,16 +237,10 @@ fn accuracy(
             lse_runtime::imageio::write_gray_png(&tmp.join(name).with_extension("png"), &ids)?;
         }
     }
-    let res = super::eval::evaluate(
-        &tmp,
-        gt,
-        super::eval::Ids::Label,
-        lse_runtime::labels::ClassSubset::All19,
-    );
+    let res = folder_confusion(&tmp, gt, Ids::Label);
     let _ = std::fs::remove_dir_all(&tmp);
-    let res = res?;
-    res.report
-        .miou
+    let (cm, _) = res?;
+    cm.miou(ClassSubset::All19)
         .map(|m| m * 100.0)
         .context("no ground-truth pixel of the 19 classes")
 }

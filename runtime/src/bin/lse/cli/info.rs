@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use lse_runtime::datasets::DatasetSummary;
 use lse_runtime::engine::{Engine, EngineOptions, Provider};
+use lse_runtime::provenance::DatasetSummary;
 
 /// Arguments of `lse info`.
 #[derive(Debug, clap::Args)]

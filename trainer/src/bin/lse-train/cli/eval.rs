@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lse_runtime::datasets::{Dataset, DatasetSpec, Role};
+use lse_runtime::evaluate::Evaluation;
 use lse_runtime::labels::ClassSubset;
 
 use lse_trainer::config::Config;
-use lse_trainer::train::{Model, evaluate, evaluation_json, subset_for};
+use lse_trainer::train::{Model, evaluate, subset_for};
 
 /// Arguments of `lse-train eval`.
 #[derive(Debug, clap::Args)]
@@ -100,10 +101,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mean = Config::default().mean_bgr;
     let cm = evaluate(&model, Arc::new(ds), size, mean, a.on.limit, a.json)?;
     if a.json {
-        let mut v = evaluation_json(&cm, subset, &a.on.split, n);
-        v["checkpoint"] = serde_json::json!(a.on.checkpoint);
-        v["size"] = serde_json::json!(size);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let evaluation = Evaluation {
+            checkpoint: Some(a.on.checkpoint.clone()),
+            size: Some(size),
+            ..Evaluation::of_split(&cm, subset, &a.on.split, n)
+        };
+        println!("{}", serde_json::to_string_pretty(&evaluation)?);
     } else {
         print!("{}", cm.report(subset).table());
         if subset == ClassSubset::Synthia16

@@ -83,13 +83,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 check_images: a.check_images,
                 method: a.calibration,
             };
-            export_int8_checked(&a.checkpoint, &a.out, &o, &q)?
+            serde_json::to_value(export_int8_checked(&a.checkpoint, &a.out, &o, &q)?)?
         }
         (Precision::Int8, None) => anyhow::bail!(
             "--precision int8 needs --calibrate DATASET (target images, e.g. cityscapes:/data/cityscapes)"
         ),
         (p, Some(_)) => anyhow::bail!("--calibrate is for --precision int8 (not {p})"),
-        (p, None) => export_checked_as(&a.checkpoint, &a.out, &o, p)?,
+        (p, None) => serde_json::to_value(export_checked_as(&a.checkpoint, &a.out, &o, p)?)?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

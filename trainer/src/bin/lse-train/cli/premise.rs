@@ -2,6 +2,8 @@
 //! (entropy and accuracy on full images vs up-scaled windows, confident errors); the
 //! instrument of the regime search in docs/synthetic-domains.md. It never trains.
 
+use std::path::Path;
+
 use anyhow::Context;
 use lse_runtime::datasets::{Dataset, DatasetSpec, Role};
 
@@ -33,6 +35,19 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `lse-train premise --json` prints: the report and what it measured.
+#[derive(Debug, serde::Serialize)]
+struct PremiseOutput<'a> {
+    #[serde(flatten)]
+    report: &'a PremiseReport,
+    checkpoint: &'a Path,
+    /// The target as given (`cityscapes:DIR`).
+    target: String,
+    split: &'a str,
+    /// The prediction size `[width, height]`.
+    size: [u32; 2],
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -68,12 +83,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     )?;
     bar.finish_and_clear();
     if a.json {
-        let mut v = serde_json::to_value(&report)?;
-        v["checkpoint"] = serde_json::json!(a.on.checkpoint);
-        v["target"] = serde_json::json!(a.on.target.to_string());
-        v["split"] = serde_json::json!(a.on.split);
-        v["size"] = serde_json::json!(size);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let output = PremiseOutput {
+            report: &report,
+            checkpoint: &a.on.checkpoint,
+            target: a.on.target.to_string(),
+            split: &a.on.split,
+            size,
+        };
+        println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         print!("{}", table(&report));
     }

@@ -157,12 +157,7 @@ pub fn print_summary(t: &Trainer) {
     println!("  model      {}", t.run.model_path().display());
     println!("  record     {}", t.run.record_path().display());
     println!("  curves     {}", t.run.plot_path().display());
-    if let Some(m) = t
-        .record
-        .evaluation
-        .as_ref()
-        .and_then(|e| e["miou"].as_f64())
-    {
+    if let Some(m) = t.record.evaluation.as_ref().and_then(|e| e.miou) {
         println!("  val mIoU   {:.2}", m * 100.0);
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::Args;
+use super::{Args, BenchReport};
 use lse_runtime::contract::Precision;
 use lse_runtime::engine::Provider;
 
@@ -20,7 +20,7 @@ pub struct Row {
     pub precision: Precision,
     pub batch: usize,
     /// The child's report (ms/image, images/s, memory, first run, mIoU), if it ran.
-    pub result: Option<serde_json::Value>,
+    pub result: Option<BenchReport>,
     /// Why it did not run.
     pub skipped: Option<String>,
     /// mIoU minus the fp32 row's of the same provider and batch (points).
@@ -146,7 +146,7 @@ fn measure(a: &Args, row: &mut Row) -> anyhow::Result<()> {
 
 /// Fills in the mIoU change against the fp32 row of the same provider and batch.
 fn miou_changes(rows: &mut [Row]) {
-    let miou = |r: &Row| r.result.as_ref().and_then(|v| v["miou"].as_f64());
+    let miou = |r: &Row| r.result.as_ref().and_then(|v| v.miou);
     let base: Vec<(Provider, usize, f64)> = rows
         .iter()
         .filter(|r| r.precision == Precision::Fp32)
@@ -195,10 +195,8 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cell(v: &serde_json::Value, key: &str, digits: usize) -> String {
-    v[key]
-        .as_f64()
-        .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+fn cell(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
 }
 
 /// The table: one line per row.
@@ -230,12 +228,12 @@ pub fn table(rows: &[Row]) -> String {
                     .map_or_else(|| "-".into(), |c| format!("{c:+.2}"));
                 s += &format!(
                     "{head} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7}\n",
-                    cell(v, "ms_per_image", 1),
-                    cell(v, "images_per_s", 2),
-                    cell(v, "peak_host_mib", 0),
-                    cell(v, "device_mib", 0),
-                    cell(v, "first_run_s", 2),
-                    cell(v, "miou", 2),
+                    cell(Some(v.ms_per_image), 1),
+                    cell(Some(v.images_per_s), 2),
+                    cell(v.peak_host_mib, 0),
+                    cell(v.device_mib, 0),
+                    cell(Some(v.first_run_s), 2),
+                    cell(v.miou, 2),
                     change
                 );
             }
@@ -263,11 +261,22 @@ mod tests {
     }
 
     fn row(provider: Provider, precision: Precision, batch: usize, miou: Option<f64>) -> Row {
+        // A child's report as `lse bench --json` wrote it before the type existed.
+        let written = include_str!("../../../../../tests/fixtures/bench.json");
+        let report: BenchReport = serde_json::from_str(written).unwrap();
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::from_str::<serde_json::Value>(written).unwrap()
+        );
         Row {
             provider,
             precision,
             batch,
-            result: Some(serde_json::json!({"miou": miou, "ms_per_image": 12.345})),
+            result: Some(BenchReport {
+                miou,
+                ms_per_image: 12.345,
+                ..report
+            }),
             skipped: None,
             miou_change: None,
         }

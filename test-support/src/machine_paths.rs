@@ -5,13 +5,11 @@
 //! for byte for the usual roots of machine paths (`/work/`, `/home/`, `/root/`,
 //! `/tmp/`, ...), which random weight bytes do not spell.
 //!
-//! Shared by `runtime/tests/models_clean.rs` and `trainer/tests/publish.rs`.
-
-#![allow(dead_code)]
+//! Used by the runtime's check of `models/` and the trainer's tests of `publish`.
 
 use std::path::{Path, PathBuf};
 
-use lse_runtime::datasets::find_absolute_paths;
+use lse_runtime::provenance::find_absolute_paths;
 
 /// Roots of machine paths looked for byte for byte in every file.
 pub const MACHINE_ROOTS: &[&str] = &[
