@@ -7,7 +7,7 @@
 //!
 //! Needs `lse` built beside `lse-train` (`cargo build -p lse-runtime --bins`).
 
-#[path = "../../runtime/tests/machine_paths/mod.rs"]
+#[path = "../../../runtime/tests/machine_paths/mod.rs"]
 mod machine_paths;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! `models/` (ONNX metadata and safetensors headers included) holds an absolute path
 //! of a machine, and `lse info` names the default model's datasets by kind and folder.
 
-mod machine_paths;
+use crate::machine_paths;
 
 use std::path::Path;
 use std::process::Command;

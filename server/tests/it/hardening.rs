@@ -3,7 +3,7 @@
 //! connections are cut off while other clients are served, and the connection cap
 //! holds. Needs `lse-train` built (`cargo build --workspace`).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! The model is a tiny untrained FCN8s exported by `lse-train` (built with the
 //! workspace: `cargo build` or scripts/test.sh before these tests).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
