@@ -42,9 +42,10 @@ pub fn beside(exe: &Path, name: &str) -> PathBuf {
 /// The workspace package that builds the binary `name`.
 fn package_of(name: &str) -> &'static str {
     match name {
+        "lse" => "lse-runtime",
         "lse-train" => "lse-trainer",
         "lse-serve" => "lse-server",
-        _ => "lse-runtime",
+        other => panic!("`{other}` is not a binary of this workspace (lse, lse-train, lse-serve)"),
     }
 }
 
@@ -198,4 +199,31 @@ pub fn init_tiny(lse_train: &Path, out: &str, seed: u64) {
             out,
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panic message of `beside` for a binary `name` that is not there.
+    fn missing_hint(name: &str) -> String {
+        let nowhere = workspace_root().join("test-support/no-such-folder/lse");
+        let err = std::panic::catch_unwind(|| beside(&nowhere, name)).unwrap_err();
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_binary_hint_names_its_package() {
+        for (name, package) in [
+            ("lse", "lse-runtime"),
+            ("lse-train", "lse-trainer"),
+            ("lse-serve", "lse-server"),
+        ] {
+            let hint = missing_hint(name);
+            assert!(
+                hint.contains(&format!("cargo build -p {package} --bins")),
+                "{name}: {hint}"
+            );
+        }
+    }
 }

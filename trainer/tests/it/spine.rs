@@ -40,16 +40,9 @@ fn reference_py(args: &[&str]) -> Output {
     out
 }
 
+/// A workspace binary: the `lse-train` built for these tests, the others beside it.
 fn bin(name: &str) -> PathBuf {
-    // The test binary lives in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} missing: build the workspace first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
+    lse_test_support::beside(Path::new(env!("CARGO_BIN_EXE_lse-train")), name)
 }
 
 fn run(cmd: &Path, args: &[&str]) -> Output {
