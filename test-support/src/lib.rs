@@ -1,5 +1,5 @@
 //! Helpers shared by the workspace's integration tests: running the binaries, the
-//! project's Python, JSON files. Used only as a dev-dependency.
+//! project's Python, JSON files, the committed tiny model. Used only as a dev-dependency.
 //!
 //! A test finds its own binaries with `env!("CARGO_BIN_EXE_<name>")` (only the test's
 //! crate sees it) and the others beside them with [`beside`].
@@ -103,14 +103,11 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
     })
 }
 
-/// The target profile folder (target/debug or target/release) of the running test.
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+/// The committed tiny model of the tests, `test-support/models/tiny/model.onnx`: an
+/// untrained width-1/128 FCN8s (19 classes) at a 64x32 training size, written by
+/// `scripts/make-test-model.sh`; a trainer test checks that the exporter still writes it.
+pub fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/model.onnx")
 }
 
 /// Writes an 8-bit grey PNG (creating its folder).

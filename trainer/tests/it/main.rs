@@ -17,3 +17,4 @@ mod pth;
 mod publish;
 mod round;
 mod spine;
+mod tiny_model;
