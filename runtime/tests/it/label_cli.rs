@@ -23,7 +23,18 @@ fn fixtures() -> &'static (PathBuf, PathBuf, PathBuf) {
         std::fs::create_dir_all(&dir).unwrap();
         let syn = dir.join("syn");
         ok(lse()
-            .args(["synth", "--train", "0", "--val", &VAL.to_string(), "--size", "128x64", "--seed", "5", "--out"])
+            .args([
+                "synth",
+                "--train",
+                "0",
+                "--val",
+                &VAL.to_string(),
+                "--size",
+                "128x64",
+                "--seed",
+                "5",
+                "--out",
+            ])
             .arg(&syn));
         (
             tiny_model(),

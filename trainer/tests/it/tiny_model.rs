@@ -46,7 +46,10 @@ fn split_weights(bytes: &[u8]) -> (ModelProto, Vec<(String, Vec<f32>)>) {
 /// The largest difference between two weights, relative to the largest magnitude of
 /// the committed one.
 fn relative_difference(fresh: &[f32], committed: &[f32]) -> f32 {
-    let scale = committed.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let scale = committed
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
     let diff = fresh
         .iter()
         .zip(committed)
