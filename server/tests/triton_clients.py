@@ -1,5 +1,5 @@
 """The Open Inference Protocol of a running lse-serve, through the official clients
-(tritonclient[http] and tritonclient[grpc]). Driven by server/tests/v2.rs, which starts
+(tritonclient[http] and tritonclient[grpc]). Driven by server/tests/it/v2.rs, which starts
 the server and passes, as one JSON argument: the HTTP and gRPC addresses, PNG images
 and the labelIds PNGs `lse segment` wrote for them. Exits non-zero on the first
 disagreement, naming it."""

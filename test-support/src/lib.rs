@@ -1,6 +1,6 @@
 //! Helpers shared by the workspace's integration tests: running the binaries, the
 //! project's Python, JSON files, the scan of model files for machine paths
-//! ([`machine_paths`]). Used only as a dev-dependency.
+//! ([`machine_paths`]), the committed tiny model. Used only as a dev-dependency.
 //!
 //! A test finds its own binaries with `env!("CARGO_BIN_EXE_<name>")` (only the test's
 //! crate sees it) and the others beside them with [`beside`].
@@ -45,9 +45,10 @@ pub fn beside(exe: &Path, name: &str) -> PathBuf {
 /// The workspace package that builds the binary `name`.
 fn package_of(name: &str) -> &'static str {
     match name {
+        "lse" => "lse-runtime",
         "lse-train" => "lse-trainer",
         "lse-serve" => "lse-server",
-        _ => "lse-runtime",
+        other => panic!("`{other}` is not a binary of this workspace (lse, lse-train, lse-serve)"),
     }
 }
 
@@ -105,14 +106,11 @@ pub fn stdout_json(out: &Output) -> serde_json::Value {
     })
 }
 
-/// The target profile folder (target/debug or target/release) of the running test.
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+/// The committed tiny model of the tests, `test-support/models/tiny/model.onnx`: an
+/// untrained width-1/128 FCN8s (19 classes) at a 64x32 training size, written by
+/// `scripts/make-test-model.sh`; a trainer test checks that the exporter still writes it.
+pub fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/model.onnx")
 }
 
 /// Writes an 8-bit grey PNG (creating its folder).
@@ -201,4 +199,31 @@ pub fn init_tiny(lse_train: &Path, out: &str, seed: u64) {
             out,
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panic message of `beside` for a binary `name` that is not there.
+    fn missing_hint(name: &str) -> String {
+        let nowhere = workspace_root().join("test-support/no-such-folder/lse");
+        let err = std::panic::catch_unwind(|| beside(&nowhere, name)).unwrap_err();
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_binary_hint_names_its_package() {
+        for (name, package) in [
+            ("lse", "lse-runtime"),
+            ("lse-train", "lse-trainer"),
+            ("lse-serve", "lse-server"),
+        ] {
+            let hint = missing_hint(name);
+            assert!(
+                hint.contains(&format!("cargo build -p {package} --bins")),
+                "{name}: {hint}"
+            );
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! from it (a network's initialisation, random test inputs) gets the same numbers only
 //! if nothing else draws in between, which threads running beside it (tests of one
 //! test binary run in parallel) do. [`with_seed`] makes the seed and the draws one step.
+//! It protects only callers that all use it: a draw outside it, even one whose numbers
+//! do not matter, can fall between another caller's seed and its draws.
 
 use std::sync::Mutex;
 

@@ -1,4 +1,4 @@
-"""Independent reference for trainer/tests/lse_numerics.rs.
+"""Independent reference for trainer/tests/it/lse_numerics.rs.
 
 Reads IN_DIR/inputs.safetensors and IN_DIR/inputs.json written by the Rust test and
 computes every quantity of docs/method.md's losses and adaptation round the

@@ -1,4 +1,4 @@
-"""Checkpoints for trainer/tests/pth.rs, written by the venv's real PyTorch.
+"""Checkpoints for trainer/tests/it/pth.rs, written by the venv's real PyTorch.
 
 Usage: pth_fixtures.py OUT_DIR
 

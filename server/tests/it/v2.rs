@@ -3,7 +3,7 @@
 //! from tests/triton_clients.py, plus the protocol's error answers over raw HTTP.
 //! Needs `lse-train` and `lse` built (`cargo build --workspace`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

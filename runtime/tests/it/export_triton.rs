@@ -2,7 +2,7 @@
 //! ModelConfig protobuf (shipped in tritonclient, text format) and its inputs and
 //! outputs match the ONNX file's, checked by the onnx package.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

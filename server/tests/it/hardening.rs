@@ -5,7 +5,7 @@
 //! about time: a test waits for the server to act, and its only clock is a hang guard.
 //! Needs `lse-train` built (`cargo build --workspace`).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -9,7 +9,7 @@
 //!   logits and on the outputs of the default model (`models/default/model.onnx`) for
 //!   synthetic street images.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -9,7 +9,7 @@
 //! `LSE_SKIP_BROWSER=1` to skip where no chromium can be installed; otherwise a
 //! missing browser fails the test.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! `lse synth`: determinism, layout and sanity of the generated domains.
 
-mod common;
+use crate::common;
 
 use common::{fails, lse, ok, tree_bytes};
 use lse_runtime::datasets::{Dataset, DatasetKind};

@@ -1,6 +1,6 @@
 //! Dataset layout readers on small generated trees, including every error case.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,50 +1,43 @@
 //! `lse label`: round trip with `lse eval`, resume, corrupt inputs, shards.
 //!
-//! The model is a tiny untrained FCN8s exported by `lse-train` (built with the
-//! workspace: `cargo build` or scripts/test.sh before these tests).
+//! The model is the committed tiny untrained FCN8s (`lse_test_support::tiny_model`,
+//! training size 64x32), so these tests need no `lse-train`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{fails, json, lse, ok, profile_dir, py_script, python, tree_bytes};
+use common::{fails, json, lse, ok, py_script, python, tiny_model, tree_bytes};
 
 const VAL: usize = 6;
 
-/// A tiny model (training size 64x32) and a synthetic target val set (128x64), made
-/// once per test binary.
+/// The tiny model and a synthetic target val set (128x64), made once per test program.
 fn fixtures() -> &'static (PathBuf, PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        // Rebuilt on every run (the trainer may have changed), in target/tmp so that
+        // Rebuilt on every run (`lse synth` may have changed), in target/tmp so that
         // nothing accumulates in the system's temporary folder.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("label_cli");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let trainer = profile_dir().join("lse-train");
-        assert!(
-            trainer.is_file(),
-            "{} is missing: build the trainer first (cargo build -p lse-trainer, or scripts/test.sh)",
-            trainer.display()
-        );
-        let ckpt = dir.join("m.safetensors");
-        let model = dir.join("m.onnx");
-        ok(std::process::Command::new(&trainer)
-            .args(["init", "--width", "0.125", "--classes", "19", "--seed", "1", "--out"])
-            .arg(&ckpt));
-        ok(std::process::Command::new(&trainer)
-            .arg("export")
-            .arg(&ckpt)
-            .arg("--out")
-            .arg(&model)
-            .args(["--train-size", "64x32"]));
         let syn = dir.join("syn");
         ok(lse()
-            .args(["synth", "--train", "0", "--val", &VAL.to_string(), "--size", "128x64", "--seed", "5", "--out"])
+            .args([
+                "synth",
+                "--train",
+                "0",
+                "--val",
+                &VAL.to_string(),
+                "--size",
+                "128x64",
+                "--seed",
+                "5",
+                "--out",
+            ])
             .arg(&syn));
         (
-            model,
+            tiny_model(),
             syn.join("target/leftImg8bit/val"),
             syn.join("target/gtFine/val"),
         )

@@ -1,6 +1,6 @@
 //! `lse eval` against hand-computed IoUs and an independent numpy computation.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

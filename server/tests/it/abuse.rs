@@ -4,7 +4,7 @@
 //! the memory budget's refusals, and the gRPC port held to HTTP's limits. Needs
 //! `lse-train` built (`cargo build --workspace`) and the venv's Python.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use lse_test_support::{
-    check_fails as fails, check_ok as ok, gray_png, profile_dir, rgb_png, stdout_json as json,
+    check_fails as fails, check_ok as ok, gray_png, rgb_png, stdout_json as json, tiny_model,
     tree_bytes,
 };
 

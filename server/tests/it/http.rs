@@ -1,7 +1,7 @@
 //! Integration tests: the real `lse-serve` binary with a tiny exported model on a
 //! loopback port. Needs `lse-train` and `lse` built (`cargo build --workspace`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;

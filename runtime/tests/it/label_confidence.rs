@@ -2,7 +2,7 @@
 //! against the model's logits computed independently (onnxruntime in Python) on an
 //! image at the model's training size, where nothing is resized.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

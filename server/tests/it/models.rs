@@ -2,7 +2,7 @@
 //! /v1/models/{name}/load`, SIGHUP), plus the confidence and entropy outputs. Needs
 //! `lse-train` built (`cargo build --workspace`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
