@@ -16,6 +16,7 @@ pub mod export;
 pub mod fcn8s;
 pub mod losses;
 pub mod lse;
+pub mod metrics_log;
 pub mod onnx;
 pub mod optim;
 pub mod plot;

@@ -11,6 +11,8 @@ use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::metrics_log::MetricsPoint;
+
 /// The font family the plots use.
 const FONT: &str = "sans-serif";
 
@@ -29,14 +31,19 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
-/// `(iteration, value)` of every metrics line that has `key`.
-fn metric(metrics: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
+/// `(iteration, value)` of every training iteration's line where `value` has a
+/// finite value (the round summaries' mean losses are not points of the curve).
+fn loss_curve(
+    metrics: &[MetricsPoint],
+    value: fn(&MetricsPoint) -> Option<f64>,
+) -> Vec<(f64, f64)> {
     metrics
         .iter()
+        .filter(|m| m.is_iteration())
         .filter_map(|m| {
-            let it = m.get("iteration")?.as_f64()?;
-            let v = m.get(key)?.as_f64()?;
-            v.is_finite().then_some((it, v))
+            value(m)
+                .filter(|v| v.is_finite())
+                .map(|v| (m.iteration as f64, v))
         })
         .collect()
 }
@@ -119,13 +126,13 @@ fn miou_range(miou: &[(f64, f64)]) -> std::ops::Range<f64> {
 /// Draws both panels on `root`.
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    metrics: &[serde_json::Value],
+    metrics: &[MetricsPoint],
     miou: &[(u64, f64)],
 ) -> anyhow::Result<()> {
     register_font();
     root.fill(&WHITE).map_err(err)?;
-    let src = metric(metrics, "source_loss");
-    let tgt = metric(metrics, "target_loss");
+    let src = loss_curve(metrics, |m| m.source_loss);
+    let tgt = loss_curve(metrics, |m| m.target_loss);
     let miou: Vec<(f64, f64)> = miou.iter().map(|&(i, v)| (i as f64, v * 100.0)).collect();
     let x_max = src
         .iter()
@@ -175,7 +182,7 @@ fn draw<DB: DrawingBackend>(
 /// Writes the curves as a PNG (900 x 700).
 pub fn curves_png(
     path: &Path,
-    metrics: &[serde_json::Value],
+    metrics: &[MetricsPoint],
     miou: &[(u64, f64)],
 ) -> anyhow::Result<()> {
     let (w, h) = (900u32, 700u32);
@@ -191,7 +198,7 @@ pub fn curves_png(
 }
 
 /// The curves as an SVG document (for the report).
-pub fn curves_svg(metrics: &[serde_json::Value], miou: &[(u64, f64)]) -> anyhow::Result<String> {
+pub fn curves_svg(metrics: &[MetricsPoint], miou: &[(u64, f64)]) -> anyhow::Result<String> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (900, 700)).into_drawing_area();
@@ -204,9 +211,15 @@ pub fn curves_svg(metrics: &[serde_json::Value], miou: &[(u64, f64)]) -> anyhow:
 mod tests {
     use super::*;
 
-    fn metrics() -> Vec<serde_json::Value> {
+    fn metrics() -> Vec<MetricsPoint> {
         (1..=20)
-            .map(|i| serde_json::json!({"iteration": i, "source_loss": 3.0 / i as f64, "target_loss": 1.0}))
+            .map(|i| MetricsPoint {
+                iteration: i,
+                phase: "adapt".into(),
+                source_loss: Some(3.0 / i as f64),
+                target_loss: Some(1.0),
+                miou: None,
+            })
             .collect()
     }
 

@@ -134,7 +134,7 @@ minmax(300px,1fr));gap:10px}";
 fn render(
     run: &RunDir,
     record: &RunRecord,
-    metrics: &[serde_json::Value],
+    metrics: &[crate::metrics_log::MetricsPoint],
 ) -> anyhow::Result<String> {
     let mut h = String::new();
     let title = format!(

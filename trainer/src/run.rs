@@ -37,6 +37,7 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::Config;
 use crate::diagnostics::RoundDiagnostics;
 use crate::lse::Window;
+use crate::metrics_log::MetricsPoint;
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> f64 {
@@ -424,10 +425,8 @@ impl RunDir {
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()))
-                    .is_some_and(|i| i <= iteration)
+                serde_json::from_str::<MetricsPoint>(l)
+                    .is_ok_and(|point| point.iteration <= iteration)
             })
             .collect();
         let mut out = kept.join("\n");
@@ -437,8 +436,8 @@ impl RunDir {
         write_atomic(&self.metrics_path(), out.as_bytes())
     }
 
-    /// Reads metrics.jsonl.
-    pub fn read_metrics(&self) -> Vec<serde_json::Value> {
+    /// Reads metrics.jsonl (lines that do not parse are skipped).
+    pub fn read_metrics(&self) -> Vec<MetricsPoint> {
         std::fs::read_to_string(self.metrics_path())
             .unwrap_or_default()
             .lines()

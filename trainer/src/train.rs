@@ -32,6 +32,8 @@ use lse_runtime::datasets::{Dataset, DatasetKind, DatasetSpec, Role};
 use lse_runtime::evaluate::Evaluation;
 use lse_runtime::labels::ClassSubset;
 use lse_runtime::metrics::ConfusionMatrix;
+
+use crate::metrics_log::{self, EvalLine, IterationLine, RoundLine};
 use lse_runtime::provenance::DatasetSummary;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -288,22 +290,6 @@ pub fn evaluate(
     }
     pb.finish_and_clear();
     Ok(cm)
-}
-
-/// A training iteration's line in metrics.jsonl (the fields in the order the file
-/// has always had them).
-#[derive(Debug, serde::Serialize)]
-struct IterationLine<'a> {
-    iteration: u64,
-    lr: f64,
-    phase: &'a str,
-    /// Adaptation: the 1-based round.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    round: Option<usize>,
-    source_loss: f64,
-    /// Adaptation: the loss on the generated target examples.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target_loss: Option<f64>,
 }
 
 /// What a run trains on.
@@ -808,9 +794,11 @@ impl Trainer {
         let ev = Evaluation::of_split(&cm, subset, &self.cfg.val_split, n);
         if let Some(m) = ev.miou {
             self.record.miou_curve.push((self.state.iteration, m));
-            self.run.log(&serde_json::json!({
-                "phase": "eval", "iteration": self.state.iteration, "miou": m,
-            }))?;
+            self.run.log(&EvalLine {
+                iteration: self.state.iteration,
+                miou: m,
+                phase: metrics_log::EVAL,
+            })?;
         }
         Ok(Some(ev))
     }
@@ -1011,12 +999,17 @@ impl Trainer {
             .seconds
             .insert(Phase::Eval, t1.elapsed().as_secs_f64());
         stats.miou = ev.as_ref().and_then(|e| e.miou);
-        self.run.log(&serde_json::json!({
-            "phase": "round", "iteration": self.state.iteration, "round": r + 1,
-            "confident": stats.confident, "examples": stats.examples,
-            "ignored_share": stats.ignored_share, "source_loss": stats.source_loss,
-            "target_loss": stats.target_loss, "miou": stats.miou,
-        }))?;
+        self.run.log(&RoundLine {
+            confident: stats.confident,
+            examples: stats.examples,
+            ignored_share: stats.ignored_share,
+            iteration: self.state.iteration,
+            miou: stats.miou,
+            phase: metrics_log::ROUND,
+            round: r + 1,
+            source_loss: stats.source_loss,
+            target_loss: stats.target_loss,
+        })?;
         self.record.rounds.push(stats);
         self.state.round += 1;
         self.state.examples_ready = false;
@@ -1120,35 +1113,5 @@ mod tests {
             let off = (sums - 1.0).abs().max().double_value(&[]);
             assert!(off < 1e-5, "image {k}: probabilities sum off by {off}");
         }
-    }
-
-    #[test]
-    fn iteration_lines_are_written_as_before() {
-        // metrics.jsonl of a tiny adaptation, written before the line was a type.
-        let written: Vec<&str> = include_str!("../tests/fixtures/metrics-adapt.jsonl")
-            .lines()
-            .collect();
-        let line = |l: &IterationLine| serde_json::to_string(l).unwrap();
-        let adapt = IterationLine {
-            iteration: 1,
-            lr: 0.0001,
-            phase: "adapt",
-            round: Some(1),
-            source_loss: 4.087699890136719,
-            target_loss: Some(2.7875983715057373),
-        };
-        assert_eq!(line(&adapt), written[1]);
-        // The first line of the source-only run's metrics.jsonl.
-        let source_only = IterationLine {
-            phase: "source",
-            round: None,
-            source_loss: 5.846829891204834,
-            target_loss: None,
-            ..adapt
-        };
-        assert_eq!(
-            line(&source_only),
-            r#"{"iteration":1,"lr":0.0001,"phase":"source","source_loss":5.846829891204834}"#
-        );
     }
 }

@@ -212,16 +212,19 @@ fn matches_numpy_on_random_maps() {
 fn matching_and_size_errors_name_the_frame() {
     let dir = tempfile::tempdir().unwrap();
     let (gt, pred) = hand_case(dir.path());
+    let eval_error = || {
+        fails(
+            lse()
+                .arg("eval")
+                .arg("--pred")
+                .arg(&pred)
+                .arg("--gt")
+                .arg(&gt),
+        )
+    };
     // A missing prediction.
     std::fs::remove_file(pred.join("x/run1_bb_000000_000002.png")).unwrap();
-    let err = fails(
-        lse()
-            .arg("eval")
-            .arg("--pred")
-            .arg(&pred)
-            .arg("--gt")
-            .arg(&gt),
-    );
+    let err = eval_error();
     assert!(
         err.contains("bb_000000_000002") && err.contains("no prediction"),
         "{err}"
@@ -229,14 +232,7 @@ fn matching_and_size_errors_name_the_frame() {
     // Two predictions for one frame.
     gray_png(&pred.join("x/bb_000000_000002_a.png"), 3, 1, &[0, 0, 0]);
     gray_png(&pred.join("y/bb_000000_000002_b.png"), 3, 1, &[0, 0, 0]);
-    let err = fails(
-        lse()
-            .arg("eval")
-            .arg("--pred")
-            .arg(&pred)
-            .arg("--gt")
-            .arg(&gt),
-    );
+    let err = eval_error();
     assert!(
         err.contains("bb_000000_000002") && err.contains("2 predictions"),
         "{err}"
@@ -244,14 +240,7 @@ fn matching_and_size_errors_name_the_frame() {
     // A prediction of the wrong size.
     std::fs::remove_file(pred.join("y/bb_000000_000002_b.png")).unwrap();
     gray_png(&pred.join("x/bb_000000_000002_a.png"), 2, 1, &[0, 0]);
-    let err = fails(
-        lse()
-            .arg("eval")
-            .arg("--pred")
-            .arg(&pred)
-            .arg("--gt")
-            .arg(&gt),
-    );
+    let err = eval_error();
     assert!(
         err.contains("bb_000000_000002") && err.contains("2x1") && err.contains("3x1"),
         "{err}"

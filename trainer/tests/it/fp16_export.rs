@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::agreement::arg_max_agreement;
 use lse_runtime::contract::{self, Precision};
-use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_trainer::checkpoint::{self, CheckpointMeta};
 use lse_trainer::export::{ExportOptions, export_checked_as};
 use lse_trainer::fcn8s::{Fcn8s, Fcn8sConfig, InitScheme};
@@ -143,36 +143,6 @@ fn onnx_checker(path: &Path) {
     );
 }
 
-/// Train ids of both models on a few synthetic target images at the training size.
-fn agreement(fp32: &Path, fp16: &Path) -> f64 {
-    let opts = EngineOptions {
-        provider: Provider::Cpu,
-        threads: 1,
-        ..Default::default()
-    };
-    let mut a = Engine::load(fp32, &opts).unwrap();
-    let mut b = Engine::load(fp16, &opts).unwrap();
-    assert_eq!(a.meta().precision, Precision::Fp32);
-    assert_eq!(b.meta().precision, Precision::Fp16);
-    let settings = lse_runtime::synth::SynthSettings::default();
-    let (mut same, mut total) = (0usize, 0usize);
-    for i in 0..3 {
-        let scene = lse_runtime::synth::generate(&settings, lse_runtime::synth::Part::TargetVal, i);
-        let input = lse_runtime::predict::prepare(&scene.image, [64, 32]).unwrap();
-        let x = ndarray::Array4::from_shape_vec((1, 3, 32, 64), input).unwrap();
-        let (ya, yb) = (a.run(x.view()).unwrap(), b.run(x.view()).unwrap());
-        assert!(yb.scores.iter().all(|v| v.is_finite()));
-        same += ya
-            .train_ids
-            .iter()
-            .zip(yb.train_ids.iter())
-            .filter(|(p, q)| p == q)
-            .count();
-        total += ya.train_ids.shape().iter().product::<usize>();
-    }
-    100.0 * same as f64 / total as f64
-}
-
 #[test]
 fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +173,7 @@ fn fp16_export_keeps_the_contract_and_agrees_with_the_fp32_network() {
     let meta = contract::ModelMeta::from_props(&props).unwrap();
     assert_eq!(meta.precision, Precision::Fp16);
     assert_eq!(meta.train_size, [64, 32]);
-    let agree = agreement(&m32, &m16);
+    let agree = arg_max_agreement(&m32, &m16, Precision::Fp16, [64, 32], 3);
     assert!(
         agree >= 99.5,
         "arg-max agreement on synthetic images {agree:.3} %"

@@ -11,9 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::agreement::arg_max_agreement;
 use lse_runtime::contract::{self, Precision};
 use lse_runtime::datasets::DatasetSpec;
-use lse_runtime::engine::{Engine, EngineOptions, Provider};
 use lse_trainer::checkpoint;
 use lse_trainer::export::{ExportOptions, export_checked_as};
 use lse_trainer::quantize::{CalibrationMethod, Int8Options, MIN_AGREEMENT, export_int8_checked};
@@ -146,36 +146,6 @@ fn onnx_checks(path: &Path) {
     );
 }
 
-/// Share of pixels (percent) where two models' train ids agree on fixed inputs: the
-/// first synthetic target-val images of the built-in generator at 256x128.
-fn agreement(a: &Path, b: &Path) -> f64 {
-    let opts = EngineOptions {
-        provider: Provider::Cpu,
-        threads: 1,
-        ..Default::default()
-    };
-    let (mut ea, mut eb) = (
-        Engine::load(a, &opts).unwrap(),
-        Engine::load(b, &opts).unwrap(),
-    );
-    let settings = lse_runtime::synth::SynthSettings::default();
-    let (mut same, mut total) = (0usize, 0usize);
-    for i in 0..4 {
-        let scene = lse_runtime::synth::generate(&settings, lse_runtime::synth::Part::TargetVal, i);
-        let input = lse_runtime::predict::prepare(&scene.image, [256, 128]).unwrap();
-        let x = ndarray::Array4::from_shape_vec((1, 3, 128, 256), input).unwrap();
-        let (ya, yb) = (ea.run(x.view()).unwrap(), eb.run(x.view()).unwrap());
-        same += ya
-            .train_ids
-            .iter()
-            .zip(yb.train_ids.iter())
-            .filter(|(p, q)| p == q)
-            .count();
-        total += ya.train_ids.shape().iter().product::<usize>();
-    }
-    100.0 * same as f64 / total as f64
-}
-
 #[test]
 fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +198,7 @@ fn int8_export_is_a_checked_qdq_model_with_its_calibration() {
     // export, both in ONNX Runtime.
     let m32 = dir.path().join("m32.onnx");
     export_checked_as(&default_checkpoint(), &m32, &options(true), Precision::Fp32).unwrap();
-    let agree = agreement(&m32, &out);
+    let agree = arg_max_agreement(&m32, &out, Precision::Int8, [256, 128], 4);
     eprintln!("agreement on fixed inputs: {agree:.3} %");
     assert!(
         agree >= MIN_AGREEMENT,

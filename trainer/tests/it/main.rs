@@ -7,6 +7,7 @@
 //! `lse_trainer::seeding::with_seed`, even where the numbers do not matter to it, so
 //! that it never draws between another test's seed and that test's draws.
 
+mod agreement;
 mod amp;
 mod e2e;
 mod fp16_export;
