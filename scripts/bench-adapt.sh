@@ -208,8 +208,10 @@ arms() {
   fi
   local adapt=(adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr")
   local first=1 compared
+  # The arms the goal compares first (the chosen LSE, self-training, the control), then
+  # LSE at the reference's settings and the ablation, so that an interrupted table
+  # holds the goal's comparison.
   for seed in $SEEDS; do
-    run_arm lse "$seed" "${adapt[@]}" --focal true
     compared=lse
     if [ "$variant" != reference ]; then
       run_arm lse-chosen "$seed" "${adapt[@]}" --focal true "${vargs[@]}"
@@ -218,6 +220,7 @@ arms() {
     run_arm self-training "$seed" "${adapt[@]}" --focal true --window-scale 1.0
     run_arm control "$seed" train "${common[@]}" --lr "$lr" \
       --iterations "$(adapt_iterations "$OUT/$compared-s$seed")"
+    run_arm lse "$seed" "${adapt[@]}" --focal true
     if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then # the ablation; LSE_BENCH_NOFOCAL=0 skips it
       run_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
     fi

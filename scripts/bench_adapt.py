@@ -237,9 +237,10 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     rounds_table(L, found)
     window_table(L, out, found, results)
     settings(L, out, found, tuning)
-    with open(results + ".tmp", "w") as f:
+    tmp = f"{results}.{os.getpid()}.tmp"  # instances running other seeds write too
+    with open(tmp, "w") as f:
         f.write("\n".join(L) + "\n")
-    os.replace(results + ".tmp", results)
+    os.replace(tmp, results)
 
 
 def goal(L, found, summary):
