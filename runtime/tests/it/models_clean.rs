@@ -1,6 +1,7 @@
 //! Shipped models say what they were trained on, never where it lay: no file under
-//! `models/` (ONNX metadata and safetensors headers included) holds an absolute path
-//! of a machine, and `lse info` names the default model's datasets by kind and folder.
+//! `models/` or `test-support/models/` (ONNX metadata and safetensors headers
+//! included) holds an absolute path of a machine, and `lse info` names the default
+//! model's datasets by kind and folder.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,18 +12,32 @@ fn models_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
 }
 
+/// The models the tests label with (`scripts/make-test-model.sh`).
+fn test_models_dir() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../test-support/models"
+    ))
+}
+
 #[test]
 fn no_file_under_models_holds_a_machine_path() {
-    let files = files_under(models_dir());
-    assert!(
-        files.iter().any(|f| f.ends_with("default/model.onnx")),
-        "models/default/model.onnx missing: {files:?}"
-    );
+    let files: Vec<_> = [models_dir(), test_models_dir()]
+        .into_iter()
+        .flat_map(files_under)
+        .collect();
+    for shipped in ["models/default/model.onnx", "models/tiny/model.onnx"] {
+        assert!(
+            files.iter().any(|f| f.ends_with(shipped)),
+            "{shipped} missing: {files:?}"
+        );
+    }
     let found: Vec<String> = files.iter().flat_map(|f| machine_paths_in(f)).collect();
     assert!(
         found.is_empty(),
         "absolute paths of a machine in models/ (republish with \
-         `lse-train publish --from-model models/NAME --out models/NAME`):\n{}",
+         `lse-train publish --from-model models/NAME --out models/NAME`; the tiny test \
+         model with `scripts/make-test-model.sh`):\n{}",
         found.join("\n")
     );
 }
