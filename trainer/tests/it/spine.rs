@@ -328,31 +328,23 @@ torch.save(bad, sys.argv[2] + "/misshaped.pth")
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = s(&d.join("x.safetensors"));
-    let o = run(
-        &train,
-        &[
-            "init",
-            "--width",
-            "0.125",
-            "--weights",
-            &s(&d.join("missing.pth")),
-            "--out",
-            &out,
-        ],
-    );
+    let init_from = |weights: &Path| {
+        run(
+            &train,
+            &[
+                "init",
+                "--width",
+                "0.125",
+                "--weights",
+                &s(weights),
+                "--out",
+                &out,
+            ],
+        )
+    };
+    let o = init_from(&d.join("missing.pth"));
     assert_clear_error(&o, "conv3_2.bias");
-    let o = run(
-        &train,
-        &[
-            "init",
-            "--width",
-            "0.125",
-            "--weights",
-            &s(&d.join("misshaped.pth")),
-            "--out",
-            &out,
-        ],
-    );
+    let o = init_from(&d.join("misshaped.pth"));
     assert_clear_error(&o, "fc7.weight");
     assert_clear_error(&o, "[3, 3, 1, 1]");
     assert!(!d.join("x.safetensors").exists());
