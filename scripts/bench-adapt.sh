@@ -11,6 +11,10 @@
 #                                       # the same with the target domain of
 #                                       # scripts/regimes/NAME.json (lse synth --domains),
 #                                       # into docs/results-NAME.md
+#   LSE_BENCH_CHOICE_FROM=source-camera LSE_BENCH_ARMS="lse-chosen self-training control" \
+#     scripts/bench-adapt.sh          # adopt that regime's tuning-split choices (lr and
+#                                       # window variant) unchanged instead of tuning here,
+#                                       # and run only the named val arms
 #   LSE_BENCH_PROTOCOL=short scripts/bench-adapt.sh
 #                                       # the earlier, shorter protocol (batch 4, 3 rounds)
 #                                       # into docs/results[-NAME]-short.md
@@ -62,6 +66,8 @@ THREADS="${LSE_BENCH_THREADS:-$(nproc)}"
 NTRAIN="${LSE_BENCH_TRAIN:-400}"            # source images and target-train images adapted on
 NVAL="${LSE_BENCH_VAL:-100}"                # target-val images (reported)
 REGIME="${LSE_BENCH_REGIME:-default}"      # default: lse synth's built-in domains
+CHOICE_FROM="${LSE_BENCH_CHOICE_FROM:-}"   # a regime whose tuning-split choices are adopted
+VAL_ARMS="${LSE_BENCH_ARMS:-lse-chosen self-training control lse lse-nofocal oracle}"
 source "$root/scripts/lib/regime.sh"
 regime_domains "$REGIME" LSE_BENCH_REGIME
 if [ "$REGIME" = default ]; then
@@ -135,8 +141,16 @@ adapt_iterations() { # total training iterations of a finished adaptation run
   "$PY" -c 'import json,sys; print(sum(r["iterations_done"] for r in json.load(open(sys.argv[1]))["rounds"]))' "$1/run.json"
 }
 
+# LSE_BENCH_CHOICE_FROM=NAME: the lr and window variant chosen on regime NAME's tuning
+# split, unchanged (OUT/tuning.json and OUT/choice.json, marked as adopted).
+adopt_choices() {
+  "$PY" scripts/bench_adapt.py adopt "$root/out/bench/adapt-$SIZE-n$NTRAIN-$CHOICE_FROM$psfx" \
+    "$OUT" "$CHOICE_FROM"
+}
+
 tune() {
   if [ -f "$OUT/tuning.json" ]; then return 0; fi
+  if [ -n "$CHOICE_FROM" ]; then adopt_choices; return 0; fi
   for lr in $LRS; do
     run_arm "tune-lse-lr$lr" 0 adapt "${common[@]}" --p-schedule "$PSCHED" --lr "$lr" \
       --focal true --set val_split=tune
@@ -190,6 +204,11 @@ choice_committed() {
     && git diff --quiet HEAD -- "$CHOICE_RECORD")
 }
 
+# val_arm NAME ...: run_arm, for the arms named in LSE_BENCH_ARMS only.
+val_arm() {
+  case " $VAL_ARMS " in *" $1 "*) run_arm "$@" ;; esac
+}
+
 arms() {
   local lr variant
   lr=$(chosen_lr)
@@ -214,20 +233,20 @@ arms() {
   for seed in $SEEDS; do
     compared=lse
     if [ "$variant" != reference ]; then
-      run_arm lse-chosen "$seed" "${adapt[@]}" --focal true "${vargs[@]}"
+      val_arm lse-chosen "$seed" "${adapt[@]}" --focal true "${vargs[@]}"
       compared=lse-chosen
     fi
-    run_arm self-training "$seed" "${adapt[@]}" --focal true --window-scale 1.0
-    run_arm control "$seed" train "${common[@]}" --lr "$lr" \
+    val_arm self-training "$seed" "${adapt[@]}" --focal true --window-scale 1.0
+    val_arm control "$seed" train "${common[@]}" --lr "$lr" \
       --iterations "$(adapt_iterations "$OUT/$compared-s$seed")"
-    run_arm lse "$seed" "${adapt[@]}" --focal true
+    val_arm lse "$seed" "${adapt[@]}" --focal true
     if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then # the ablation; LSE_BENCH_NOFOCAL=0 skips it
-      run_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
+      val_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
     fi
     # The oracle once, after the first seed's arms (LSE_BENCH_ORACLE=0 skips it, e.g.
     # in a second instance running other seeds beside the first).
     if [ "$first" = 1 ] && [ "${LSE_BENCH_ORACLE:-1}" = 1 ]; then
-      run_arm oracle 0 train --source "cityscapes:$DATA/target" --target "cityscapes:$DATA/target" \
+      val_arm oracle 0 train --source "cityscapes:$DATA/target" --target "cityscapes:$DATA/target" \
         --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH" --device cpu \
         --threads "$THREADS" --quiet --lr "$ORACLE_LR" --iterations "$ORACLE_ITERS"
       first=0

@@ -5,6 +5,7 @@
   bench_adapt.py combination OUT            the best placement with the best mask (or nothing)
   bench_adapt.py multiscale OUT             the best variant so far with multi-scale windows
   bench_adapt.py choose-variant OUT         the tuning split's window variant choice, as JSON
+  bench_adapt.py adopt FROM_OUT OUT REGIME  another regime's lr and variant choices, unchanged
   bench_adapt.py report OUT RESULTS_MD [REGEN] [PROTOCOL]
                                             docs/results.md (+ results.svg beside it)
 """
@@ -131,6 +132,26 @@ def choose_variant(out):
         "tune_miou": {n: tune_score(out, n) for n in names},
         "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1))
+
+
+def write_json(path, rec):
+    with open(path + ".tmp", "w") as f:
+        json.dump(rec, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def adopt(src_out, out, regime):
+    """The lr and window-variant choices made on `regime`'s tuning split, unchanged, as
+    this target's (marked as adopted: this target's own tuning split chose nothing)."""
+    for name in ("tuning.json", "choice.json"):
+        src = os.path.join(src_out, name)
+        if not os.path.isfile(src):
+            raise SystemExit(f"no {name} in {src_out}: run LSE_BENCH_REGIME={regime} "
+                             "scripts/bench-adapt.sh ablate first")
+        rec = load(src)
+        rec["adopted_from"] = regime
+        write_json(os.path.join(out, name), rec)
 
 
 def runs(out):
@@ -274,6 +295,9 @@ def ablation(L, out):
     tuning_path = os.path.join(out, "tuning.json")
     if not os.path.isfile(tuning_path):
         return
+    if load(tuning_path).get("adopted_from"):
+        adopted(L, out)
+        return
     L += ["## Choices on the tuning split (60 labelled images of their own seed; never val)", "",
           "LSE (focal) mIoU on the tuning split, seed 0, per round; the choice is the best "
           "after the last round.", "",
@@ -293,6 +317,24 @@ def ablation(L, out):
         L.append(f"- Window variant chosen: **{c['variant']}** ({' '.join(c['flags']) or 'the reference settings'}), "
                  f"recorded {c['chosen_at']} before any val run of it.")
     L.append("")
+
+
+def adopted(L, out):
+    """The choices taken over from another regime's tuning split."""
+    tuning = load(os.path.join(out, "tuning.json"))
+    c = load(os.path.join(out, "choice.json"))
+    regime = tuning["adopted_from"]
+    L += [f"## Choices: adopted from the `{regime}` tuning split", "",
+          f"This target's own tuning split chose nothing: the learning rate and the window "
+          f"variant are the ones chosen on the `{regime}` target's tuning split "
+          f"(`docs/results-{regime}.md`, its ablation table), taken over unchanged and "
+          "committed before any val run here.", "",
+          f"- Learning rate {tuning['lr']:g} (tuning-split mIoU there: "
+          + ", ".join(f"lr {k}: {v * 100:.2f}" for k, v in tuning["tune_miou"].items()) + ").",
+          f"- Window variant **{c['variant']}** ({' '.join(c['flags']) or 'the reference settings'}), "
+          f"chosen {c['chosen_at']} (there: "
+          + ", ".join(f"{k}: {v * 100:.2f}" for k, v in c["tune_miou"].items() if v is not None) + ").",
+          ""]
 
 
 def ablation_row(L, d, name, settings_text):
@@ -452,18 +494,19 @@ def rounds_table(L, found):
 def settings(L, out, found, tuning):
     L += ["## Settings", ""]
     if tuning:
-        L.append(f"- Adaptation learning rate {tuning['lr']:g}, chosen by {tuning['criterion']}: "
+        where = f" (on the `{tuning['adopted_from']}` target)" if tuning.get("adopted_from") else ""
+        L.append(f"- Adaptation learning rate {tuning['lr']:g}, chosen by {tuning['criterion']}{where}: "
                  + ", ".join(f"lr {k}: {v * 100:.2f}" for k, v in tuning["tune_miou"].items()) + ".")
-    lse = found.get("lse", [])
-    if lse:
-        cfg_path = os.path.join(out, f"lse-s{lse[0][0]}", "config.toml")
+    arm = next((a for a in ("lse", "lse-chosen") if found.get(a)), None)
+    if arm:
+        cfg_path = os.path.join(out, f"{arm}-s{found[arm][0][0]}", "config.toml")
         if os.path.isfile(cfg_path):
             keep = ("source_size", "target_size", "batch_size", "p_schedule", "patches", "window_scales",
                     "window_placement", "window_mask",
                     "epochs_per_round", "focal", "focal_beta", "focal_gamma", "degenerate_groups", "lr_weights")
             with open(cfg_path) as f:
                 lines = [l.strip() for l in f if l.split("=")[0].strip() in keep]
-            L.append("- LSE arm configuration: `" + "`, `".join(lines) + "`.")
+            L.append(f"- {arm} arm configuration: `" + "`, `".join(lines) + "`.")
     L.append("- Every arm starts from the same committed source-only model; seeds change the "
              "windows, the order of examples and source batches, and dropout.")
     L.append("")
@@ -481,6 +524,8 @@ def main():
         multiscale(sys.argv[2])
     elif cmd == "choose-variant":
         choose_variant(sys.argv[2])
+    elif cmd == "adopt":
+        adopt(*sys.argv[2:5])
     elif cmd == "report":
         report(*sys.argv[2:6])
     else:
