@@ -240,8 +240,11 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
           "other load on it at the time.", "",
           "| arm | seeds | mIoU mean | spread (sd) | min | max | wall time per run (s) |",
           "|---|---|---|---|---|---|---|"]
+    not_run = [label for arm, label in ARMS if not found.get(arm)]
     for arm, label in ARMS:
         rs = found.get(arm, [])
+        if not rs:
+            continue
         vals = [miou(r) for _, r in rs]
         m, sd = mean_sd(vals)
         summary[arm] = m
@@ -249,6 +252,8 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
         L.append(f"| {label} | {len(vals)} | {fmt(m, 2)} | {fmt(sd, 2)} | {fmt(min(vals) if vals else None, 2)} | "
                  f"{fmt(max(vals) if vals else None, 2)} | {fmt(statistics.fmean(secs) if secs else None, 0)} |")
         rows.append((label, vals))
+    if not_run:
+        L += ["", "Not run (yet) on this target: " + "; ".join(not_run) + "."]
     svg = os.path.splitext(results)[0] + ".svg"
     svg_bars(rows, svg)
     L += ["", f"![mIoU per arm]({os.path.basename(svg)})", ""]
@@ -506,7 +511,8 @@ def settings(L, out, found, tuning):
                     "epochs_per_round", "focal", "focal_beta", "focal_gamma", "degenerate_groups", "lr_weights")
             with open(cfg_path) as f:
                 lines = [l.strip() for l in f if l.split("=")[0].strip() in keep]
-            L.append(f"- {arm} arm configuration: `" + "`, `".join(lines) + "`.")
+            name = "LSE" if arm == "lse" else "Chosen LSE"
+            L.append(f"- {name} arm configuration: `" + "`, `".join(lines) + "`.")
     L.append("- Every arm starts from the same committed source-only model; seeds change the "
              "windows, the order of examples and source batches, and dropout.")
     L.append("")
