@@ -27,6 +27,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Tests drive the real binaries: build them first (debug profile, as the tests).
 cargo build --workspace --bins --examples
 cargo test --workspace --no-fail-fast -- --test-threads="${LSE_TEST_THREADS:-2}"
+# The benchmark's table and choices (scripts/bench_adapt.py; standard library only).
+.venv/bin/python -m unittest discover -s scripts/tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 echo "[test] all checks passed"
