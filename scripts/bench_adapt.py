@@ -151,6 +151,8 @@ def adopt(src_out, out, regime):
                              "scripts/bench-adapt.sh ablate first")
         rec = load(src)
         rec["adopted_from"] = regime
+        if name == "tuning.json":  # where the adopted choice's tuning runs are
+            rec["adopted_runs"] = os.path.abspath(src_out)
         write_json(os.path.join(out, name), rec)
 
 
@@ -305,15 +307,9 @@ def ablation(L, out):
         return
     L += ["## Choices on the tuning split (60 labelled images of their own seed; never val)", "",
           "LSE (focal) mIoU on the tuning split, seed 0, per round; the choice is the best "
-          "after the last round.", "",
-          "| run | settings | " + " | ".join(f"round {k}" for k in range(1, 8)) + " | after last round |",
-          "|---|---|" + "---|" * 8]
+          "after the last round.", ""]
+    tuning_rows(L, out)
     tuning = load(tuning_path)
-    for lr in tuning["tune_miou"]:
-        d = os.path.join(out, f"tune-lse-lr{lr}-s0")
-        ablation_row(L, d, f"lr {lr}", "reference windows")
-    for name in tuned_variants(out)[1:]:
-        ablation_row(L, variant_dir(out, name), name, " ".join(variant_args(name)))
     L.append("")
     L.append(f"- Learning rate chosen: {tuning['lr']:g}.")
     choice_path = os.path.join(out, "choice.json")
@@ -322,6 +318,16 @@ def ablation(L, out):
         L.append(f"- Window variant chosen: **{c['variant']}** ({' '.join(c['flags']) or 'the reference settings'}), "
                  f"recorded {c['chosen_at']} before any val run of it.")
     L.append("")
+
+
+def tuning_rows(L, out):
+    """The table of the tuning split's lr and window-variant runs in `out`."""
+    L += ["| run | settings | " + " | ".join(f"round {k}" for k in range(1, 8)) + " | after last round |",
+          "|---|---|" + "---|" * 8]
+    for lr in load(os.path.join(out, "tuning.json"))["tune_miou"]:
+        ablation_row(L, os.path.join(out, f"tune-lse-lr{lr}-s0"), f"lr {lr}", "reference windows")
+    for name in tuned_variants(out)[1:]:
+        ablation_row(L, variant_dir(out, name), name, " ".join(variant_args(name)))
 
 
 def adopted(L, out):
@@ -340,6 +346,12 @@ def adopted(L, out):
           f"chosen {c['chosen_at']} (there: "
           + ", ".join(f"{k}: {v * 100:.2f}" for k, v in c["tune_miou"].items() if v is not None) + ").",
           ""]
+    runs_dir = tuning.get("adopted_runs")
+    if runs_dir and os.path.isfile(os.path.join(runs_dir, "tuning.json")):
+        L += [f"The `{regime}` tuning split's runs the choice was made from (LSE, focal, seed 0; "
+              "mIoU per round):", ""]
+        tuning_rows(L, runs_dir)
+        L.append("")
 
 
 def ablation_row(L, d, name, settings_text):

@@ -82,7 +82,8 @@ class Choices(unittest.TestCase):
         bench_adapt.adopt(src, dst, "source-camera")
         with open(os.path.join(dst, "tuning.json")) as f:
             self.assertEqual(json.load(f), {"lr": 1e-6, "tune_miou": {"1e-6": 0.5},
-                                            "adopted_from": "source-camera"})
+                                            "adopted_from": "source-camera",
+                                            "adopted_runs": os.path.abspath(src)})
         with open(os.path.join(dst, "choice.json")) as f:
             self.assertEqual(json.load(f)["flags"], ["--window-placement", "grid"])
 
