@@ -229,6 +229,9 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
     regime = regen.split("LSE_BENCH_REGIME=")[1].split()[0] if "LSE_BENCH_REGIME=" in regen else None
+    if tuning and tuning.get("adopted_from") and "LSE_BENCH_CHOICE_FROM=" not in regen:
+        ran = " ".join(arm for arm, _ in ARMS if arm != "source-only" and found.get(arm))
+        regen = f'LSE_BENCH_CHOICE_FROM={tuning["adopted_from"]} LSE_BENCH_ARMS="{ran}" {regen}'
     title = f"the `{regime}` synthetic target (scripts/regimes/{regime}.json)" if regime else "the built-in synthetic domains"
     L = [f"# Results: LSE on {title}", "",
          f"Protocol: {PROTOCOLS[protocol]}.", "",

@@ -122,6 +122,20 @@ class Report(unittest.TestCase):
                       "oracle: fine-tuned on target-train labels.", self.page)
         self.assertTrue(os.path.isfile(os.path.join(self.tmp.name, "results.svg")))
 
+    def test_adopted_choices_name_their_regime_in_the_command_that_regenerates_the_page(self):
+        write(os.path.join(self.out, "tuning.json"),
+              {"lr": 1e-6, "criterion": "c", "tune_miou": {"1e-6": 0.48}, "adopted_from": "source-camera"})
+        write(os.path.join(self.out, "choice.json"),
+              {"variant": "grid", "flags": ["--window-placement", "grid"], "tune_miou": {"grid": 0.48},
+               "chosen_at": "2026-12-05T14:35:11Z", "adopted_from": "source-camera"})
+        bench_adapt.report(self.out, self.results)
+        with open(self.results) as f:
+            page = f.read()
+        self.assertIn('regenerate with `LSE_BENCH_CHOICE_FROM=source-camera '
+                      'LSE_BENCH_ARMS="control self-training lse-chosen" scripts/bench-adapt.sh`', page)
+        self.assertIn("## Choices: adopted from the `source-camera` tuning split", page)
+        self.assertIn("- Window variant **grid** (--window-placement grid)", page)
+
     def test_goal_pairs_seeds(self):
         # 46.63-47.22, 46.42-47.16, 46.63-47.13; mean -0.61, sd 0.12 (by hand)
         self.assertIn("- vs self-training: -0.61 mIoU (not met); per seed -0.59, -0.74, -0.50 "
