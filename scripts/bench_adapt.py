@@ -267,6 +267,7 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     per_class(L, found)
     rounds_table(L, found)
     window_table(L, out, found, results)
+    window_domains(L, out)
     settings(L, out, found, tuning)
     tmp = f"{results}.{os.getpid()}.tmp"  # instances running other seeds write too
     with open(tmp, "w") as f:
@@ -416,6 +417,22 @@ def window_table(L, out, found, results):
               "| " + " | ".join(a for a, _ in maps) + " |", "|" + "---|" * len(maps),
               "| " + " | ".join(f"![{a}]({f})" for a, f in maps) + " |", ""]
     per_class_window(L, found)
+
+
+def window_domains(L, out):
+    """The finished models on val, on val's upsampled windows and on val with the windows'
+    look (scripts/window_domains.py, when it has run on these arms)."""
+    path = os.path.join(out, "window-domains.md")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        table = f.read().strip()
+    L += ["## The models on images that look like LSE's windows (diagnostic)", "",
+          "Every finished model on three versions of val: as it is; as the 2x2 grid of "
+          "scale-0.5 windows of each image, upsampled 2x as LSE's examples are (the windows' "
+          "look and object scale); and subsampled by 2 and upsampled back (the windows' look "
+          "at the full image's object scale). It trains and chooses nothing. "
+          "`docs/synthetic-domains.md` reads it.", "", table, ""]
 
 
 def per_class_window(L, found):

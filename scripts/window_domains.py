@@ -16,9 +16,10 @@ shrinks on `windows` and on `smoothed`; if it is the object scale, on `windows` 
 
   window_domains.py make TARGET_DIR OUT_DIR
         OUT_DIR/target: a Cityscapes tree with splits val (a link), windows, smoothed
-  window_domains.py run BIN SOURCE_CKPT RUNS_DIR OUT_DIR RESULTS_MD
+  window_domains.py run BIN SOURCE_CKPT RUNS_DIR OUT_DIR
         evaluates the source model and every finished arm of RUNS_DIR on the three splits
-        (resumes: one JSON per model and split under OUT_DIR/evals), then the table
+        (resumes: one JSON per model and split under OUT_DIR/evals), then the table into
+        RUNS_DIR/window-domains.md, which the benchmark's results page includes
 """
 import glob
 import json
@@ -112,7 +113,7 @@ def evaluate(binary, ckpt, target, split, path):
     return json.loads(out)["miou"] * 100
 
 
-def run(binary, source, runs, out, results):
+def run(binary, source, runs, out):
     target = os.path.join(out, "target")
     scores = {}  # (arm, seed) -> {split: mIoU}
     for arm, seed, ckpt in models(source, runs):
@@ -121,7 +122,7 @@ def run(binary, source, runs, out, results):
             v = evaluate(binary, ckpt, target, split, os.path.join(out, "evals", f"{name}-{split}.json"))
             scores.setdefault((arm, seed), {})[split] = v
             print(f"{name} {split}: {v:.2f}", file=sys.stderr)
-    write_table(scores, runs, results)
+    write_table(scores, runs, os.path.join(runs, "window-domains.md"))
 
 
 def write_table(scores, runs, results):
@@ -156,8 +157,8 @@ def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "make" and len(sys.argv) == 4:
         make(sys.argv[2], sys.argv[3])
-    elif cmd == "run" and len(sys.argv) == 7:
-        run(*sys.argv[2:7])
+    elif cmd == "run" and len(sys.argv) == 6:
+        run(*sys.argv[2:6])
     else:
         raise SystemExit(__doc__)
 
