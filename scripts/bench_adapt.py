@@ -225,9 +225,18 @@ def svg_bars(rows, path):
     os.replace(path + ".tmp", path)
 
 
+def arm_labels(tuning):
+    """(arm, label) of every arm, the chosen LSE's naming the regime its choice came from."""
+    if not (tuning and tuning.get("adopted_from")):
+        return ARMS
+    chosen = f"LSE, window variant chosen on the `{tuning['adopted_from']}` tuning split"
+    return [(arm, chosen if arm == "lse-chosen" else label) for arm, label in ARMS]
+
+
 def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
+    arms = arm_labels(tuning)
     regime = regen.split("LSE_BENCH_REGIME=")[1].split()[0] if "LSE_BENCH_REGIME=" in regen else None
     if tuning and tuning.get("adopted_from") and "LSE_BENCH_CHOICE_FROM=" not in regen:
         ran = " ".join(arm for arm, _ in ARMS if arm != "source-only" and found.get(arm))
@@ -245,8 +254,8 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
           "other load on it at the time.", "",
           "| arm | seeds | mIoU mean | spread (sd) | min | max | wall time per run (s) |",
           "|---|---|---|---|---|---|---|"]
-    not_run = [label for arm, label in ARMS if not found.get(arm)]
-    for arm, label in ARMS:
+    not_run = [label for arm, label in arms if not found.get(arm)]
+    for arm, label in arms:
         rs = found.get(arm, [])
         if not rs:
             continue
@@ -262,9 +271,9 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     svg = os.path.splitext(results)[0] + ".svg"
     svg_bars(rows, svg)
     L += ["", f"![mIoU per arm]({os.path.basename(svg)})", ""]
-    goal(L, found, summary)
+    goal(L, found, summary, arms)
     ablation(L, out)
-    per_class(L, found)
+    per_class(L, found, arms)
     rounds_table(L, found)
     window_table(L, out, found, results)
     window_domains(L, out)
@@ -275,13 +284,13 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     os.replace(tmp, results)
 
 
-def goal(L, found, summary):
+def goal(L, found, summary, arms):
     """LSE (each variant run) against the baselines: the difference of means, and the
     per-seed differences (same seed, same data order) with their spread."""
     for arm in ("lse", "lse-chosen"):
         if summary.get(arm) is None:
             continue
-        label = dict(ARMS)[arm]
+        label = dict(arms)[arm]
         L += [f"## The goal: {label} at least 2 mIoU above each baseline, mean over seeds", ""]
         mine = {seed: miou(r) for seed, r in found.get(arm, [])}
         for base in ("source-only", "control", "self-training"):
@@ -471,10 +480,10 @@ def per_class_window(L, found):
     L.append("")
 
 
-def per_class(L, found):
+def per_class(L, found, arms):
     names = None
     table = {}
-    for arm, label in ARMS:
+    for arm, label in arms:
         rs = found.get(arm, [])
         if not rs:
             continue

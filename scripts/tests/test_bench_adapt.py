@@ -135,6 +135,8 @@ class Report(unittest.TestCase):
                       'LSE_BENCH_ARMS="control self-training lse-chosen" scripts/bench-adapt.sh`', page)
         self.assertIn("## Choices: adopted from the `source-camera` tuning split", page)
         self.assertIn("- Window variant **grid** (--window-placement grid)", page)
+        self.assertIn("| LSE, window variant chosen on the `source-camera` tuning split | 3 | 46.56 |", page)
+        self.assertIn("## The goal: LSE, window variant chosen on the `source-camera` tuning split at least 2", page)
 
     def test_goal_pairs_seeds(self):
         # 46.63-47.22, 46.42-47.16, 46.63-47.13; mean -0.61, sd 0.12 (by hand)
