@@ -67,7 +67,12 @@ NTRAIN="${LSE_BENCH_TRAIN:-400}"            # source images and target-train ima
 NVAL="${LSE_BENCH_VAL:-100}"                # target-val images (reported)
 REGIME="${LSE_BENCH_REGIME:-default}"      # default: lse synth's built-in domains
 CHOICE_FROM="${LSE_BENCH_CHOICE_FROM:-}"   # a regime whose tuning-split choices are adopted
-VAL_ARMS="${LSE_BENCH_ARMS:-lse-chosen self-training control lse lse-nofocal oracle}"
+# The val arms to run; LSE_BENCH_NOFOCAL=0 and LSE_BENCH_ORACLE=0 (e.g. in an instance
+# running other seeds beside the first) drop the ablation and the oracle from the default.
+default_arms="lse-chosen self-training control lse"
+if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then default_arms+=" lse-nofocal"; fi
+if [ "${LSE_BENCH_ORACLE:-1}" = 1 ]; then default_arms+=" oracle"; fi
+VAL_ARMS="${LSE_BENCH_ARMS:-$default_arms}"
 source "$root/scripts/lib/regime.sh"
 regime_domains "$REGIME" LSE_BENCH_REGIME
 if [ "$REGIME" = default ]; then
@@ -84,7 +89,9 @@ SRC_DATA="${LSE_BENCH_SOURCE_DATA:-$root/out/bench/data-$SIZE}"   # the source m
 DATA="${LSE_BENCH_DATA:-$root/out/bench/data-$SIZE-n$NTRAIN$sfx}"
 TUNE_DATA="$SRC_DATA-tune$sfx"
 SRC="${LSE_BENCH_SOURCE:-$root/models/source-synth/checkpoint.safetensors}"
-OUT="${LSE_BENCH_OUT:-$root/out/bench/adapt-$SIZE-n$NTRAIN$sfx$psfx}"
+# bench_out SUFFIX: the runs of the regime with that suffix ("" or -NAME), this protocol.
+bench_out() { echo "$root/out/bench/adapt-$SIZE-n$NTRAIN$1$psfx"; }
+OUT="${LSE_BENCH_OUT:-$(bench_out "$sfx")}"
 RESULTS="${LSE_BENCH_RESULTS:-$root/docs/results$sfx$dsfx.md}"
 CHOICE_RECORD="${RESULTS%.md}-choice.json"   # the committed record of the variant choice
 BIN="${LSE_BENCH_BIN:-$root/target/release}"   # a copy keeps a long run on one build
@@ -144,8 +151,7 @@ adapt_iterations() { # total training iterations of a finished adaptation run
 # LSE_BENCH_CHOICE_FROM=NAME: the lr and window variant chosen on regime NAME's tuning
 # split, unchanged (OUT/tuning.json and OUT/choice.json, marked as adopted).
 adopt_choices() {
-  "$PY" scripts/bench_adapt.py adopt "$root/out/bench/adapt-$SIZE-n$NTRAIN-$CHOICE_FROM$psfx" \
-    "$OUT" "$CHOICE_FROM"
+  "$PY" scripts/bench_adapt.py adopt "$(bench_out "-$CHOICE_FROM")" "$OUT" "$CHOICE_FROM"
 }
 
 tune() {
@@ -204,9 +210,11 @@ choice_committed() {
     && git diff --quiet HEAD -- "$CHOICE_RECORD")
 }
 
+wanted() { case " $VAL_ARMS " in *" $1 "*) return 0 ;; esac; return 1; }
+
 # val_arm NAME ...: run_arm, for the arms named in LSE_BENCH_ARMS only.
 val_arm() {
-  case " $VAL_ARMS " in *" $1 "*) run_arm "$@" ;; esac
+  if wanted "$1"; then run_arm "$@"; fi
 }
 
 arms() {
@@ -237,15 +245,14 @@ arms() {
       compared=lse-chosen
     fi
     val_arm self-training "$seed" "${adapt[@]}" --focal true --window-scale 1.0
-    val_arm control "$seed" train "${common[@]}" --lr "$lr" \
-      --iterations "$(adapt_iterations "$OUT/$compared-s$seed")"
-    val_arm lse "$seed" "${adapt[@]}" --focal true
-    if [ "${LSE_BENCH_NOFOCAL:-1}" = 1 ]; then # the ablation; LSE_BENCH_NOFOCAL=0 skips it
-      val_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
+    if wanted control; then # as many iterations as the compared LSE run
+      run_arm control "$seed" train "${common[@]}" --lr "$lr" \
+        --iterations "$(adapt_iterations "$OUT/$compared-s$seed")"
     fi
-    # The oracle once, after the first seed's arms (LSE_BENCH_ORACLE=0 skips it, e.g.
-    # in a second instance running other seeds beside the first).
-    if [ "$first" = 1 ] && [ "${LSE_BENCH_ORACLE:-1}" = 1 ]; then
+    val_arm lse "$seed" "${adapt[@]}" --focal true
+    val_arm lse-nofocal "$seed" "${adapt[@]}" --focal false "${vargs[@]}"
+    # The oracle once, after the first seed's arms.
+    if [ "$first" = 1 ]; then
       val_arm oracle 0 train --source "cityscapes:$DATA/target" --target "cityscapes:$DATA/target" \
         --source-size "$SIZE" --target-size "$SIZE" --batch-size "$BATCH" --device cpu \
         --threads "$THREADS" --quiet --lr "$ORACLE_LR" --iterations "$ORACLE_ITERS"

@@ -134,11 +134,17 @@ def choose_variant(out):
     }, indent=1))
 
 
+def write_text(path, text):
+    """`text` into `path` through a temporary file of this process (instances running
+    other seeds write the same pages), so a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_json(path, rec):
-    with open(path + ".tmp", "w") as f:
-        json.dump(rec, f, indent=1)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(rec, indent=1) + "\n")
 
 
 def adopt(src_out, out, regime):
@@ -220,27 +226,26 @@ def svg_bars(rows, path):
         out.append(f'<line x1="{x(min(vals)):.1f}" y1="{y + bh / 2:.1f}" x2="{x(max(vals)):.1f}" y2="{y + bh / 2:.1f}" stroke="black" stroke-width="2"/>')
         out.append(f'<text x="{x(max(vals)) + 6:.1f}" y="{y + bh / 2 + 4:.1f}">{m:.1f}</text>')
     out.append("</svg>")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(out) + "\n")
-    os.replace(path + ".tmp", path)
+    write_text(path, "\n".join(out) + "\n")
 
 
-def arm_labels(tuning):
+def arm_labels(adopted_from):
     """(arm, label) of every arm, the chosen LSE's naming the regime its choice came from."""
-    if not (tuning and tuning.get("adopted_from")):
+    if not adopted_from:
         return ARMS
-    chosen = f"LSE, window variant chosen on the `{tuning['adopted_from']}` tuning split"
+    chosen = f"LSE, window variant chosen on the `{adopted_from}` tuning split"
     return [(arm, chosen if arm == "lse-chosen" else label) for arm, label in ARMS]
 
 
 def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     found = runs(out)
     tuning = load(os.path.join(out, "tuning.json")) if os.path.isfile(os.path.join(out, "tuning.json")) else None
-    arms = arm_labels(tuning)
+    adopted_from = (tuning or {}).get("adopted_from")
+    arms = arm_labels(adopted_from)
     regime = regen.split("LSE_BENCH_REGIME=")[1].split()[0] if "LSE_BENCH_REGIME=" in regen else None
-    if tuning and tuning.get("adopted_from") and "LSE_BENCH_CHOICE_FROM=" not in regen:
+    if adopted_from and "LSE_BENCH_CHOICE_FROM=" not in regen:
         ran = " ".join(arm for arm, _ in ARMS if arm != "source-only" and found.get(arm))
-        regen = f'LSE_BENCH_CHOICE_FROM={tuning["adopted_from"]} LSE_BENCH_ARMS="{ran}" {regen}'
+        regen = f'LSE_BENCH_CHOICE_FROM={adopted_from} LSE_BENCH_ARMS="{ran}" {regen}'
     title = f"the `{regime}` synthetic target (scripts/regimes/{regime}.json)" if regime else "the built-in synthetic domains"
     L = [f"# Results: LSE on {title}", "",
          f"Protocol: {PROTOCOLS[protocol]}.", "",
@@ -272,16 +277,13 @@ def report(out, results, regen="scripts/bench-adapt.sh", protocol="reference"):
     svg_bars(rows, svg)
     L += ["", f"![mIoU per arm]({os.path.basename(svg)})", ""]
     goal(L, found, summary, arms)
-    ablation(L, out)
+    ablation(L, out, tuning)
     per_class(L, found, arms)
     rounds_table(L, found)
     window_table(L, out, found, results)
     window_domains(L, out)
     settings(L, out, found, tuning)
-    tmp = f"{results}.{os.getpid()}.tmp"  # instances running other seeds write too
-    with open(tmp, "w") as f:
-        f.write("\n".join(L) + "\n")
-    os.replace(tmp, results)
+    write_text(results, "\n".join(L) + "\n")
 
 
 def goal(L, found, summary, arms):
@@ -310,19 +312,17 @@ def goal(L, found, summary, arms):
         L.append("")
 
 
-def ablation(L, out):
+def ablation(L, out, tuning):
     """The tuning split's lr and window-variant runs (seed 0), and the choice."""
-    tuning_path = os.path.join(out, "tuning.json")
-    if not os.path.isfile(tuning_path):
+    if not tuning:
         return
-    if load(tuning_path).get("adopted_from"):
-        adopted(L, out)
+    if tuning.get("adopted_from"):
+        adopted(L, out, tuning)
         return
     L += ["## Choices on the tuning split (60 labelled images of their own seed; never val)", "",
           "LSE (focal) mIoU on the tuning split, seed 0, per round; the choice is the best "
           "after the last round.", ""]
-    tuning_rows(L, out)
-    tuning = load(tuning_path)
+    tuning_rows(L, out, tuning)
     L.append("")
     L.append(f"- Learning rate chosen: {tuning['lr']:g}.")
     choice_path = os.path.join(out, "choice.json")
@@ -333,19 +333,19 @@ def ablation(L, out):
     L.append("")
 
 
-def tuning_rows(L, out):
+def tuning_rows(L, out, tuning):
     """The table of the tuning split's lr and window-variant runs in `out`."""
     L += ["| run | settings | " + " | ".join(f"round {k}" for k in range(1, 8)) + " | after last round |",
           "|---|---|" + "---|" * 8]
-    for lr in load(os.path.join(out, "tuning.json"))["tune_miou"]:
+    for lr in tuning["tune_miou"]:
         ablation_row(L, os.path.join(out, f"tune-lse-lr{lr}-s0"), f"lr {lr}", "reference windows")
     for name in tuned_variants(out)[1:]:
         ablation_row(L, variant_dir(out, name), name, " ".join(variant_args(name)))
 
 
-def adopted(L, out):
-    """The choices taken over from another regime's tuning split."""
-    tuning = load(os.path.join(out, "tuning.json"))
+def adopted(L, out, tuning):
+    """The choices taken over from another regime's tuning split (`tuning`: the adopted
+    copy, whose candidates are the ones run there)."""
     c = load(os.path.join(out, "choice.json"))
     regime = tuning["adopted_from"]
     L += [f"## Choices: adopted from the `{regime}` tuning split", "",
@@ -360,10 +360,10 @@ def adopted(L, out):
           + ", ".join(f"{k}: {v * 100:.2f}" for k, v in c["tune_miou"].items() if v is not None) + ").",
           ""]
     runs_dir = tuning.get("adopted_runs")
-    if runs_dir and os.path.isfile(os.path.join(runs_dir, "tuning.json")):
+    if runs_dir and os.path.isdir(runs_dir):
         L += [f"The `{regime}` tuning split's runs the choice was made from (LSE, focal, seed 0; "
               "mIoU per round):", ""]
-        tuning_rows(L, runs_dir)
+        tuning_rows(L, runs_dir, tuning)
         L.append("")
 
 
@@ -428,10 +428,13 @@ def window_table(L, out, found, results):
     per_class_window(L, found)
 
 
+WINDOW_DOMAINS_MD = "window-domains.md"  # written into OUT by scripts/window_domains.py
+
+
 def window_domains(L, out):
     """The finished models on val, on val's upsampled windows and on val with the windows'
     look (scripts/window_domains.py, when it has run on these arms)."""
-    path = os.path.join(out, "window-domains.md")
+    path = os.path.join(out, WINDOW_DOMAINS_MD)
     if not os.path.isfile(path):
         return
     with open(path) as f:

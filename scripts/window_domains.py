@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench_adapt import WINDOW_DOMAINS_MD, load, write_text
+
 SPLITS = ("val", "windows", "smoothed")
 ARMS = ("control", "self-training", "lse", "lse-chosen", "lse-nofocal")
 IMAGE_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
@@ -101,15 +103,12 @@ def models(source, runs):
 
 def evaluate(binary, ckpt, target, split, path):
     if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)["miou"] * 100
+        return load(path)["miou"] * 100
     cmd = [os.path.join(binary, "lse-train"), "eval", ckpt, "--target", f"cityscapes:{target}",
            "--split", split, "--json", "--device", "cpu", "--threads", "1"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(out)
-    os.replace(path + ".tmp", path)
+    write_text(path, out)
     return json.loads(out)["miou"] * 100
 
 
@@ -122,7 +121,7 @@ def run(binary, source, runs, out):
             v = evaluate(binary, ckpt, target, split, os.path.join(out, "evals", f"{name}-{split}.json"))
             scores.setdefault((arm, seed), {})[split] = v
             print(f"{name} {split}: {v:.2f}", file=sys.stderr)
-    write_table(scores, runs, os.path.join(runs, "window-domains.md"))
+    write_table(scores, runs, os.path.join(runs, WINDOW_DOMAINS_MD))
 
 
 def write_table(scores, runs, results):
@@ -146,9 +145,7 @@ def write_table(scores, runs, results):
     L.append("")
     text = (f"Models of `{os.path.relpath(runs)}` on the three versions of val "
             "(`scripts/window_domains.py`; mIoU %, 19 classes).\n\n" + "\n".join(L))
-    with open(results + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(results + ".tmp", results)
+    write_text(results, text)
     print(text)
 
 
